@@ -1,0 +1,130 @@
+"""Build of mage-fast: the `mage_fast` package, `kernels/` as `mage_fast.kernels`, and `mage_fast._C`.
+
+`mage_fast._C` is one torch extension: `csrc/*.cpp` and `csrc/cpu/*.cpp` always (schemas in one
+`TORCH_LIBRARY(mage_fast, m)` plus CPU implementations), `csrc/cuda/*.cu` only when torch is a
+CUDA build and nvcc is found. Switches (environment):
+
+  MAGE_FAST_BUILD_CUDA=0|1   force the CUDA sources off / on (on fails loudly if impossible)
+  TORCH_CUDA_ARCH_LIST       respected as torch does (e.g. "9.0" for Hopper)
+  MAX_JOBS                   parallel compile jobs; default sized to cores and memory
+
+Install with `pip install --no-build-isolation -e .` (or `.`): build isolation would pull a
+second, multi-GB torch into the build environment.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _mem_gib() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return 8.0
+
+
+def _set_max_jobs(cuda: bool) -> None:
+    # nvcc jobs peak near 5 GiB each, g++ jobs on torch headers near 1.5 GiB.
+    if "MAX_JOBS" not in os.environ:
+        per_job = 5.0 if cuda else 1.5
+        jobs = max(1, min(os.cpu_count() or 1, int(_mem_gib() // per_job)))
+        os.environ["MAX_JOBS"] = str(jobs)
+
+
+def _want_cuda(torch) -> bool:
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    forced = os.environ.get("MAGE_FAST_BUILD_CUDA")
+    nvcc = None
+    if CUDA_HOME is not None and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")):
+        nvcc = os.path.join(CUDA_HOME, "bin", "nvcc")
+    nvcc = nvcc or shutil.which("nvcc")
+    possible = torch.version.cuda is not None and nvcc is not None
+    if forced == "1" and not possible:
+        why = "torch is a CPU build" if torch.version.cuda is None else "nvcc was not found (set CUDA_HOME)"
+        raise RuntimeError(f"MAGE_FAST_BUILD_CUDA=1 but the CUDA extension cannot be built: {why}.")
+    if forced == "0":
+        return False
+    return possible
+
+
+def _ext_modules():
+    try:
+        import torch
+        from torch.utils.cpp_extension import CppExtension, CUDAExtension
+    except ImportError as e:  # pragma: no cover - a message for users who forgot the flag
+        raise RuntimeError(
+            "mage-fast builds against the torch you already have: install torch first, then "
+            "`pip install --no-build-isolation .` (build isolation hides your torch)."
+        ) from e
+
+    cpp_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cu_sources = sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
+    cuda = _want_cuda(torch) and bool(cu_sources)
+    _set_max_jobs(cuda)
+    cxx = ["-O3", "-fopenmp"]
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    if cuda:
+        nvcc = ["-O3", "--use_fast_math", "-lineinfo", "-std=c++17"]
+        return [
+            CUDAExtension(
+                "mage_fast._C",
+                cpp_sources + cu_sources,
+                include_dirs=include_dirs,
+                extra_compile_args={"cxx": cxx + ["-DMAGE_FAST_WITH_CUDA"], "nvcc": nvcc},
+                extra_link_args=["-fopenmp"],
+            )
+        ]
+    return [
+        CppExtension(
+            "mage_fast._C",
+            cpp_sources,
+            include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=["-fopenmp"],
+        )
+    ]
+
+
+def _cmdclass():
+    from torch.utils.cpp_extension import BuildExtension
+
+    return {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+setup(
+    name="mage-fast",
+    version="0.1.0",
+    description="Custom-kernel training stack for MAGE-style multimodal LLMs",
+    packages=find_packages(include=["mage_fast", "mage_fast.*"]) + ["mage_fast.kernels"],
+    package_dir={"mage_fast.kernels": "kernels"},
+    python_requires=">=3.10",
+    # torch is not pinned: users bring their own (CUDA) build; `make install` pins the CPU one.
+    install_requires=[
+        "torch>=2.6",
+        "transformers>=5.0",
+        "deepspeed>=0.17",
+        "tokenizers>=0.21",
+        "safetensors>=0.4",
+        "tensorboard>=2.15",
+        "tqdm>=4.60",
+        "pillow>=10",
+        "PyYAML>=6",
+        "numpy>=1.24",
+    ],
+    extras_require={"triton": ["triton>=3.6"], "dev": ["pytest", "pytest-timeout", "ruff"]},
+    ext_modules=_ext_modules(),
+    cmdclass=_cmdclass(),
+    zip_safe=False,
+)
