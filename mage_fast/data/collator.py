@@ -1,0 +1,66 @@
+"""Batches LlavaDataset samples for the model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .template import IGNORE_INDEX
+
+
+class Collator:
+    """List of samples → batch dict (B samples, N images in the batch, S = ``image_size``):
+
+    - ``input_ids`` (B, L) long, right-padded with ``pad_id``; ``attention_mask`` (B, L) long;
+      ``labels`` (B, L) long, padded with -100
+    - ``pixel_values`` (N, 3, S, S) float32: every image in sample order, then image order;
+      (0, 3, S, S) for a text-only batch (the vision tower still runs on every rank)
+    - ``image_counts`` (B,) long: images per sample, so ``pixel_values`` splits back per sample
+    - ``caption_ids`` (N, Lc) long padded with ``pad_id``, Lc >= 1; ``caption_mask`` (N, Lc) bool,
+      all False for an image without caption
+    - ``ids``: list of B sample ids
+    """
+
+    def __init__(self, pad_id: int, image_size: int):
+        self.pad_id, self.image_size = int(pad_id), int(image_size)
+
+    def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        if not samples:
+            raise ValueError("Collator got an empty batch")
+        B, S = len(samples), self.image_size
+        L = max(len(s["input_ids"]) for s in samples)
+        input_ids = torch.full((B, L), self.pad_id, dtype=torch.long)
+        labels = torch.full((B, L), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((B, L), dtype=torch.long)
+        for b, s in enumerate(samples):
+            n = len(s["input_ids"])
+            input_ids[b, :n] = s["input_ids"]
+            labels[b, :n] = s["labels"]
+            attention_mask[b, :n] = 1
+        pixels = [s["pixel_values"] for s in samples]
+        for s, p in zip(samples, pixels):
+            if p.dim() != 4 or tuple(p.shape[1:]) != (3, S, S):
+                raise ValueError(f"sample {s['id']!r}: pixel_values {tuple(p.shape)}, "
+                                 f"expected (n, 3, {S}, {S})")
+        pixel_values = torch.cat(pixels).float() if pixels else torch.zeros(0, 3, S, S)
+        captions = [c for s in samples for c in s["caption_ids"]]
+        if len(captions) != pixel_values.shape[0]:
+            raise ValueError(f"{len(captions)} captions for {pixel_values.shape[0]} images")
+        Lc = max([1] + [len(c) for c in captions])
+        caption_ids = torch.full((len(captions), Lc), self.pad_id, dtype=torch.long)
+        caption_mask = torch.zeros((len(captions), Lc), dtype=torch.bool)
+        for k, c in enumerate(captions):
+            caption_ids[k, : len(c)] = c
+            caption_mask[k, : len(c)] = True
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "pixel_values": pixel_values,
+            "image_counts": torch.tensor([p.shape[0] for p in pixels], dtype=torch.long),
+            "caption_ids": caption_ids,
+            "caption_mask": caption_mask,
+            "ids": [s["id"] for s in samples],
+        }

@@ -1,0 +1,34 @@
+"""Data section of the training config (a plain typed dataclass; YAML files are instances)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class DataConfig:
+    """Where the LLaVA-format data lives and how it is filtered.
+
+    Relative ``train``/``eval`` paths and ``image_folder`` resolve against ``root``; image paths in
+    the rows resolve against ``root/image_folder``.
+    """
+
+    root: str = ""
+    train: str = "train.json"
+    eval: str | None = None
+    image_folder: str = ""
+    max_length: int = 256  # tokens after <image> expansion; longer samples are skipped, never truncated
+    max_bad_fraction: float = 0.05  # abort before training when more samples than this are bad
+    num_workers: int = 0  # DataLoader workers
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.train, str) or not self.train:
+            raise ValueError(f"DataConfig.train must be a non-empty path, got {self.train!r}")
+        if self.eval is not None and (not isinstance(self.eval, str) or not self.eval):
+            raise ValueError(f"DataConfig.eval must be a non-empty path or None, got {self.eval!r}")
+        if not isinstance(self.max_length, int) or self.max_length < 1:
+            raise ValueError(f"DataConfig.max_length must be a positive int, got {self.max_length!r}")
+        if not 0.0 <= float(self.max_bad_fraction) <= 1.0:
+            raise ValueError(f"DataConfig.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction!r}")
+        if not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ValueError(f"DataConfig.num_workers must be an int >= 0, got {self.num_workers!r}")

@@ -1,0 +1,267 @@
+"""LLaVA-format dataset: rows validated once at construction, bad ones skipped and counted by reason."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .config import DataConfig
+from .image import ImageTransform, load_image
+from .template import ConversationTemplate, to_messages
+from .tokens import IMAGE_TOKEN
+
+log = logging.getLogger(__name__)
+
+REASONS = ("malformed", "missing_image", "corrupt_image", "placeholder_mismatch", "over_length", "no_labels")
+
+
+class DataError(ValueError):
+    """The data cannot be trained on: too many bad samples, or an image failing at load time."""
+
+
+@dataclass
+class DataStats:
+    """Validation outcome: ``counts``/``ids`` of skipped samples per reason, one example detail each."""
+
+    source: str
+    total: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+    ids: dict[str, list[str]] = field(default_factory=lambda: {r: [] for r in REASONS})
+    examples: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def kept(self) -> int:
+        return self.total - self.skipped
+
+    @property
+    def bad_fraction(self) -> float:
+        return self.skipped / self.total if self.total else 0.0
+
+    def add(self, reason: str, sid: str, detail: str) -> None:
+        self.counts[reason] += 1
+        self.ids[reason].append(sid)
+        self.examples.setdefault(reason, f"{sid}: {detail}")
+
+    def summary(self) -> str:
+        """One line: ``train.json: kept 990/1000, skipped 10 (1.0%): missing_image=7 corrupt_image=3``."""
+        reasons = " ".join(f"{r}={n}" for r, n in self.counts.items() if n) or "none"
+        return (f"{self.source}: kept {self.kept}/{self.total}, skipped {self.skipped} "
+                f"({100 * self.bad_fraction:.1f}%): {reasons}")
+
+
+class _BadLine:
+    """Stands in for a JSONL line that is not valid JSON, so it is counted as malformed."""
+
+    def __init__(self, lineno: int, error: str):
+        self.id, self.error = f"line {lineno}", error
+
+
+def read_rows(path: str | os.PathLike) -> list[Any]:
+    """A JSON list file or a JSONL file (sniffed from the first character, not the extension)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: not valid JSON: {e}") from e
+        return rows
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                rows.append(_BadLine(n, str(e)))
+    return rows
+
+
+def _str_list(value: Any, what: str) -> list[Any]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return value
+    raise ValueError(f"{what} must be a string or a list")
+
+
+def _parse_media(row: Mapping[str, Any]) -> tuple[list[str], list[str | None]]:
+    """Image paths and one caption (or None) per image; ValueError when malformed."""
+    images = _str_list(row.get("image", []), "image")
+    if not all(isinstance(p, str) and p for p in images):
+        raise ValueError("image entries must be non-empty strings")
+    cap = row.get("caption")
+    if cap is None or isinstance(cap, str):  # one caption for all images of the row
+        captions = [cap or None] * len(images)
+    elif isinstance(cap, list) and len(cap) == len(images) and all(isinstance(c, str | None) for c in cap):
+        captions = [c or None for c in cap]
+    else:
+        raise ValueError(f"caption must be a string or a list of {len(images)} strings/nulls")
+    return images, captions
+
+
+class LlavaDataset(Dataset):
+    """LLaVA rows → samples. Every row is validated once here (identical on every rank), bad ones
+    are skipped by reason (see :data:`REASONS` and :attr:`stats`), and a :class:`DataError` is
+    raised when the skipped fraction exceeds ``max_bad_fraction``.
+
+    ``__getitem__`` returns ``{"id": str, "input_ids": (L,) long, "labels": (L,) long,
+    "pixel_values": (n_img, 3, S, S) float32, "caption_ids": [ (Lc_i,) long per image ]}``.
+    """
+
+    def __init__(self, path: str | os.PathLike, tokenizer: Any, *, image_root: str | os.PathLike,
+                 transform: ImageTransform, num_image_tokens: int, max_length: int,
+                 max_bad_fraction: float, template: ConversationTemplate | None = None,
+                 cache_tokens: bool = True):
+        self.path, self.tokenizer, self.transform = str(path), tokenizer, transform
+        self.image_root, self.max_length = str(image_root), int(max_length)
+        self.template = template or ConversationTemplate(tokenizer, num_image_tokens=num_image_tokens)
+        if self.template.num_image_tokens != num_image_tokens:
+            raise ValueError(f"template expands {self.template.num_image_tokens} tokens per image, "
+                             f"num_image_tokens={num_image_tokens}")
+        self.stats = DataStats(os.path.basename(self.path))
+        self.ids: list[str] = []
+        self.images: list[list[str]] = []  # resolved paths
+        self.captions: list[list[str | None]] = []
+        self.lengths: list[int] = []  # after image expansion, e.g. for length-grouped sampling
+        self._convs: list[Any] | None = None if cache_tokens else []
+        self._validate(read_rows(self.path), cache_tokens)
+        self._check_threshold(float(max_bad_fraction))
+
+    # ---- validation --------------------------------------------------------------------------
+    def _validate(self, rows: list[Any], cache_tokens: bool) -> None:
+        st, img_id = self.stats, self.template.image_token_id
+        st.total = len(rows)
+        image_ok: dict[str, tuple[str, str] | None] = {}  # path -> (reason, detail) | None; paths repeat
+        tok_ids, tok_mask, offsets = [], [], [0]
+        for i, row in enumerate(rows):
+            if isinstance(row, _BadLine):
+                st.add("malformed", row.id, row.error)
+                continue
+            sid = str(row["id"]) if isinstance(row, dict) and row.get("id") is not None else f"row {i}"
+            try:
+                if not isinstance(row, dict):
+                    raise ValueError("row is not an object")
+                messages = to_messages(row.get("conversations"))
+                images, captions = _parse_media(row)
+            except ValueError as e:
+                st.add("malformed", sid, str(e))
+                continue
+            n_user = sum(m["content"].count(IMAGE_TOKEN) for m in messages if m["role"] == "user")
+            n_all = sum(m["content"].count(IMAGE_TOKEN) for m in messages)
+            if n_user != len(images) or n_all != n_user:
+                st.add("placeholder_mismatch", sid, f"{n_all} {IMAGE_TOKEN} ({n_user} in human turns) "
+                                                    f"for {len(images)} images")
+                continue
+            try:
+                ids, mask = self.template.encode_compact(messages)
+            except Exception as e:  # e.g. a chat template raising on the turn order
+                st.add("malformed", sid, f"template: {type(e).__name__}: {e}")
+                continue
+            if int((ids == img_id).sum()) != len(images):
+                st.add("placeholder_mismatch", sid, "image tokens after rendering != images")
+                continue
+            length = self.template.expanded_length(ids)
+            if length > self.max_length:
+                st.add("over_length", sid, f"{length} tokens > max_length {self.max_length}")
+                continue
+            if not mask.any():
+                st.add("no_labels", sid, "no assistant token")
+                continue
+            paths = [os.path.join(self.image_root, p) for p in images]
+            bad = next(filter(None, (self._check_image(p, image_ok) for p in paths)), None)
+            if bad:
+                st.add(bad[0], sid, bad[1])
+                continue
+            self.ids.append(sid)
+            self.images.append(paths)
+            self.captions.append(captions)
+            self.lengths.append(length)
+            if cache_tokens:
+                tok_ids.append(ids.astype(np.int32))
+                tok_mask.append(mask)
+                offsets.append(offsets[-1] + len(ids))
+            else:
+                self._convs.append(messages)
+        if cache_tokens:  # one flat buffer: no per-sample objects for forked workers to copy
+            self._tok_ids = np.concatenate(tok_ids) if tok_ids else np.zeros(0, np.int32)
+            self._tok_mask = np.concatenate(tok_mask) if tok_mask else np.zeros(0, bool)
+            self._offsets = np.asarray(offsets, dtype=np.int64)
+
+    @staticmethod
+    def _check_image(path: str, cache: dict[str, tuple[str, str] | None]) -> tuple[str, str] | None:
+        if path not in cache:
+            if not os.path.isfile(path):
+                cache[path] = ("missing_image", f"no such file {path}")
+            else:
+                try:
+                    load_image(path)
+                    cache[path] = None
+                except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... on bad files
+                    cache[path] = ("corrupt_image", f"{path}: {type(e).__name__}: {e}")
+        return cache[path]
+
+    def _check_threshold(self, max_bad_fraction: float) -> None:
+        st = self.stats
+        log.info("%s", st.summary())
+        for r in REASONS:
+            if st.counts[r]:
+                log.warning("%s: skipped %d (%s), ids: %s", st.source, st.counts[r], r, st.ids[r][:20])
+        if st.kept == 0 or st.bad_fraction > max_bad_fraction:
+            if st.skipped == 0:
+                raise DataError(f"{self.path}: no samples")
+            top = max(REASONS, key=lambda r: st.counts[r])
+            raise DataError(
+                f"{self.path}: {st.skipped}/{st.total} samples are bad ({100 * st.bad_fraction:.1f}% > "
+                f"max_bad_fraction {100 * max_bad_fraction:.1f}%); most are {top}: {st.counts[top]}, "
+                f"e.g. ids {st.ids[top][:5]} ({st.examples[top]}). {st.summary()}")
+
+    # ---- access --------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        sid = self.ids[i]
+        if self._convs is None:
+            a, b = self._offsets[i], self._offsets[i + 1]
+            ids, mask = self._tok_ids[a:b].astype(np.int64), self._tok_mask[a:b]
+        else:
+            ids, mask = self.template.encode_compact(self._convs[i])
+        input_ids, labels = self.template.expand(ids, mask)
+        pixels = []
+        for p in self.images[i]:
+            try:
+                pixels.append(self.transform(load_image(p)))
+            except Exception as e:  # never substitute a blank image silently
+                raise DataError(f"sample {sid!r}: cannot load image {p}: {type(e).__name__}: {e}") from e
+        s = self.transform.size
+        pixel_values = torch.stack(pixels) if pixels else torch.zeros(0, 3, s, s)
+        caption_ids = [torch.tensor(self._tokens(c), dtype=torch.long) for c in self.captions[i]]
+        return {"id": sid, "input_ids": input_ids, "labels": labels, "pixel_values": pixel_values,
+                "caption_ids": caption_ids}
+
+    def _tokens(self, text: str | None) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    @classmethod
+    def from_config(cls, cfg: DataConfig, tokenizer: Any, *, transform: ImageTransform, num_image_tokens: int,
+                    split: str = "train", template: ConversationTemplate | None = None) -> LlavaDataset:
+        """Dataset for ``split`` ("train" | "eval"), paths resolved against ``cfg.root``."""
+        rel = {"train": cfg.train, "eval": cfg.eval}.get(split, "")
+        if not rel:
+            raise ValueError(f"no data file for split {split!r} in {cfg}")
+        return cls(os.path.join(cfg.root, rel), tokenizer,
+                   image_root=os.path.join(cfg.root, cfg.image_folder), transform=transform,
+                   num_image_tokens=num_image_tokens, max_length=cfg.max_length,
+                   max_bad_fraction=cfg.max_bad_fraction, template=template)

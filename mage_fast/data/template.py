@@ -1,0 +1,179 @@
+"""Conversation → (input_ids, labels), LLaVA-1.5 conventions.
+
+The conversation is rendered to one string plus the character spans of the assistant answers
+(the tokenizer's ``chat_template`` when it has one, else a built-in LLaVA-v1 style template). The
+string is split on ``<image>``; each text chunk is tokenized (``add_special_tokens=False``) and a
+token is labelled when it overlaps an assistant span; each placeholder becomes the image token id,
+expanded to ``num_image_tokens`` copies so the model finds image positions from input_ids alone.
+Tokenizing whole chunks (not turn by turn) keeps training ids identical to what
+:meth:`ConversationTemplate.encode_prompt` gives at generation time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .tokens import IMAGE_TOKEN, image_token_id
+
+IGNORE_INDEX = -100
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+Span = tuple[int, int]
+
+
+def to_messages(turns: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """LLaVA turns ``{"from": human|gpt|system, "value"}`` (or ``{"role", "content"}``) →
+    ``[{"role": user|assistant|system, "content"}]``; ValueError on anything else."""
+    if not isinstance(turns, Sequence) or isinstance(turns, str) or not turns:
+        raise ValueError("conversations must be a non-empty list")
+    out = []
+    for i, t in enumerate(turns):
+        if not isinstance(t, Mapping):
+            raise ValueError(f"turn {i} is not an object")
+        role, content = t.get("from", t.get("role")), t.get("value", t.get("content"))
+        if role not in ROLES or not isinstance(content, str):
+            raise ValueError(f"turn {i}: bad role {role!r} or non-string value")
+        out.append({"role": ROLES[role], "content": content})
+    return out
+
+
+class ConversationTemplate:
+    """Encodes conversations for one tokenizer. ``use_chat_template=None`` picks the tokenizer's
+    ``chat_template`` when set, else the built-in ``USER: ... ASSISTANT: ...</s>`` template."""
+
+    def __init__(self, tokenizer: Any, *, num_image_tokens: int, use_chat_template: bool | None = None):
+        if num_image_tokens < 1:
+            raise ValueError(f"num_image_tokens must be >= 1, got {num_image_tokens}")
+        self.tokenizer = tokenizer
+        self.num_image_tokens = int(num_image_tokens)
+        self.image_token_id = image_token_id(tokenizer)
+        has_chat = bool(getattr(tokenizer, "chat_template", None))
+        self.use_chat_template = has_chat if use_chat_template is None else bool(use_chat_template)
+        if self.use_chat_template and not has_chat:
+            raise ValueError("use_chat_template=True but the tokenizer has no chat_template")
+
+    # ---- rendering -------------------------------------------------------------------------
+    def _chat(self, messages: list[dict[str, str]], gen: bool) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+
+    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = False
+               ) -> tuple[str, list[Span]]:
+        """Full text and the [start, end) character spans of the assistant answers (content and
+        end-of-turn token, trailing whitespace excluded)."""
+        if self.use_chat_template:
+            text = self._chat(messages, add_generation_prompt)
+            spans = []
+            for i, m in enumerate(messages):
+                if m["role"] != "assistant":
+                    continue
+                # the answer is what turn i adds beyond the generation prompt of the turns before it
+                prefix, upto = self._chat(messages[:i], True), self._chat(messages[: i + 1], False)
+                if not (upto.startswith(prefix) and text.startswith(upto)):
+                    raise ValueError("chat_template is not prefix-stable; cannot locate assistant turns")
+                spans.append(_rstrip_span(text, len(prefix), len(upto)))
+            return text, spans
+        tok = self.tokenizer
+        text, spans = tok.bos_token or "", []
+        for m in messages:
+            if m["role"] == "system":
+                text += m["content"] + "\n"
+            elif m["role"] == "user":
+                text += f"USER: {m['content']}\n"
+            else:
+                text += "ASSISTANT: "
+                start = len(text)
+                text += m["content"] + (tok.eos_token or "")
+                spans.append((start, len(text)))
+                text += "\n"
+        if add_generation_prompt:
+            text += "ASSISTANT:"
+        return text, spans
+
+    # ---- tokenizing ------------------------------------------------------------------------
+    def _tokenize(self, text: str, spans: list[Span]) -> tuple[np.ndarray, np.ndarray]:
+        """Compact encoding: ids int64 (T,) with ONE image id per placeholder, label mask bool (T,)."""
+        chunks = text.split(IMAGE_TOKEN)
+        bases = np.cumsum([0] + [len(c) + len(IMAGE_TOKEN) for c in chunks[:-1]])
+        ids: list[np.ndarray] = []
+        mask: list[np.ndarray] = []
+        if getattr(self.tokenizer, "is_fast", False):
+            enc = self.tokenizer(chunks, add_special_tokens=False, return_offsets_mapping=True)
+            per_chunk = zip(enc["input_ids"], enc["offset_mapping"])
+        else:
+            per_chunk = (self._tokenize_slow(c, int(b), spans) for c, b in zip(chunks, bases))
+        for k, ((cid, off), base) in enumerate(zip(per_chunk, bases)):
+            off = np.asarray(off, dtype=np.int64).reshape(-1, 2) + base
+            m = np.zeros(len(cid), dtype=bool)
+            for s, e in spans:  # a token is an answer token if it overlaps an answer span
+                m |= (off[:, 0] < e) & (np.maximum(off[:, 1], off[:, 0] + 1) > s)
+            if k:
+                ids.append(np.array([self.image_token_id], dtype=np.int64))
+                mask.append(np.zeros(1, dtype=bool))
+            ids.append(np.asarray(cid, dtype=np.int64))
+            mask.append(m)
+        return np.concatenate(ids), np.concatenate(mask)
+
+    def _tokenize_slow(self, chunk: str, base: int, spans: list[Span]) -> tuple[list[int], list[Span]]:
+        """No offsets without a fast tokenizer: cut the chunk at span edges and give each piece's
+        tokens the piece's offsets."""
+        cuts = sorted({0, len(chunk), *(min(max(x - base, 0), len(chunk)) for sp in spans for x in sp)})
+        ids, offs = [], []
+        for a, b in zip(cuts, cuts[1:]):
+            piece = self.tokenizer(chunk[a:b], add_special_tokens=False)["input_ids"]
+            ids += piece
+            offs += [(a, b)] * len(piece)
+        return ids, offs
+
+    def encode_compact(self, turns: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        """Conversation → (ids int64 (T,), label mask bool (T,)) with one image id per image;
+        :meth:`expand` turns it into model inputs. Compact so datasets can cache it cheaply."""
+        return self._tokenize(*self.render(to_messages(turns)))
+
+    def expanded_length(self, ids: np.ndarray) -> int:
+        """Length of ``ids`` after image expansion."""
+        return len(ids) + int((ids == self.image_token_id).sum()) * (self.num_image_tokens - 1)
+
+    def expand(self, ids: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Compact → (input_ids (L,) long, labels (L,) long, -100 outside answers)."""
+        is_img = ids == self.image_token_id
+        reps = np.where(is_img, self.num_image_tokens, 1)
+        ids_x, mask_x = np.repeat(ids, reps), np.repeat(mask & ~is_img, reps)
+        labels = np.where(mask_x, ids_x, IGNORE_INDEX)
+        return torch.from_numpy(ids_x), torch.from_numpy(labels)
+
+    def encode(self, turns: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conversation → (input_ids (L,) long, labels (L,) long), images expanded."""
+        return self.expand(*self.encode_compact(turns))
+
+    def encode_prompt(self, turns: Sequence[Mapping[str, Any]]) -> torch.Tensor:
+        """Generation prompt: all turns so far + the assistant prefix → input_ids (L,) long, images
+        expanded. The last turn must not be an assistant turn."""
+        messages = to_messages(turns)
+        if messages[-1]["role"] == "assistant":
+            raise ValueError("encode_prompt: the last turn is an assistant answer; drop it first")
+        text, _ = self.render(messages, add_generation_prompt=True)
+        ids, mask = self._tokenize(text, [])
+        return self.expand(ids, mask)[0]
+
+
+def _rstrip_span(text: str, start: int, end: int) -> Span:
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
+def encode_conversation(
+    tokenizer: Any, turns: Sequence[Mapping[str, Any]], *, num_image_tokens: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One-off :meth:`ConversationTemplate.encode` → (input_ids (L,), labels (L,))."""
+    return ConversationTemplate(tokenizer, num_image_tokens=num_image_tokens).encode(turns)
+
+
+def encode_generation_prompt(
+    tokenizer: Any, turns: Sequence[Mapping[str, Any]], *, num_image_tokens: int
+) -> torch.Tensor:
+    """One-off :meth:`ConversationTemplate.encode_prompt` → input_ids (L,)."""
+    return ConversationTemplate(tokenizer, num_image_tokens=num_image_tokens).encode_prompt(turns)
