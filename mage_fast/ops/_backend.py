@@ -1,0 +1,72 @@
+"""Backend choice for the ops: `torch | cpp | triton | cuda`, or `auto`.
+
+Each op module registers, per backend it implements, a function `device -> reason | None`
+(None: usable on that device). `resolve` turns the user's `backend=` into a concrete name:
+
+* `"auto"` walks `AUTO_ORDER` (fastest first) and takes the first backend that the op implements,
+  that is usable on the device and that was registered with `auto=True`;
+* a named backend must be implemented and usable, else a `ValueError` says which op, backend and
+  device, and why.
+
+Today: patch_pool has `torch` + `cpp` (CPU), the other ops `torch` only. The Triton/CUDA issues
+hook in with `register(op, "triton", availability)` from their op module; nothing here changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+BACKENDS: tuple[str, ...] = ("torch", "cpp", "triton", "cuda")
+# Fastest first. The Triton interpreter (CPU) is correct but slow: its availability function
+# should return a reason on CPU, or register it with auto=False there.
+AUTO_ORDER: tuple[str, ...] = ("cuda", "triton", "cpp", "torch")
+
+Availability = Callable[[torch.device], "str | None"]
+
+# op -> backend -> (availability, eligible for auto)
+_REGISTRY: dict[str, dict[str, tuple[Availability, bool]]] = {}
+
+
+def always(device: torch.device) -> str | None:
+    """Availability of pure-torch code: every device."""
+    return None
+
+
+def register(op: str, backend: str, availability: Availability = always, auto: bool = True) -> None:
+    """Declare that `op` implements `backend`; `availability(device)` returns None or a reason."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r} for {op}; known: {', '.join(BACKENDS)}")
+    _REGISTRY.setdefault(op, {})[backend] = (availability, auto)
+
+
+def available(op: str, device: torch.device | str) -> list[str]:
+    """Backends of `op` usable on `device`, in auto order."""
+    device = torch.device(device)
+    table = _REGISTRY.get(op, {})
+    return [b for b in AUTO_ORDER if b in table and table[b][0](device) is None]
+
+
+def resolve(op: str, backend: str, device: torch.device | str) -> str:
+    """The concrete backend `op` runs with on `device` for the user's choice `backend`."""
+    device = torch.device(device)
+    if op not in _REGISTRY:
+        raise ValueError(f"unknown op {op!r}")
+    table = _REGISTRY[op]
+    if backend == "auto":
+        for b in AUTO_ORDER:
+            if b in table and table[b][1] and table[b][0](device) is None:
+                return b
+        raise ValueError(f"{op}: no backend is available on device {device}")
+    if backend not in BACKENDS:
+        raise ValueError(f"{op}: unknown backend {backend!r}; choose auto or one of {', '.join(BACKENDS)}")
+    if backend not in table:
+        done = ", ".join(b for b in BACKENDS if b in table)
+        raise ValueError(
+            f"{op}: backend {backend!r} is not implemented yet (device {device}); implemented: {done}"
+        )
+    why = table[backend][0](device)
+    if why is not None:
+        raise ValueError(f"{op}: backend {backend!r} is unavailable on device {device}: {why}")
+    return backend

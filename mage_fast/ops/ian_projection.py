@@ -1,0 +1,182 @@
+"""`mage_fast::ian_projection`: y = LayerNorm(GELU_erf(x w1^T + b1) w2^T + b2), the IAN aligner's
+Vector Alignment Block.
+
+Shapes: x (N, C), w1 (D, C), b1 (D,), w2 (D, D), b2 (D,), ln_w (D,), ln_b (D,) -> y (N, D). The
+public wrapper flattens leading dims of x (..., C) and restores them.
+
+The torch backend is the template of the kernel backends:
+
+* forward: GEMM1 with fp32 output, + b1 and exact GELU in fp32 (GEMM1's epilogue in a kernel);
+  GELU output rounded to x.dtype as GEMM2's operand; GEMM2 fp32 output, + b2 and LayerNorm in
+  fp32 (GEMM2's epilogue); y rounded to x.dtype.
+* saved for backward (only when a grad is needed): z1 = x w1^T + b1 (N, D, x.dtype), the
+  normalised xhat (N, D, x.dtype) and rstd (N, fp32). GELU(z1) is *recomputed* from z1 in the
+  backward (one elementwise pass) instead of stored, so the op holds 2 N x D activations beside x.
+  Storing xhat instead of z2 means the LayerNorm backward needs no mean and no extra GEMM.
+* backward (hand-written): LayerNorm backward in fp32 with dγ/dβ reduced in fp32; GELU'(z) =
+  Φ(z) + z φ(z) exactly; GEMM operands in x.dtype, outputs fp32, grads returned in their input's
+  dtype. GEMMs whose result nobody needs are skipped (ctx.needs_input_grad).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from mage_fast.ops import _backend, _ext  # noqa: F401  (_ext: load mage_fast._C first)
+from mage_fast.ops._checks import check_float, check_same_device, check_shape, check_tensor
+from mage_fast.ops._gemm import mm_f32
+
+OP = "ian_projection"
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def gelu_grad(z: torch.Tensor) -> torch.Tensor:
+    """d/dz of exact GELU z*Φ(z): Φ(z) + z*φ(z), fp32."""
+    return 0.5 * (1.0 + torch.erf(z * math.sqrt(0.5))) + z * torch.exp(-0.5 * z * z) * _INV_SQRT_2PI
+
+
+def _fwd_torch(x, w1, b1, w2, b2, ln_w, ln_b, eps: float, save: bool):
+    dt = x.dtype
+    z1 = mm_f32(x, w1.t()) + b1.float()  # (N, D) fp32
+    z2 = mm_f32(F.gelu(z1).to(dt), w2.t()) + b2.float()
+    var, mean = torch.var_mean(z2, dim=-1, unbiased=False, keepdim=True)
+    rstd = torch.rsqrt(var + eps)
+    xhat = (z2 - mean) * rstd
+    y = (xhat * ln_w.float() + ln_b.float()).to(dt)
+    if not save:
+        e = x.new_empty(0)
+        return y, e, e, e.float()
+    return y, z1.to(dt), xhat.to(dt), rstd.squeeze(-1)
+
+
+def _bwd_torch(dy, x, w1, w2, ln_w, z1, xhat, rstd, needs: tuple[bool, ...]):
+    """Grads of (x, w1, b1, w2, b2, ln_w, ln_b); None where `needs` is False."""
+    nx, nw1, nb1, nw2, nb2, nlw, nlb = needs
+    dt = x.dtype
+    dy = dy.float()
+    xh = xhat.float()
+    dln_w = (dy * xh).sum(0).to(ln_w.dtype) if nlw else None
+    dln_b = dy.sum(0).to(ln_w.dtype) if nlb else None
+    dx = dw1 = db1 = dw2 = db2 = None
+    if not (nx or nw1 or nb1 or nw2 or nb2):
+        return dx, dw1, db1, dw2, db2, dln_w, dln_b
+    # LayerNorm: dz2 = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), all fp32.
+    dxh = dy * ln_w.float()
+    dz2 = rstd[:, None] * (dxh - dxh.mean(-1, keepdim=True) - xh * (dxh * xh).mean(-1, keepdim=True))
+    if nb2:
+        db2 = dz2.sum(0).to(w2.dtype)
+    z1f = z1.float()
+    dz2_op = dz2.to(dt)
+    if nw2:
+        dw2 = mm_f32(dz2_op.t(), F.gelu(z1f).to(dt)).to(w2.dtype)  # recomputed GELU
+    if nx or nw1 or nb1:
+        dz1 = mm_f32(dz2_op, w2) * gelu_grad(z1f)
+        if nb1:
+            db1 = dz1.sum(0).to(w1.dtype)
+        dz1_op = dz1.to(dt)
+        if nw1:
+            dw1 = mm_f32(dz1_op.t(), x).to(w1.dtype)
+        if nx:
+            dx = mm_f32(dz1_op, w1).to(dt)
+    return dx, dw1, db1, dw2, db2, dln_w, dln_b
+
+
+# backend -> (forward, backward); Triton/CUDA add their launchers here.
+_IMPLS = {"torch": (_fwd_torch, _bwd_torch)}
+_backend.register(OP, "torch")
+
+_Out = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@torch.library.custom_op("mage_fast::ian_projection", mutates_args=())
+def _ian_projection_op(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    ln_w: torch.Tensor,
+    ln_b: torch.Tensor,
+    eps: float,
+    save: bool,
+    backend: str,
+) -> _Out:
+    """-> (y (N, D), z1 (N, D), xhat (N, D), rstd (N,) fp32); the last three empty if not `save`."""
+    return _IMPLS[backend][0](x, w1, b1, w2, b2, ln_w, ln_b, eps, save)
+
+
+@_ian_projection_op.register_fake
+def _(x, w1, b1, w2, b2, ln_w, ln_b, eps, save, backend) -> _Out:
+    N, D = x.shape[0], w1.shape[0]
+    y = x.new_empty((N, D))
+    if not save:
+        e = x.new_empty(0)
+        return y, e, e, e.float()
+    return y, x.new_empty((N, D)), x.new_empty((N, D)), x.new_empty((N,), dtype=torch.float32)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, w1, _, w2, _, ln_w, _, _, save, backend = inputs
+    _, z1, xhat, rstd = output
+    ctx.save = save
+    ctx.backend = backend
+    ctx.save_for_backward(x, w1, w2, ln_w, z1, xhat, rstd)
+
+
+def _backward(ctx, dy, _dz1, _dxhat, _drstd):
+    if not ctx.save:
+        raise RuntimeError("ian_projection: backward called on a forward run with save=False")
+    x, w1, w2, ln_w, z1, xhat, rstd = ctx.saved_tensors
+    grads = _IMPLS[ctx.backend][1](dy, x, w1, w2, ln_w, z1, xhat, rstd, tuple(ctx.needs_input_grad[:7]))
+    return (*grads, None, None, None)
+
+
+_ian_projection_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def ian_projection(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    ln_w: torch.Tensor,
+    ln_b: torch.Tensor,
+    eps: float = 1e-5,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """LayerNorm(GELU(x w1^T + b1) w2^T + b2) with exact (erf) GELU.
+
+    Args:
+        x: (..., C); w1 (D, C); b1 (D,); w2 (D, D); b2 (D,); ln_w, ln_b (D,): all one float dtype
+            (fp32/bf16/fp16) and one device.
+        eps: LayerNorm epsilon.
+        backend: "auto" | "torch" | "cpp" | "triton" | "cuda".
+
+    Returns:
+        (..., D) in x.dtype, accumulated in fp32.
+    """
+    check_tensor(OP, "x", x)
+    if x.dim() < 1:
+        raise ValueError(f"{OP}: x must be (..., C), got a 0-D tensor")
+    params = {"w1": w1, "b1": b1, "w2": w2, "b2": b2, "ln_w": ln_w, "ln_b": ln_b}
+    for name, t in params.items():
+        check_tensor(OP, name, t)
+    check_float(OP, "x", x)
+    for name, t in params.items():
+        check_float(OP, name, t, dtype=x.dtype)
+    device = check_same_device(OP, x=x, **params)
+    C = x.shape[-1]
+    check_tensor(OP, "w1", w1, dim=2)
+    D = w1.shape[0]
+    check_shape(OP, "w1", w1, (D, C))
+    check_shape(OP, "w2", w2, (D, D))
+    for name in ("b1", "b2", "ln_w", "ln_b"):
+        check_shape(OP, name, params[name], (D,))
+    b = _backend.resolve(OP, backend, device)
+    save = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params.values()))
+    y = _ian_projection_op(x.reshape(-1, C), w1, b1, w2, b2, ln_w, ln_b, float(eps), save, b)[0]
+    return y.reshape(*x.shape[:-1], D)

@@ -1,0 +1,108 @@
+"""`mage_fast::patch_pool`: k x k average pooling of a (H, W) token grid, in token layout.
+
+x (B, H*W, C), row-major grid (token t = h*W + w) -> y (B, ceil(H/k)*ceil(W/k), C). Edge cells
+average only the grid cells that exist (avg_pool2d with ceil_mode=True, count_include_pad=False).
+
+Backends: `cpp` (csrc/cpu/patch_pool.cpp, CPU) and `torch` (pad + reshape + sum, any device).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mage_fast.ops import _backend, _ext
+from mage_fast.ops._checks import check_float, check_pos_int, check_tensor
+
+OP = "patch_pool"
+
+
+def _out_grid(H: int, W: int, k: int) -> tuple[int, int]:
+    return -(-H // k), -(-W // k)
+
+
+def _cell_counts(H: int, W: int, k: int, device: torch.device) -> torch.Tensor:
+    """(Ho, 1, Wo, 1, 1) fp32 number of existing grid cells in each output cell."""
+    Ho, Wo = _out_grid(H, W, k)
+    rows = (H - torch.arange(Ho, device=device) * k).clamp(max=k)
+    cols = (W - torch.arange(Wo, device=device) * k).clamp(max=k)
+    return (rows[:, None] * cols[None, :]).float().view(Ho, 1, Wo, 1, 1)
+
+
+def _fwd_torch(x: torch.Tensor, H: int, W: int, k: int) -> torch.Tensor:
+    B, _, C = x.shape
+    Ho, Wo = _out_grid(H, W, k)
+    # Zero-pad the grid to (Ho*k, Wo*k) so every cell is a full k x k block, sum in fp32, then
+    # divide by the count of real cells: the padding contributes nothing.
+    g = F.pad(x.reshape(B, H, W, C).float(), (0, 0, 0, Wo * k - W, 0, Ho * k - H))
+    s = g.view(B, Ho, k, Wo, k, C).sum(dim=(2, 4), keepdim=True)
+    return (s / _cell_counts(H, W, k, x.device)).reshape(B, Ho * Wo, C).to(x.dtype)
+
+
+def _bwd_torch(grad_y: torch.Tensor, H: int, W: int, k: int) -> torch.Tensor:
+    B, _, C = grad_y.shape
+    Ho, Wo = _out_grid(H, W, k)
+    g = grad_y.float().view(B, Ho, 1, Wo, 1, C) / _cell_counts(H, W, k, grad_y.device)
+    g = g.expand(B, Ho, k, Wo, k, C).reshape(B, Ho * k, Wo * k, C)[:, :H, :W]
+    return g.reshape(B, H * W, C).to(grad_y.dtype)
+
+
+def _fwd_cpp(x: torch.Tensor, H: int, W: int, k: int) -> torch.Tensor:
+    return torch.ops.mage_fast.patch_pool_fwd(x, H, W, k)
+
+
+def _bwd_cpp(grad_y: torch.Tensor, H: int, W: int, k: int) -> torch.Tensor:
+    return torch.ops.mage_fast.patch_pool_bwd(grad_y, H, W, k)
+
+
+# backend -> (forward, backward); the Triton/CUDA issues add their launchers here.
+_IMPLS = {"torch": (_fwd_torch, _bwd_torch), "cpp": (_fwd_cpp, _bwd_cpp)}
+_backend.register(OP, "torch")
+_backend.register(OP, "cpp", lambda dev: _ext.cpp_unavailable_reason("patch_pool_fwd", dev))
+
+
+@torch.library.custom_op("mage_fast::patch_pool", mutates_args=())
+def _patch_pool_op(x: torch.Tensor, H: int, W: int, k: int, backend: str) -> torch.Tensor:
+    """x (B, H*W, C) -> y (B, ceil(H/k)*ceil(W/k), C) with the resolved `backend`."""
+    return _IMPLS[backend][0](x, H, W, k)
+
+
+@_patch_pool_op.register_fake
+def _(x: torch.Tensor, H: int, W: int, k: int, backend: str) -> torch.Tensor:
+    Ho, Wo = _out_grid(H, W, k)
+    return x.new_empty((x.shape[0], Ho * Wo, x.shape[2]))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    _, ctx.H, ctx.W, ctx.k, ctx.backend = inputs
+
+
+def _backward(ctx, grad_y: torch.Tensor):
+    return _IMPLS[ctx.backend][1](grad_y, ctx.H, ctx.W, ctx.k), None, None, None, None
+
+
+_patch_pool_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def patch_pool(x: torch.Tensor, grid: tuple[int, int], k: int = 2, backend: str = "auto") -> torch.Tensor:
+    """Average-pool k x k cells of a token grid.
+
+    Args:
+        x: (B, H*W, C) fp32/bf16/fp16 tokens in row-major grid order.
+        grid: (H, W), the token grid.
+        k: cell side; edge cells (when k does not divide H or W) average only existing tokens.
+        backend: "auto" | "torch" | "cpp" | "triton" | "cuda".
+
+    Returns:
+        (B, ceil(H/k)*ceil(W/k), C) in x.dtype (accumulated in fp32).
+    """
+    check_tensor(OP, "x", x, dim=3)
+    check_float(OP, "x", x)
+    if not isinstance(grid, (tuple, list)) or len(grid) != 2:
+        raise ValueError(f"{OP}: grid must be (H, W), got {grid!r}")
+    H = check_pos_int(OP, "grid H", grid[0])
+    W = check_pos_int(OP, "grid W", grid[1])
+    k = check_pos_int(OP, "k", k)
+    if x.shape[1] != H * W:
+        raise ValueError(f"{OP}: x.shape[1] must be H*W = {H}*{W} = {H * W}, got shape {tuple(x.shape)}")
+    return _patch_pool_op(x, H, W, k, _backend.resolve(OP, backend, x.device))
