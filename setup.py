@@ -114,6 +114,7 @@ setup(
     install_requires=[
         "torch>=2.6",
         "transformers>=5.0",
+        "accelerate>=1.1",
         "deepspeed>=0.17",
         "tokenizers>=0.21",
         "safetensors>=0.4",

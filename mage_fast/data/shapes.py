@@ -1,0 +1,180 @@
+"""The built-in task: a shapes world drawn on a grid, as LLaVA JSON splits plus a word tokenizer.
+
+    python -m mage_fast.data.shapes --out DIR --n N --seed S
+
+Each image (S×S px, default 48) holds 1–4 coloured shapes, each in its own cell of a 3×3 grid
+(cell = S/3 px, so with 8-px patches and 2×2 pooling each pooled visual token sees one cell).
+(colour, shape) pairs are unique within an image so every question has one answer. Written:
+
+  DIR/images/NNNNN.png
+  DIR/stage1.json   captions ("describe the image ." → "a red circle at top left , ..."), stage 1
+  DIR/stage2.json   one question of each type per training image, with the caption for the MSE term
+  DIR/eval.json     the same questions on held-out images (never in stage1/stage2)
+  DIR/tokenizer/    a word-level tokenizer (tokenizers WordLevel) trained on all the text
+  DIR/world.json    the vocabulary of the world and the split sizes
+
+Question types (`qtype` on each row): colour, shape, position, count. Deterministic by seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+from dataclasses import dataclass
+
+from PIL import Image, ImageDraw
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (230, 40, 40),
+    "green": (40, 200, 60),
+    "blue": (50, 80, 235),
+    "yellow": (235, 220, 40),
+}
+SHAPES = ("circle", "square", "triangle")
+POSITIONS = (
+    "top left", "top", "top right",
+    "left", "center", "right",
+    "bottom left", "bottom", "bottom right",
+)  # fmt: skip
+COUNT_WORDS = ("zero", "one", "two", "three", "four")
+MAX_OBJECTS = 4
+# Words the chat templates add around the text; the word tokenizer must know them.
+TEMPLATE_WORDS = ("USER", "ASSISTANT", "SYSTEM", ":", "\n")
+SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "<image>")
+
+
+@dataclass(frozen=True)
+class Obj:
+    colour: str
+    shape: str
+    cell: int  # 0..8, row-major in the 3×3 grid
+
+    @property
+    def position(self) -> str:
+        return POSITIONS[self.cell]
+
+
+def draw_scene(objs: list[Obj], size: int, rng: random.Random) -> Image.Image:
+    """Render objects on a black canvas; each shape jitters a little inside its cell."""
+    img = Image.new("RGB", (size, size), (0, 0, 0))
+    d = ImageDraw.Draw(img)
+    cell = size / 3
+    for o in objs:
+        r, c = divmod(o.cell, 3)
+        half = cell * rng.uniform(0.32, 0.42)
+        cx = (c + 0.5) * cell + rng.uniform(-0.08, 0.08) * cell
+        cy = (r + 0.5) * cell + rng.uniform(-0.08, 0.08) * cell
+        box = (cx - half, cy - half, cx + half, cy + half)
+        fill = COLOURS[o.colour]
+        if o.shape == "circle":
+            d.ellipse(box, fill=fill)
+        elif o.shape == "square":
+            d.rectangle(box, fill=fill)
+        else:
+            d.polygon([(cx, cy - half), (cx - half, cy + half), (cx + half, cy + half)], fill=fill)
+    return img
+
+
+def sample_scene(rng: random.Random) -> list[Obj]:
+    n = rng.randint(1, MAX_OBJECTS)
+    cells = rng.sample(range(9), n)
+    pairs = rng.sample([(c, s) for c in COLOURS for s in SHAPES], n)
+    return sorted((Obj(c, s, cell) for (c, s), cell in zip(pairs, cells)), key=lambda o: o.cell)
+
+
+def caption(objs: list[Obj]) -> str:
+    return " , ".join(f"a {o.colour} {o.shape} at {o.position}" for o in objs) + " ."
+
+
+def questions(objs: list[Obj], rng: random.Random) -> list[tuple[str, str, str]]:
+    """One (qtype, question, answer) per type, about a randomly chosen object."""
+    o = rng.choice(objs)
+    return [
+        ("colour", f"what color is the shape at {o.position} ?", o.colour),
+        ("shape", f"what shape is at {o.position} ?", o.shape),
+        ("position", f"where is the {o.colour} {o.shape} ?", o.position),
+        ("count", "how many shapes are there ?", COUNT_WORDS[len(objs)]),
+    ]
+
+
+def _row(rid: str, image: str, q: str, a: str, cap: str, qtype: str) -> dict:
+    return {
+        "id": rid,
+        "image": image,
+        "conversations": [{"from": "human", "value": f"<image>\n{q}"}, {"from": "gpt", "value": a}],
+        "caption": cap,
+        "qtype": qtype,
+    }
+
+
+def train_word_tokenizer(texts: list[str], out_dir: str) -> None:
+    """A word-level tokenizer over the world's text, saved as a HF tokenizer folder."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS), min_frequency=1)
+    tok.train_from_iterator(texts + [" ".join(TEMPLATE_WORDS)], trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    fast.save_pretrained(out_dir)
+
+
+def generate(out: str, n: int, seed: int, size: int = 48, eval_fraction: float = 0.05) -> dict:
+    """Write the world to `out`; returns the summary also saved as world.json."""
+    if n < 20:
+        raise ValueError(f"--n must be at least 20 (got {n}): the eval split needs images too")
+    rng = random.Random(seed)
+    os.makedirs(os.path.join(out, "images"), exist_ok=True)
+    n_eval = max(10, int(n * eval_fraction))
+    stage1, stage2, evals, texts = [], [], [], []
+    for i in range(n):
+        objs = sample_scene(rng)
+        rel = f"images/{i:05d}.png"
+        draw_scene(objs, size, rng).save(os.path.join(out, rel))
+        cap = caption(objs)
+        qs = questions(objs, rng)
+        texts.append(cap)
+        texts.extend(f"{q} {a}" for _, q, a in qs)
+        if i < n - n_eval:
+            stage1.append(_row(f"{i:05d}-caption", rel, "describe the image .", cap, cap, "caption"))
+            stage2.extend(_row(f"{i:05d}-{t}", rel, q, a, cap, t) for t, q, a in qs)
+        else:
+            evals.extend(_row(f"{i:05d}-{t}", rel, q, a, cap, t) for t, q, a in qs)
+    texts.append("describe the image .")
+    for name, rows in (("stage1", stage1), ("stage2", stage2), ("eval", evals)):
+        with open(os.path.join(out, f"{name}.json"), "w") as f:
+            json.dump(rows, f)
+    train_word_tokenizer(texts, os.path.join(out, "tokenizer"))
+    world = {
+        "seed": seed, "n_images": n, "n_eval_images": n_eval, "image_size": size,
+        "colours": list(COLOURS), "shapes": list(SHAPES), "positions": list(POSITIONS),
+        "splits": {"stage1": len(stage1), "stage2": len(stage2), "eval": len(evals)},
+    }  # fmt: skip
+    with open(os.path.join(out, "world.json"), "w") as f:
+        json.dump(world, f, indent=1)
+    return world
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--n", type=int, default=6000, help="number of images (train + eval)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=48, help="image side in pixels (a multiple of 3)")
+    a = p.parse_args(argv)
+    world = generate(a.out, a.n, a.seed, a.size)
+    print(json.dumps(world["splits"]), "->", a.out)
+
+
+if __name__ == "__main__":
+    main()

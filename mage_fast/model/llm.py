@@ -1,0 +1,50 @@
+"""The causal LLM: HF AutoModelForCausalLM from a local folder, or a small random Llama/Qwen2."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+from mage_fast.model.config import LLMConfig
+
+
+def pick_attn_implementation(requested: str) -> str:
+    """auto → flash_attention_2 when flash-attn is importable and CUDA is up, else sdpa."""
+    if requested != "auto":
+        return requested
+    if importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available():
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def build_llm(cfg: LLMConfig, vocab_size: int) -> torch.nn.Module:
+    """A causal LM whose embedding table holds at least `vocab_size` rows (the tokenizer's length)."""
+    attn = pick_attn_implementation(cfg.attn_implementation)
+    if cfg.path is not None:
+        if not os.path.isdir(cfg.path):
+            raise FileNotFoundError(f"model.llm.path {cfg.path!r} is not a folder (no model hub here)")
+        model = AutoModelForCausalLM.from_pretrained(cfg.path, attn_implementation=attn)
+        if model.get_input_embeddings().weight.shape[0] < vocab_size:
+            model.resize_token_embeddings(vocab_size)
+        return model
+    conf_cls = LlamaConfig if cfg.arch == "llama" else Qwen2Config
+    hf = conf_cls(
+        vocab_size=vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        max_position_embeddings=cfg.max_position_embeddings,
+        pad_token_id=None,  # pad_token_id=0 crashed model init under zero.Init
+        tie_word_embeddings=False,
+    )
+    hf._attn_implementation = attn
+    return AutoModelForCausalLM.from_config(hf, attn_implementation=attn)
+
+
+def llm_config_dict(path: str) -> dict:
+    return AutoConfig.from_pretrained(path).to_dict()

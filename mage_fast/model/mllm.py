@@ -1,0 +1,147 @@
+"""MageModel: vision tower → aligner → visual tokens merged into the LLM's input → CE + MSE.
+
+Kernel-free: the fused ops enter through `mage_fast.ops` with the backends of `cfg.kernels`.
+Under ZeRO-3 the loss reads `lm_head.weight` outside lm_head's own forward; the training glue
+registers it as an external parameter of this module so it is gathered for forward and backward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mage_fast.model.aligner import build_aligner
+from mage_fast.model.config import ModelConfig
+from mage_fast.model.llm import build_llm
+from mage_fast.model.vision import VisionTower
+from mage_fast.ops import ce_mse
+
+IGNORE_INDEX = -100
+
+
+class MageModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, vocab_size: int, image_token_id: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.image_token_id = image_token_id
+        self.vision_tower = VisionTower(cfg.vision)
+        self.llm = build_llm(cfg.llm, vocab_size)
+        d = self.llm.config.hidden_size
+        g = self.vision_tower.grid
+        self.aligner = build_aligner(cfg.aligner, self.vision_tower.hidden_size, d, g, cfg.kernels)
+        self.num_image_tokens = cfg.aligner.num_tokens(g)
+        self.image_size = self.vision_tower.image_size
+
+    # -- images -------------------------------------------------------------------------------
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixels (n_img, 3, S, S) → visual tokens Z (n_img, T, D)."""
+        dtype = next(self.aligner.parameters()).dtype
+        return self.aligner(self.vision_tower(pixel_values.to(dtype)))
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        image_counts: torch.Tensor,
+        ids: list[str] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token embeddings with each image's T visual tokens scattered into its placeholders.
+
+        input_ids (B, L) hold T copies of the image token per image, in image order.
+        Returns inputs_embeds (B, L, D) and Z (n_img, T, D).
+        """
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        is_img = input_ids == self.image_token_id
+        found = is_img.sum(1)
+        want = image_counts.to(found.device) * self.num_image_tokens
+        bad = (found != want).nonzero().flatten().tolist()
+        if bad:
+            b = bad[0]
+            name = ids[b] if ids else f"#{b}"
+            raise ValueError(
+                f"sample {name}: {int(found[b])} image placeholder tokens but {int(image_counts[b])} "
+                f"image(s) × {self.num_image_tokens} visual tokens = {int(want[b])} expected"
+            )
+        if pixel_values.shape[0] == 0:
+            # Every rank must run tower and aligner every step (ZeRO-3 gathers per module, and
+            # ranks would hang waiting for each other): a zero image that contributes nothing.
+            s = self.image_size
+            z = self.encode_images(pixel_values.new_zeros(1, 3, s, s))
+            return embeds + 0.0 * z.sum().to(embeds.dtype), z[:0]
+        z = self.encode_images(pixel_values)
+        embeds = embeds.masked_scatter(is_img.unsqueeze(-1), z.to(embeds.dtype).reshape(-1, z.shape[-1]))
+        return embeds, z
+
+    def caption_targets(self, caption_ids: torch.Tensor, caption_mask: torch.Tensor) -> torch.Tensor:
+        """d_txt: masked mean of the (frozen, no-grad) LLM input embeddings of each caption, (M, D)."""
+        with torch.no_grad():
+            e = self.llm.get_input_embeddings()(caption_ids).float()
+            m = caption_mask.unsqueeze(-1).float()
+            return (e * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+    # -- training -----------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        pixel_values: torch.Tensor,
+        image_counts: torch.Tensor,
+        caption_ids: torch.Tensor | None = None,
+        caption_mask: torch.Tensor | None = None,
+        ids: list[str] | None = None,
+        num_items: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """CE on next tokens (labelled positions only) + λ·MSE(d_img, d_txt).
+
+        num_items: labelled tokens in the whole accumulated (and data-parallel) batch, for exact
+        gradient accumulation; None divides by this micro-batch's count.
+        Returns loss, ce, mse (0-dim fp32) and n_tokens (this micro-batch's labelled tokens).
+        """
+        embeds, z = self.embed(input_ids, pixel_values, image_counts, ids)
+        hidden = self.llm.base_model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        shifted = labels[:, 1:]
+        sel = shifted != IGNORE_INDEX
+        h = hidden[:, :-1][sel]
+        y = shifted[sel]
+        d_img = z.mean(1)
+        if caption_ids is not None and caption_mask is not None and z.shape[0] > 0:
+            d_txt = self.caption_targets(caption_ids, caption_mask).to(d_img.dtype)
+            img_mask = caption_mask.any(1)
+        else:
+            d_txt = torch.zeros_like(d_img)
+            img_mask = torch.zeros(d_img.shape[0], dtype=torch.bool, device=d_img.device)
+        weight = self.llm.get_output_embeddings().weight
+        loss, ce, mse = ce_mse(
+            h, weight, y, d_img, d_txt, img_mask, self.cfg.mse_lambda,
+            ignore_index=IGNORE_INDEX, num_items=num_items, backend=self.cfg.kernels.ce_mse,
+        )  # fmt: skip
+        return {"loss": loss, "ce": ce, "mse": mse, "n_tokens": sel.sum()}
+
+    # -- inference ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        image_counts: torch.Tensor,
+        max_new_tokens: int,
+        eos_token_id: int,
+    ) -> list[list[int]]:
+        """Greedy decoding of prompts of equal length (no padding: bucket by length), KV-cached.
+
+        input_ids (B, L) → per sample the generated ids, up to and excluding eos.
+        """
+        embeds, _ = self.embed(input_ids, pixel_values, image_counts)
+        out = self.llm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        result: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+        for _ in range(max_new_tokens):
+            nxt = out.logits[:, -1].argmax(-1)
+            done |= nxt == eos_token_id
+            for i in (~done).nonzero().flatten().tolist():
+                result[i].append(int(nxt[i]))
+            if bool(done.all()):
+                break
+            out = self.llm(input_ids=nxt[:, None], past_key_values=out.past_key_values, use_cache=True)
+        return result

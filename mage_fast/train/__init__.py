@@ -1,0 +1,1 @@
+"""Training: typed configs, DeepSpeed glue, checkpoints, and the `deepspeed --module` entry."""

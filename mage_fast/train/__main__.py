@@ -1,0 +1,32 @@
+"""Entry point:
+
+    deepspeed --num_gpus N --module mage_fast.train --config configs/train/X.yaml [key=value ...]
+    python -m mage_fast.train --config configs/train/X.yaml [key=value ...]     (one process)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mage_fast.configtools import ConfigError, load_config
+from mage_fast.train.config import TrainConfig
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="mage_fast.train", description="Train a MAGE model with DeepSpeed.")
+    p.add_argument("--config", help="a YAML instance of TrainConfig (configs/train/*.yaml)")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=3e-4 max_steps=100")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(TrainConfig, args.config, args.overrides)
+    except (ConfigError, OSError) as e:
+        sys.exit(f"config error: {e}")
+    from mage_fast.train.loop import train
+
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()

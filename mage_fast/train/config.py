@@ -1,0 +1,73 @@
+"""Typed training configuration; configs/train/*.yaml are instances of TrainConfig."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mage_fast.data.config import DataConfig
+from mage_fast.model.config import ModelConfig
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with per-part learning rates (None: use `lr`), warmup then cosine or constant."""
+
+    lr: float = 1e-3
+    lr_vision: float | None = None
+    lr_aligner: float | None = None
+    lr_llm: float | None = None
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 50
+    schedule: str = "cosine"  # cosine | constant
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"optim.schedule must be cosine or constant, got {self.schedule!r}")
+        for name in ("lr", "lr_vision", "lr_aligner", "lr_llm"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ValueError(f"optim.{name} must be > 0, got {v}")
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/default"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    # An exported model folder to start from (stage 2 from stage 1); its architecture must match.
+    init_from: str | None = None
+    freeze_vision: bool = False
+    freeze_aligner: bool = False
+    freeze_llm: bool = False
+    max_steps: int = 1000  # optimizer steps
+    micro_batch_size: int = 16  # per rank
+    grad_accum: int = 1
+    bf16: bool = False
+    deepspeed: str = "configs/deepspeed/zero3.json"
+    save_every: int = 0  # steps between checkpoints; 0: only at the end
+    keep_last: int = 2  # complete checkpoints kept
+    resume: bool = True  # continue from the newest complete checkpoint in run_dir/checkpoints
+    export: bool = True  # write run_dir/export (HF-style parts) at the end
+    log_every: int = 10
+    threads: int = 0  # torch CPU threads per rank; 0: cores / local ranks
+    deterministic: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "micro_batch_size", "grad_accum", "keep_last", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.save_every < 0:
+            raise ValueError(f"save_every must be >= 0, got {self.save_every}")
+        for part in ("vision", "aligner", "llm"):
+            if getattr(self, f"freeze_{part}") and getattr(self.optim, f"lr_{part}") is not None:
+                raise ValueError(
+                    f"freeze_{part}=true contradicts optim.lr_{part}={getattr(self.optim, f'lr_{part}')}: "
+                    f"a frozen part has no learning rate"
+                )
+        if self.freeze_vision and self.freeze_aligner and self.freeze_llm:
+            raise ValueError("freeze_vision, freeze_aligner and freeze_llm are all true: nothing to train")

@@ -1,0 +1,138 @@
+"""DeepSpeed glue: the resolved ds config, the model built under ZeRO-3, optimizer and engine.
+
+The model code knows nothing of DeepSpeed; here is where ZeRO-3's needs are met:
+- HF parts see `HfDeepSpeedConfig`, so `from_pretrained` loads straight into partitions;
+- our own modules are built inside `deepspeed.zero.Init`;
+- `lm_head.weight`, read by the fused loss outside lm_head's forward, is registered as an
+  external parameter of MageModel: gathered for its forward and backward;
+- loading a part (stage 1 → stage 2) and exporting go through `GatheredParameters`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import deepspeed
+import torch
+from deepspeed.runtime.zero.partition_parameters import GatheredParameters
+from torch import nn
+
+from mage_fast.configtools import ConfigError
+from mage_fast.model.mllm import MageModel
+from mage_fast.train.config import TrainConfig
+
+PARTS = ("vision_tower", "aligner", "llm")
+
+
+def build_ds_config(cfg: TrainConfig, world: int) -> dict:
+    """The DeepSpeed json with its "auto" fields filled from the TrainConfig (the one source)."""
+    with open(cfg.deepspeed) as f:
+        ds = json.load(f)
+    wanted = {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "train_batch_size": cfg.micro_batch_size * cfg.grad_accum * world,
+        "gradient_clipping": cfg.optim.grad_clip,
+    }
+    for key, value in wanted.items():
+        have = ds.get(key, "auto")
+        if have != "auto" and have != value:
+            raise ConfigError(f"{cfg.deepspeed}: {key}={have} disagrees with the train config ({value}); use \"auto\"")
+        ds[key] = value
+    bf16 = ds.setdefault("bf16", {})
+    if bf16.get("enabled", "auto") not in ("auto", cfg.bf16):
+        raise ConfigError(f"{cfg.deepspeed}: bf16.enabled={bf16['enabled']} disagrees with bf16={cfg.bf16}")
+    bf16["enabled"] = cfg.bf16
+    ds.setdefault("zero_allow_untested_optimizer", True)  # torch's AdamW as the client optimizer
+    return ds
+
+
+def zero_stage(ds: dict) -> int:
+    return int(ds.get("zero_optimization", {}).get("stage", 0))
+
+
+def build_model(cfg: TrainConfig, ds: dict, vocab_size: int, image_token_id: int) -> tuple[MageModel, object]:
+    """MageModel, partitioned at construction under ZeRO-3. Keep the second value alive."""
+    zero3 = zero_stage(ds) == 3
+    import torch._dynamo  # noqa: F401  (before zero.Init, else a "Signature mismatch" TypeError)
+
+    hf_ds = None
+    if zero3:
+        from transformers.integrations import HfDeepSpeedConfig
+
+        hf_ds = HfDeepSpeedConfig(ds)
+    with deepspeed.zero.Init(config_dict_or_path=ds, enabled=zero3):
+        model = MageModel(cfg.model, vocab_size, image_token_id)
+    if zero3:
+        deepspeed.zero.register_external_parameter(model, model.llm.get_output_embeddings().weight)
+    return model, hf_ds
+
+
+def _shape(p: torch.Tensor) -> tuple[int, ...]:
+    return tuple(getattr(p, "ds_shape", p.shape))
+
+
+def load_part(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """Copy a full state dict into `module`, also when ZeRO-3 has partitioned its parameters."""
+    own = dict(module.named_parameters())
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"{what}: state does not match the module (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    for name, p in own.items():
+        if _shape(p) != tuple(state[name].shape):
+            raise ValueError(
+                f"{what}.{name}: checkpoint shape {tuple(state[name].shape)} but model shape {_shape(p)}"
+            )
+    zero3 = any(hasattr(p, "ds_id") for p in own.values())
+    with GatheredParameters(list(own.values()), modifier_rank=0, enabled=zero3):
+        with torch.no_grad():
+            for name, p in own.items():
+                p.data.copy_(state[name].to(p.dtype))
+
+
+def gathered_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """Full CPU copies of a module's parameters and buffers (gathered under ZeRO-3), on every rank."""
+    params = list(module.parameters())
+    zero3 = any(hasattr(p, "ds_id") for p in params)
+    with GatheredParameters(params, modifier_rank=None, enabled=zero3):
+        return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def apply_freeze(model: MageModel, cfg: TrainConfig) -> None:
+    for part in PARTS:
+        short = "vision" if part == "vision_tower" else part
+        if getattr(cfg, f"freeze_{short}"):
+            getattr(model, part).requires_grad_(False)
+
+
+def build_optimizer(model: MageModel, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, object]:
+    """AdamW with one param group per trainable part, and warmup + cosine/constant schedule."""
+    o = cfg.optim
+    groups = []
+    for part in PARTS:
+        short = "vision" if part == "vision_tower" else part
+        params = [p for p in getattr(model, part).parameters() if p.requires_grad]
+        if params:
+            lr = getattr(o, f"lr_{short}") or o.lr
+            groups.append({"params": params, "lr": lr, "name": part})
+    opt = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+
+    def factor(step: int) -> float:
+        if step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        if o.schedule == "constant":
+            return 1.0
+        t = min(1.0, (step - o.warmup_steps) / max(1, cfg.max_steps - o.warmup_steps))
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def initialize(model: MageModel, cfg: TrainConfig, ds: dict):
+    """deepspeed.initialize with our optimizer and scheduler; returns the engine."""
+    opt, sched = build_optimizer(model, cfg)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=ds)
+    return engine
+
+
