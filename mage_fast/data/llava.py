@@ -141,10 +141,9 @@ class LlavaDataset(Dataset):
 
     # ---- validation --------------------------------------------------------------------------
     def _validate(self, rows: list[Any], cache_tokens: bool) -> None:
-        st, img_id = self.stats, self.template.image_token_id
+        st, t = self.stats, self.template
         st.total = len(rows)
-        image_ok: dict[str, tuple[str, str] | None] = {}  # path -> (reason, detail) | None; paths repeat
-        tok_ids, tok_mask, offsets = [], [], [0]
+        parsed = []  # (sid, messages, images, captions, rendered): rows that pass the cheap checks
         for i, row in enumerate(rows):
             if isinstance(row, _BadLine):
                 st.add("malformed", row.id, row.error)
@@ -165,35 +164,42 @@ class LlavaDataset(Dataset):
                                                     f"for {len(images)} images")
                 continue
             try:
-                ids, mask = self.template.encode_compact(messages)
+                rendered = t.render(messages)
             except Exception as e:  # e.g. a chat template raising on the turn order
                 st.add("malformed", sid, f"template: {type(e).__name__}: {e}")
                 continue
-            if int((ids == img_id).sum()) != len(images):
-                st.add("placeholder_mismatch", sid, "image tokens after rendering != images")
-                continue
-            length = self.template.expanded_length(ids)
-            if length > self.max_length:
-                st.add("over_length", sid, f"{length} tokens > max_length {self.max_length}")
-                continue
-            if not mask.any():
-                st.add("no_labels", sid, "no assistant token")
-                continue
-            paths = [os.path.join(self.image_root, p) for p in images]
-            bad = next(filter(None, (self._check_image(p, image_ok) for p in paths)), None)
-            if bad:
-                st.add(bad[0], sid, bad[1])
-                continue
-            self.ids.append(sid)
-            self.images.append(paths)
-            self.captions.append(captions)
-            self.lengths.append(length)
-            if cache_tokens:
-                tok_ids.append(ids.astype(np.int32))
-                tok_mask.append(mask)
-                offsets.append(offsets[-1] + len(ids))
-            else:
-                self._convs.append(messages)
+            parsed.append((sid, messages, images, captions, rendered))
+        image_ok: dict[str, tuple[str, str] | None] = {}  # path -> (reason, detail) | None; paths repeat
+        tok_ids, tok_mask, offsets = [], [], [0]
+        for b in range(0, len(parsed), 1024):  # tokenize in blocks: one tokenizer call each
+            block = parsed[b : b + 1024]
+            encoded = t.tokenize([p[4] for p in block])
+            for (sid, messages, images, captions, _), (ids, mask) in zip(block, encoded):
+                if int((ids == t.image_token_id).sum()) != len(images):
+                    st.add("placeholder_mismatch", sid, "image tokens after rendering != images")
+                    continue
+                length = t.expanded_length(ids)
+                if length > self.max_length:
+                    st.add("over_length", sid, f"{length} tokens > max_length {self.max_length}")
+                    continue
+                if not mask.any():
+                    st.add("no_labels", sid, "no assistant token")
+                    continue
+                paths = [os.path.join(self.image_root, p) for p in images]
+                bad = next(filter(None, (self._check_image(p, image_ok) for p in paths)), None)
+                if bad:
+                    st.add(bad[0], sid, bad[1])
+                    continue
+                self.ids.append(sid)
+                self.images.append(paths)
+                self.captions.append(captions)
+                self.lengths.append(length)
+                if cache_tokens:
+                    tok_ids.append(ids.astype(np.int32))
+                    tok_mask.append(mask)
+                    offsets.append(offsets[-1] + len(ids))
+                else:
+                    self._convs.append(messages)
         if cache_tokens:  # one flat buffer: no per-sample objects for forked workers to copy
             self._tok_ids = np.concatenate(tok_ids) if tok_ids else np.zeros(0, np.int32)
             self._tok_mask = np.concatenate(tok_mask) if tok_mask else np.zeros(0, bool)

@@ -93,28 +93,34 @@ class ConversationTemplate:
         return text, spans
 
     # ---- tokenizing ------------------------------------------------------------------------
-    def _tokenize(self, text: str, spans: list[Span]) -> tuple[np.ndarray, np.ndarray]:
-        """Compact encoding: ids int64 (T,) with ONE image id per placeholder, label mask bool (T,)."""
-        chunks = text.split(IMAGE_TOKEN)
-        bases = np.cumsum([0] + [len(c) + len(IMAGE_TOKEN) for c in chunks[:-1]])
-        ids: list[np.ndarray] = []
-        mask: list[np.ndarray] = []
-        if getattr(self.tokenizer, "is_fast", False):
-            enc = self.tokenizer(chunks, add_special_tokens=False, return_offsets_mapping=True)
-            per_chunk = zip(enc["input_ids"], enc["offset_mapping"])
-        else:
-            per_chunk = (self._tokenize_slow(c, int(b), spans) for c, b in zip(chunks, bases))
-        for k, ((cid, off), base) in enumerate(zip(per_chunk, bases)):
-            off = np.asarray(off, dtype=np.int64).reshape(-1, 2) + base
-            m = np.zeros(len(cid), dtype=bool)
+    def tokenize(self, rendered: Sequence[tuple[str, list[Span]]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Rendered ``(text, spans)`` → compact encodings ``(ids int64 (T,), label mask bool (T,))``
+        with ONE image id per placeholder. Batched: a single tokenizer call for all texts, since
+        per-call overhead dominates for short conversations."""
+        split = [text.split(IMAGE_TOKEN) for text, _ in rendered]
+        fast = getattr(self.tokenizer, "is_fast", False)
+        if fast:
+            enc = self.tokenizer([c for chunks in split for c in chunks], add_special_tokens=False,
+                                 return_offsets_mapping=True)
+            flat = iter(zip(enc["input_ids"], enc["offset_mapping"]))
+        out = []
+        for (_, spans), chunks in zip(rendered, split):
+            bases = np.cumsum([0] + [len(c) + len(IMAGE_TOKEN) for c in chunks[:-1]])
+            ids: list[np.ndarray] = []
+            offs: list[np.ndarray] = []
+            for k, (chunk, base) in enumerate(zip(chunks, bases)):
+                cid, off = next(flat) if fast else self._tokenize_slow(chunk, int(base), spans)
+                if k:  # the placeholder between chunks k-1 and k; never labelled (offsets -1)
+                    ids.append(np.array([self.image_token_id], dtype=np.int64))
+                    offs.append(np.array([[-1, -1]], dtype=np.int64))
+                ids.append(np.asarray(cid, dtype=np.int64))
+                offs.append(np.asarray(off, dtype=np.int64).reshape(-1, 2) + base)
+            tid, off = np.concatenate(ids), np.concatenate(offs)
+            mask = np.zeros(len(tid), dtype=bool)
             for s, e in spans:  # a token is an answer token if it overlaps an answer span
-                m |= (off[:, 0] < e) & (np.maximum(off[:, 1], off[:, 0] + 1) > s)
-            if k:
-                ids.append(np.array([self.image_token_id], dtype=np.int64))
-                mask.append(np.zeros(1, dtype=bool))
-            ids.append(np.asarray(cid, dtype=np.int64))
-            mask.append(m)
-        return np.concatenate(ids), np.concatenate(mask)
+                mask |= (off[:, 0] >= 0) & (off[:, 0] < e) & (np.maximum(off[:, 1], off[:, 0] + 1) > s)
+            out.append((tid, mask))
+        return out
 
     def _tokenize_slow(self, chunk: str, base: int, spans: list[Span]) -> tuple[list[int], list[Span]]:
         """No offsets without a fast tokenizer: cut the chunk at span edges and give each piece's
@@ -130,7 +136,7 @@ class ConversationTemplate:
     def encode_compact(self, turns: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
         """Conversation → (ids int64 (T,), label mask bool (T,)) with one image id per image;
         :meth:`expand` turns it into model inputs. Compact so datasets can cache it cheaply."""
-        return self._tokenize(*self.render(to_messages(turns)))
+        return self.tokenize([self.render(to_messages(turns))])[0]
 
     def expanded_length(self, ids: np.ndarray) -> int:
         """Length of ``ids`` after image expansion."""
@@ -155,8 +161,7 @@ class ConversationTemplate:
         if messages[-1]["role"] == "assistant":
             raise ValueError("encode_prompt: the last turn is an assistant answer; drop it first")
         text, _ = self.render(messages, add_generation_prompt=True)
-        ids, mask = self._tokenize(text, [])
-        return self.expand(ids, mask)[0]
+        return self.expand(*self.tokenize([(text, [])])[0])[0]
 
 
 def _rstrip_span(text: str, start: int, end: int) -> Span:
