@@ -24,6 +24,8 @@ class Collator:
     """
 
     def __init__(self, pad_id: int, image_size: int):
+        if pad_id is None:  # e.g. tokenizer.pad_token_id before ensure_special_tokens()
+            raise ValueError("Collator needs a pad id; call ensure_special_tokens(tokenizer) first")
         self.pad_id, self.image_size = int(pad_id), int(image_size)
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
