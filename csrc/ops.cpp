@@ -28,7 +28,7 @@ PyObject* PyInit__C(void) {
 
 TORCH_LIBRARY(mage_fast, m) {
   // x (B, H*W, C) in row-major grid order -> y (B, ceil(H/k)*ceil(W/k), C): mean over each k x k
-  // cell; edge cells average only the grid cells that exist. fp32 accumulation.
+  // cell; edge cells average only the grid cells that exist. Accumulation in fp32 (fp64 for double).
   m.def("patch_pool_fwd(Tensor x, int H, int W, int k) -> Tensor");
   // grad_y (B, ceil(H/k)*ceil(W/k), C) -> grad_x (B, H*W, C): the adjoint of patch_pool_fwd.
   m.def("patch_pool_bwd(Tensor grad_y, int H, int W, int k) -> Tensor");

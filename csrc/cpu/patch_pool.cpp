@@ -4,6 +4,7 @@
 // grid averages tokens h in [i*k, min(H, i*k+k)), w in [j*k, min(W, j*k+k)).
 
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #include <torch/types.h>
@@ -36,20 +37,21 @@ void pool_fwd_kernel(const scalar_t* x, scalar_t* y, int64_t B, int64_t H, int64
   const int64_t Ho = ceil_div(H, k), Wo = ceil_div(W, k);
   // One task per output token; grain keeps a task near 32k elements of work.
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, C * k * k));
+  using acc_t = at::opmath_type<scalar_t>;  // float for bf16/fp16/fp32, double for fp64
   at::parallel_for(0, B * Ho * Wo, grain, [&](int64_t begin, int64_t end) {
-    std::vector<float> acc(C);  // fp32 accumulator for any input dtype
+    std::vector<acc_t> acc(C);
     for (int64_t o = begin; o < end; ++o) {
       const int64_t b = o / (Ho * Wo), i = (o / Wo) % Ho, j = o % Wo;
       const int64_t h0 = i * k, h1 = std::min(H, h0 + k);
       const int64_t w0 = j * k, w1 = std::min(W, w0 + k);
-      std::fill(acc.begin(), acc.end(), 0.f);
+      std::fill(acc.begin(), acc.end(), acc_t(0));
       for (int64_t h = h0; h < h1; ++h) {
         for (int64_t w = w0; w < w1; ++w) {
           const scalar_t* src = x + ((b * H + h) * W + w) * C;
-          for (int64_t c = 0; c < C; ++c) acc[c] += static_cast<float>(src[c]);
+          for (int64_t c = 0; c < C; ++c) acc[c] += static_cast<acc_t>(src[c]);
         }
       }
-      const float inv = 1.f / static_cast<float>((h1 - h0) * (w1 - w0));
+      const acc_t inv = acc_t(1) / static_cast<acc_t>((h1 - h0) * (w1 - w0));
       scalar_t* dst = y + o * C;
       for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<scalar_t>(acc[c] * inv);
     }
@@ -60,6 +62,7 @@ template <typename scalar_t>
 void pool_bwd_kernel(const scalar_t* gy, scalar_t* gx, int64_t B, int64_t H, int64_t W, int64_t k,
                      int64_t C) {
   const int64_t Ho = ceil_div(H, k), Wo = ceil_div(W, k);
+  using acc_t = at::opmath_type<scalar_t>;
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, C));
   // One task per input token: each reads its cell's gradient and divides by the cell size.
   at::parallel_for(0, B * H * W, grain, [&](int64_t begin, int64_t end) {
@@ -67,10 +70,10 @@ void pool_bwd_kernel(const scalar_t* gy, scalar_t* gx, int64_t B, int64_t H, int
       const int64_t b = t / (H * W), h = (t / W) % H, w = t % W;
       const int64_t i = h / k, j = w / k;
       const int64_t nh = std::min(H, i * k + k) - i * k, nw = std::min(W, j * k + k) - j * k;
-      const float inv = 1.f / static_cast<float>(nh * nw);
+      const acc_t inv = acc_t(1) / static_cast<acc_t>(nh * nw);
       const scalar_t* src = gy + ((b * Ho + i) * Wo + j) * C;
       scalar_t* dst = gx + t * C;
-      for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<scalar_t>(static_cast<float>(src[c]) * inv);
+      for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<scalar_t>(static_cast<acc_t>(src[c]) * inv);
     }
   });
 }

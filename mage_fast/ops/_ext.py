@@ -27,6 +27,8 @@ except ImportError as e:  # not built: `pip install --no-build-isolation -e .`
     )
 
 
+# Fixed per build: dynamo takes the answer as a constant instead of tracing into torch._C.
+@torch.compiler.assume_constant_result
 def has_kernel(op: str, dispatch_key: str) -> bool:
     """Whether `mage_fast::<op>` has a kernel for `dispatch_key` ("CPU", "CUDA") in this build."""
     if not HAS_C:

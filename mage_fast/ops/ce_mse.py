@@ -9,7 +9,10 @@ Torch backend (Liger-style): the forward walks the tokens in chunks; per chunk i
 logits in fp32, their log-sum-exp, the CE, and, when a gradient is needed, (softmax - onehot) in
 fp32, from which it computes grad_hidden (per chunk) and grad_weight (accumulated in fp32 over
 chunks, rounded once to weight.dtype). The backward only scales these stored gradients by the
-incoming grads of loss/ce/mse, so any combination of outputs can be backpropagated.
+incoming grads of loss/ce/mse, so any combination of outputs can be backpropagated. The stored
+gradients are kept in their input's dtype (for bf16, half the memory of fp32 held from forward to
+backward); scaling them rounds once more unless the scale is a power of two (loss.backward(),
+1/gas with gas a power of two), a last-ulp effect within the DESIGN.md low-precision rule.
 
 Chunk rule: a chunk holds `rows` tokens so that its fp32 logits plus their same-size softmax
 buffer, 2 * rows * V * 4 bytes, stay within `CHUNK_BYTES` (64 MiB: 1.5k rows at V = 32k, 128 at

@@ -1,0 +1,108 @@
+"""patch_pool: every backend vs the avg_pool2d reference, opcheck, gradcheck, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from opsutil import assert_close32, assert_lowp, grads, leaves
+
+from mage_fast.ops import patch_pool, resolve
+from mage_fast.ops.reference import patch_pool_ref
+
+BACKENDS = ["torch", "cpp"]
+# (H, W, k): odd grids, k not dividing H/W, k = 1, k larger than the grid, the MAGE 24x24.
+CASES = [(5, 7, 2), (5, 7, 3), (4, 6, 2), (3, 3, 1), (2, 3, 4), (24, 24, 2)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("H,W,k", CASES)
+def test_fp32_forward_backward(backend: str, H: int, W: int, k: int) -> None:
+    x = torch.randn(3, H * W, 10)
+    (xa,), (xr,) = leaves(x), leaves(x)
+    y, r = patch_pool(xa, (H, W), k, backend=backend), patch_pool_ref(xr, (H, W), k)
+    assert_close32("y", y, r)
+    g = torch.randn_like(r)
+    assert_close32("dx", grads(y, [xa], g)[0], grads(r, [xr], g)[0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("H,W,k", [(5, 7, 2), (5, 7, 3)])
+def test_low_precision(backend: str, dtype: torch.dtype, H: int, W: int, k: int) -> None:
+    x = torch.randn(2, H * W, 33).to(dtype)  # inputs exactly representable in dtype
+    (xa,), (xl,), (x32,) = leaves(x), leaves(x), leaves(x, dtype=torch.float32)
+    y = patch_pool(xa, (H, W), k, backend=backend)
+    rl, r32 = patch_pool_ref(xl, (H, W), k), patch_pool_ref(x32, (H, W), k)
+    assert y.dtype == dtype
+    assert_lowp("y", y, rl, r32, atol=1e-3)
+    g = torch.randn_like(r32).to(dtype)
+    gy, gl, g32 = grads(y, [xa], g)[0], grads(rl, [xl], g)[0], grads(r32, [x32], g.float())[0]
+    assert_lowp("dx", gy, gl, g32, atol=1e-3)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_and_empty_batch(backend: str) -> None:
+    x = torch.randn(35, 2, 6).transpose(0, 1)  # (2, 35, 6), not contiguous
+    assert not x.is_contiguous()
+    assert_close32("y", patch_pool(x, (5, 7), 2, backend=backend), patch_pool_ref(x, (5, 7), 2))
+    y0 = patch_pool(torch.randn(0, 35, 6), (5, 7), 2, backend=backend)
+    assert y0.shape == (0, 12, 6)
+
+
+def test_auto_is_cpp_on_cpu() -> None:
+    assert resolve("patch_pool", "auto", "cpu") == "cpp"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck_custom_op(backend: str) -> None:
+    x = torch.randn(2, 35, 4, requires_grad=True)
+    torch.library.opcheck(torch.ops.mage_fast.patch_pool.default, (x, 5, 7, 2, backend))
+
+
+@pytest.mark.parametrize("op", ["patch_pool_fwd", "patch_pool_bwd"])
+def test_opcheck_cpp_ops(op: str) -> None:
+    H, W, k = 5, 7, 3
+    n = H * W if op == "patch_pool_fwd" else 2 * 3
+    t = torch.randn(2, n, 4, requires_grad=True)
+    torch.library.opcheck(getattr(torch.ops.mage_fast, op).default, (t, H, W, k))
+
+
+def test_gradcheck_cpp_ops_double() -> None:
+    # The C++ kernels also take fp64, which lets gradcheck verify fwd/bwd are adjoint (twice).
+    x = torch.randn(2, 5 * 7, 3, dtype=torch.float64, requires_grad=True)
+    fwd = lambda t: torch.ops.mage_fast.patch_pool_fwd(t, 5, 7, 3)
+    assert torch.autograd.gradcheck(fwd, (x,))
+    assert torch.autograd.gradgradcheck(fwd, (x,))
+
+
+@pytest.mark.parametrize(
+    "x,grid,k,backend,match",
+    [
+        (torch.randn(35, 4), (5, 7), 2, "auto", "must be 3-D"),
+        (torch.randn(2, 36, 4), (5, 7), 2, "auto", r"x.shape\[1\] must be H\*W"),
+        (torch.randn(2, 35, 4), (5, 7), 0, "auto", "k must be a positive int"),
+        (torch.randn(2, 35, 4), (5,), 2, "auto", r"grid must be \(H, W\)"),
+        (torch.randn(2, 35, 4), (5, 7), 2.0, "auto", "k must be a positive int"),
+        (torch.randn(2, 35, 4).double(), (5, 7), 2, "auto", "float32, bfloat16 or float16"),
+        (torch.randn(2, 35, 4), (5, 7), 2, "nope", "unknown backend"),
+        (torch.randn(2, 35, 4), (5, 7), 2, "triton", "patch_pool: backend 'triton' is not implemented yet"),
+        (torch.randn(2, 35, 4), (5, 7), 2, "cuda", "patch_pool: backend 'cuda' is not implemented yet"),
+    ],
+)
+def test_bad_input(x: torch.Tensor, grid, k, backend: str, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        patch_pool(x, grid, k, backend=backend)
+
+
+def test_cpp_checks() -> None:
+    x = torch.randn(2, 35, 4)
+    with pytest.raises(RuntimeError, match=r"x.size\(1\) must be H\*W = 30"):
+        torch.ops.mage_fast.patch_pool_fwd(x, 5, 6, 2)
+    with pytest.raises(RuntimeError, match="k must be >= 1"):
+        torch.ops.mage_fast.patch_pool_fwd(x, 5, 7, 0)
+    with pytest.raises(RuntimeError, match="must be 3-D"):
+        torch.ops.mage_fast.patch_pool_fwd(x[0], 5, 7, 2)
+    with pytest.raises(RuntimeError, match=r"ceil\(H/k\)\*ceil\(W/k\) = 12"):
+        torch.ops.mage_fast.patch_pool_bwd(torch.randn(2, 35, 4), 5, 7, 2)
+    with pytest.raises(RuntimeError, match="floating point"):
+        torch.ops.mage_fast.patch_pool_fwd(torch.ones(2, 35, 4, dtype=torch.int32), 5, 7, 2)
