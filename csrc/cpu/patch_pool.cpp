@@ -13,7 +13,54 @@
 #include <vector>
 
 namespace mage_fast {
+namespace cpu_rows {
+
+// The extension is built for baseline x86-64 (SSE2); these row loops carry the whole cost, so GCC
+// compiles them for AVX-512/AVX2 as well and picks the best at load time (like ATen's own
+// CPU_CAPABILITY dispatch). Other compilers/targets get the plain loop.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define MAGE_FAST_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define MAGE_FAST_MULTIVERSION
+#endif
+
+template <typename T, typename A>
+inline void add_row_impl(A* __restrict acc, const T* __restrict src, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) acc[c] += static_cast<A>(src[c]);
+}
+
+template <typename T, typename A>
+inline void store_row_impl(T* __restrict dst, const A* __restrict acc, A scale, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) dst[c] = static_cast<T>(acc[c] * scale);
+}
+
+template <typename T, typename A>
+inline void scale_row_impl(T* __restrict dst, const T* __restrict src, A scale, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) dst[c] = static_cast<T>(static_cast<A>(src[c]) * scale);
+}
+
+// acc += src; dst = acc * scale; dst = src * scale (all in the accumulation type A).
+#define MAGE_FAST_ROW_OPS(T, A)                                                             \
+  MAGE_FAST_MULTIVERSION void add_row(A* acc, const T* src, int64_t n) { add_row_impl(acc, src, n); } \
+  MAGE_FAST_MULTIVERSION void store_row(T* dst, const A* acc, A scale, int64_t n) {         \
+    store_row_impl(dst, acc, scale, n);                                                     \
+  }                                                                                         \
+  MAGE_FAST_MULTIVERSION void scale_row(T* dst, const T* src, A scale, int64_t n) {         \
+    scale_row_impl(dst, src, scale, n);                                                     \
+  }
+
+MAGE_FAST_ROW_OPS(float, float)
+MAGE_FAST_ROW_OPS(c10::BFloat16, float)
+MAGE_FAST_ROW_OPS(c10::Half, float)
+MAGE_FAST_ROW_OPS(double, double)
+
+}  // namespace cpu_rows
+
 namespace {
+
+using cpu_rows::add_row;
+using cpu_rows::scale_row;
+using cpu_rows::store_row;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -48,12 +95,11 @@ void pool_fwd_kernel(const scalar_t* x, scalar_t* y, int64_t B, int64_t H, int64
       for (int64_t h = h0; h < h1; ++h) {
         for (int64_t w = w0; w < w1; ++w) {
           const scalar_t* src = x + ((b * H + h) * W + w) * C;
-          for (int64_t c = 0; c < C; ++c) acc[c] += static_cast<acc_t>(src[c]);
+          add_row(acc.data(), src, C);
         }
       }
       const acc_t inv = acc_t(1) / static_cast<acc_t>((h1 - h0) * (w1 - w0));
-      scalar_t* dst = y + o * C;
-      for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<scalar_t>(acc[c] * inv);
+      store_row(y + o * C, acc.data(), inv, C);
     }
   });
 }
@@ -71,9 +117,7 @@ void pool_bwd_kernel(const scalar_t* gy, scalar_t* gx, int64_t B, int64_t H, int
       const int64_t i = h / k, j = w / k;
       const int64_t nh = std::min(H, i * k + k) - i * k, nw = std::min(W, j * k + k) - j * k;
       const acc_t inv = acc_t(1) / static_cast<acc_t>(nh * nw);
-      const scalar_t* src = gy + ((b * Ho + i) * Wo + j) * C;
-      scalar_t* dst = gx + t * C;
-      for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<scalar_t>(static_cast<acc_t>(src[c]) * inv);
+      scale_row(gx + t * C, gy + ((b * Ho + i) * Wo + j) * C, inv, C);
     }
   });
 }

@@ -17,7 +17,7 @@ def patch_pool_ref(x: torch.Tensor, grid: tuple[int, int], k: int = 2) -> torch.
     H, W = grid
     img = x.reshape(B, H, W, C).permute(0, 3, 1, 2)
     y = F.avg_pool2d(img, k, stride=k, ceil_mode=True, count_include_pad=False)
-    return y.permute(0, 2, 3, 1).reshape(B, -1, C)
+    return y.permute(0, 2, 3, 1).reshape(B, y.shape[2] * y.shape[3], C)
 
 
 def ian_projection_ref(

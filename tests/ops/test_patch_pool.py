@@ -49,6 +49,18 @@ def test_non_contiguous_and_empty_batch(backend: str) -> None:
     assert y0.shape == (0, 12, 6)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_contiguous_grad(backend: str) -> None:
+    # Autograd hands over expanded (sum) or transposed grads; both backwards must accept them.
+    x = torch.randn(2, 35, 6, requires_grad=True)
+    patch_pool(x, (5, 7), 2, backend=backend).sum().backward()
+    want = grads(patch_pool_ref(x, (5, 7), 2), [x], torch.ones(2, 12, 6))[0]
+    assert_close32("dx (expanded grad)", x.grad, want)
+    g = torch.randn(6, 12, 2).permute(2, 1, 0)
+    got = grads(patch_pool(x, (5, 7), 2, backend=backend), [x], g)[0]
+    assert_close32("dx (permuted grad)", got, grads(patch_pool_ref(x, (5, 7), 2), [x], g)[0])
+
+
 def test_auto_is_cpp_on_cpu() -> None:
     assert resolve("patch_pool", "auto", "cpu") == "cpp"
 
