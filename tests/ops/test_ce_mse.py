@@ -197,3 +197,19 @@ def test_label_out_of_range_raises() -> None:
     args[2][3] = V
     with pytest.raises(RuntimeError, match="out of bounds"):
         ce_mse(*args, LAM)
+
+
+def test_never_builds_full_logits(monkeypatch) -> None:
+    # Every GEMM output of the forward is at most one chunk (4 rows) of logits, never N x V.
+    shapes = []
+    real = ce_mod.mm_f32
+
+    def spy(a, b):
+        out = real(a, b)
+        shapes.append(tuple(out.shape))
+        return out
+
+    monkeypatch.setattr(ce_mod, "mm_f32", spy)
+    run(ce_mse, make())
+    logits = [s for s in shapes if s[1] == V]
+    assert len(logits) == 10 and max(s[0] for s in logits) == 4
