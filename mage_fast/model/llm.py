@@ -6,7 +6,7 @@ import importlib.util
 import os
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
 from mage_fast.model.config import LLMConfig
 
@@ -26,7 +26,10 @@ def build_llm(cfg: LLMConfig, vocab_size: int) -> torch.nn.Module:
     if cfg.path is not None:
         if not os.path.isdir(cfg.path):
             raise FileNotFoundError(f"model.llm.path {cfg.path!r} is not a folder (no model hub here)")
-        model = AutoModelForCausalLM.from_pretrained(cfg.path, attn_implementation=attn)
+        model, info = AutoModelForCausalLM.from_pretrained(cfg.path, attn_implementation=attn, output_loading_info=True)
+        missing = [k for k in info["missing_keys"] if not k.endswith("lm_head.weight") or not model.config.tie_word_embeddings]
+        if missing:  # HF would leave them random and only log a table
+            raise ValueError(f"LLM {cfg.path}: weights missing for {sorted(missing)[:8]}")
         if model.get_input_embeddings().weight.shape[0] < vocab_size:
             model.resize_token_embeddings(vocab_size)
         return model
@@ -44,7 +47,3 @@ def build_llm(cfg: LLMConfig, vocab_size: int) -> torch.nn.Module:
     )
     hf._attn_implementation = attn
     return AutoModelForCausalLM.from_config(hf, attn_implementation=attn)
-
-
-def llm_config_dict(path: str) -> dict:
-    return AutoConfig.from_pretrained(path).to_dict()

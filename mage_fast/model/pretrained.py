@@ -28,6 +28,11 @@ from mage_fast.model.mllm import MageModel
 CONFIG_NAME = "mage_config.json"
 
 
+def export_parts(model: MageModel) -> dict[str, torch.nn.Module]:
+    """The modules whose full state dicts `write_export` takes, by part name."""
+    return {"vision_tower": model.vision_tower.tower, "aligner": model.aligner, "llm": model.llm}
+
+
 def exported_config(model: MageModel) -> ModelConfig:
     cfg = dataclasses.replace(
         model.cfg,

@@ -57,7 +57,9 @@ class VisionTower(nn.Module):
         _, model_cls = _MODELS[kind]
         hf._attn_implementation = "sdpa"
         if cfg.path is not None and os.path.isdir(cfg.path):
-            self.tower = model_cls.from_pretrained(cfg.path, config=hf)
+            self.tower, info = model_cls.from_pretrained(cfg.path, config=hf, output_loading_info=True)
+            if info["missing_keys"]:  # HF would leave them random and only log a table
+                raise ValueError(f"vision tower {cfg.path}: weights missing for {sorted(info['missing_keys'])[:8]}")
         else:
             self.tower = model_cls._from_config(hf)
         n = hf.num_hidden_layers

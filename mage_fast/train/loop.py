@@ -22,7 +22,6 @@ from mage_fast.train import checkpoint
 from mage_fast.train.config import TrainConfig
 from mage_fast.train.dist import all_reduce_sum, barrier, init_distributed, quiet_warnings, set_threads
 from mage_fast.train.engine import (
-    PARTS,
     apply_freeze,
     build_ds_config,
     build_model,
@@ -195,7 +194,7 @@ def train(cfg: TrainConfig) -> dict:
         if rank == 0:
             print(f"eval loss {summary['eval_loss']:.6f}", flush=True)
     if cfg.export:
-        state = {part: gathered_state(getattr(engine.module, part)) for part in PARTS}
+        state = {part: gathered_state(mod) for part, mod in pretrained.export_parts(engine.module).items()}
         if rank == 0:
             pretrained.write_export(os.path.join(cfg.run_dir, "export"), engine.module, tokenizer, state)
             print(f"exported to {os.path.join(cfg.run_dir, 'export')}", flush=True)

@@ -1,0 +1,116 @@
+"""Held-out evaluation: greedy answers, exact-match accuracy per question type, LLaVA-style JSONL.
+
+    python -m mage_fast.eval --model DIR --data eval.json [--out answers.jsonl]
+
+Each row's last turn is the reference answer; the turns before it are the prompt. Rows are
+grouped by `qtype` (or "all"). Answers are compared after lower-casing and collapsing spaces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import time
+from collections import defaultdict
+
+import torch
+
+from mage_fast.data.image import ImageTransform, load_image
+from mage_fast.data.llava import read_rows
+from mage_fast.data.template import ConversationTemplate, to_messages
+from mage_fast.model.pretrained import load_pretrained
+
+
+def normalize(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip().lower()).strip(" .")
+
+
+def _prepare(rows: list, template: ConversationTemplate, transform: ImageTransform, root: str) -> list[dict]:
+    items = []
+    for i, row in enumerate(rows):
+        sid = str(row.get("id", i)) if isinstance(row, dict) else str(i)
+        try:
+            msgs = to_messages(row["conversations"])
+            if msgs[-1]["role"] != "assistant":
+                raise ValueError("the last turn is not an answer")
+            images = row.get("image", [])
+            images = [images] if isinstance(images, str) else list(images)
+            pix = [transform(load_image(os.path.join(root, p))) for p in images]
+            ids = template.encode_prompt(row["conversations"][:-1])
+        except Exception as e:  # noqa: BLE001 - a bad row is reported and skipped, not fatal
+            print(f"skip {sid}: {type(e).__name__}: {e}")
+            continue
+        s = transform.size
+        items.append({
+            "id": sid, "qtype": row.get("qtype", "all"), "gt": msgs[-1]["content"],
+            "prompt": msgs[-2]["content"].replace("<image>", "").strip(), "input_ids": ids,
+            "pixel_values": torch.stack(pix) if pix else torch.zeros(0, 3, s, s),
+        })  # fmt: skip
+    return items
+
+
+@torch.no_grad()
+def evaluate(model_dir: str, data: str, out: str | None = None, batch_size: int = 64,
+             max_new_tokens: int = 16, image_root: str | None = None) -> dict:  # fmt: skip
+    """Accuracy per qtype (and overall); writes answers JSONL and metrics JSON when `out` is set."""
+    t0 = time.time()
+    model, tok = load_pretrained(model_dir)
+    template = ConversationTemplate(tok, num_image_tokens=model.num_image_tokens)
+    transform = ImageTransform(model.image_size)
+    root = image_root if image_root is not None else os.path.dirname(os.path.abspath(data))
+    items = _prepare(read_rows(data), template, transform, root)
+    buckets: dict[int, list[dict]] = defaultdict(list)
+    for it in items:  # equal lengths: no padding in greedy decoding
+        buckets[len(it["input_ids"])].append(it)
+    for group in buckets.values():
+        for i in range(0, len(group), batch_size):
+            chunk = group[i : i + batch_size]
+            gen = model.generate(
+                torch.stack([c["input_ids"] for c in chunk]),
+                torch.cat([c["pixel_values"] for c in chunk]),
+                torch.tensor([c["pixel_values"].shape[0] for c in chunk]),
+                max_new_tokens=max_new_tokens,
+                eos_token_id=tok.eos_token_id,
+            )
+            for c, g in zip(chunk, gen):
+                c["text"] = tok.decode(g, skip_special_tokens=True).strip()
+    hits: dict[str, list[int]] = defaultdict(list)
+    for it in items:
+        it["correct"] = normalize(it["text"]) == normalize(it["gt"])
+        hits[it["qtype"]].append(int(it["correct"]))
+    acc = {k: sum(v) / len(v) for k, v in sorted(hits.items())}
+    acc["overall"] = sum(sum(v) for v in hits.values()) / max(1, len(items))
+    metrics = {"accuracy": acc, "n": {k: len(v) for k, v in hits.items()}, "seconds": time.time() - t0}
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        name = os.path.basename(os.path.normpath(model_dir))
+        with open(out, "w") as f:
+            for it in items:
+                row = {"question_id": it["id"], "prompt": it["prompt"], "text": it["text"], "model_id": name,
+                       "metadata": {"qtype": it["qtype"], "gt": it["gt"], "correct": it["correct"]}}  # fmt: skip
+                f.write(json.dumps(row) + "\n")
+        with open(os.path.splitext(out)[0] + "_metrics.json", "w") as f:
+            json.dump(metrics, f, indent=1)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="mage_fast.eval", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="an exported model folder (run_dir/export)")
+    p.add_argument("--data", required=True, help="LLaVA JSON/JSONL with reference answers")
+    p.add_argument("--out", default=None, help="answers JSONL (metrics go beside it)")
+    p.add_argument("--image-root", default=None, help="image folder (default: the data file's folder)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    a = p.parse_args(argv)
+    m = evaluate(a.model, a.data, a.out, a.batch_size, a.max_new_tokens, a.image_root)
+    print(f"{'qtype':<10} {'n':>6} {'exact-match':>12}")
+    for k, v in m["accuracy"].items():
+        print(f"{k:<10} {m['n'].get(k, sum(m['n'].values())):>6} {v:>12.3f}")
+    print(json.dumps({"accuracy": m["accuracy"]}))
+
+
+if __name__ == "__main__":
+    main()

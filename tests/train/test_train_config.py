@@ -1,0 +1,53 @@
+"""Configs: YAML instances load, overrides are typed, bad keys and combinations fail in one line."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+from conftest import ROOT
+
+from mage_fast.configtools import ConfigError, load_config
+from mage_fast.train.config import TrainConfig
+from mage_fast.train.engine import build_ds_config
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs/train/*.yaml"))))
+def test_shipped_configs_load(path):
+    cfg = load_config(TrainConfig, path)
+    assert cfg.max_steps >= 1
+
+
+def test_overrides_are_typed():
+    cfg = load_config(TrainConfig, None, ["optim.lr=3e-4", "max_steps=7", "bf16=true", "model.aligner.type=linear"])
+    assert cfg.optim.lr == 3e-4 and cfg.max_steps == 7 and cfg.bf16 is True and cfg.model.aligner.type == "linear"
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["max_stepz=3"], "unknown config key max_stepz"),
+        (["model.vision.hidden=3"], "unknown config key model.vision.hidden"),
+        (["max_steps=lots"], "max_steps: expected an integer"),
+        (["bf16=maybe"], "bf16: expected true/false"),
+        (["model.aligner.type=qformer"], "model.aligner.type must be one of"),
+        (["freeze_llm=true", "optim.lr_llm=1e-4"], "freeze_llm=true contradicts optim.lr_llm"),
+        (["max_steps"], "not of the form key=value"),
+    ],
+)
+def test_bad_config_fails_clearly(overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(TrainConfig, None, overrides)
+
+
+def test_ds_config_filled_from_train_config(tmp_path):
+    cfg = load_config(TrainConfig, None, ["micro_batch_size=4", "grad_accum=3", f"deepspeed={ROOT}/configs/deepspeed/zero3.json"])
+    ds = build_ds_config(cfg, world=2)
+    assert ds["train_batch_size"] == 24 and ds["gradient_accumulation_steps"] == 3
+    assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"] is False
+    bad = tmp_path / "ds.json"
+    bad.write_text('{"train_micro_batch_size_per_gpu": 8, "zero_optimization": {"stage": 3}}')
+    cfg.deepspeed = str(bad)
+    with pytest.raises(ConfigError, match="train_micro_batch_size_per_gpu=8 disagrees"):
+        build_ds_config(cfg, world=2)
