@@ -7,6 +7,12 @@ import os
 import pytest
 import torch
 
+# Without a GPU the Triton kernels run under the interpreter. Triton reads TRITON_INTERPRET when a
+# kernel is decorated (when mage_fast.kernels is first imported), so it must be set before any
+# mage_fast import; launched subprocesses (deepspeed ranks) inherit it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from mage_fast.model.config import AlignerConfig, LLMConfig, ModelConfig, VisionConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,8 +8,9 @@ Each op module registers, per backend it implements, a function `device -> reaso
 * a named backend must be implemented and usable, else a `ValueError` says which op, backend and
   device, and why.
 
-Today: patch_pool has `torch` + `cpp` (CPU), the other ops `torch` only. The Triton/CUDA issues
-hook in with `register(op, "triton", availability)` from their op module; nothing here changes.
+Today: every op has `torch` and `triton` (CUDA; CPU only under TRITON_INTERPRET=1, never chosen
+by auto there), patch_pool also `cpp` (CPU). A backend joins with `register(op, name,
+availability, auto)` from its op module; `auto` may be a predicate on the device.
 """
 
 from __future__ import annotations
@@ -19,14 +20,15 @@ from collections.abc import Callable
 import torch
 
 BACKENDS: tuple[str, ...] = ("torch", "cpp", "triton", "cuda")
-# Fastest first. The Triton interpreter (CPU) is correct but slow: its availability function
-# should return a reason on CPU, or register it with auto=False there.
+# Fastest first. The Triton interpreter (CPU) is correct but slow: Triton registers an auto
+# predicate that is true on CUDA only.
 AUTO_ORDER: tuple[str, ...] = ("cuda", "triton", "cpp", "torch")
 
 Availability = Callable[[torch.device], "str | None"]
+AutoRule = bool | Callable[[torch.device], bool]
 
-# op -> backend -> (availability, eligible for auto)
-_REGISTRY: dict[str, dict[str, tuple[Availability, bool]]] = {}
+# op -> backend -> (availability, eligible for auto: a bool or a predicate on the device)
+_REGISTRY: dict[str, dict[str, tuple[Availability, AutoRule]]] = {}
 
 
 def always(device: torch.device) -> str | None:
@@ -34,11 +36,16 @@ def always(device: torch.device) -> str | None:
     return None
 
 
-def register(op: str, backend: str, availability: Availability = always, auto: bool = True) -> None:
-    """Declare that `op` implements `backend`; `availability(device)` returns None or a reason."""
+def register(op: str, backend: str, availability: Availability = always, auto: AutoRule = True) -> None:
+    """Declare that `op` implements `backend`; `availability(device)` returns None or a reason.
+    `auto`: whether backend="auto" may pick it (a predicate: on which devices)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r} for {op}; known: {', '.join(BACKENDS)}")
     _REGISTRY.setdefault(op, {})[backend] = (availability, auto)
+
+
+def _auto_ok(rule: AutoRule, device: torch.device) -> bool:
+    return rule(device) if callable(rule) else bool(rule)
 
 
 def available(op: str, device: torch.device | str) -> list[str]:
@@ -56,16 +63,14 @@ def resolve(op: str, backend: str, device: torch.device | str) -> str:
     table = _REGISTRY[op]
     if backend == "auto":
         for b in AUTO_ORDER:
-            if b in table and table[b][1] and table[b][0](device) is None:
+            if b in table and _auto_ok(table[b][1], device) and table[b][0](device) is None:
                 return b
         raise ValueError(f"{op}: no backend is available on device {device}")
     if backend not in BACKENDS:
         raise ValueError(f"{op}: unknown backend {backend!r}; choose auto or one of {', '.join(BACKENDS)}")
     if backend not in table:
         done = ", ".join(b for b in BACKENDS if b in table)
-        raise ValueError(
-            f"{op}: backend {backend!r} is not implemented yet (device {device}); implemented: {done}"
-        )
+        raise ValueError(f"{op}: backend {backend!r} is not implemented yet (device {device}); implemented: {done}")
     why = table[backend][0](device)
     if why is not None:
         raise ValueError(f"{op}: backend {backend!r} is unavailable on device {device}: {why}")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from mage_fast.ops import _backend, _ext  # noqa: F401  (_ext: load mage_fast._C first)
+from mage_fast.ops import _backend, _ext, _triton  # noqa: F401  (_ext: load mage_fast._C first)
 from mage_fast.ops._checks import check_float, check_same_device, check_shape, check_tensor
 from mage_fast.ops._gemm import mm_f32, widen_off_cuda
 
@@ -80,9 +80,29 @@ def _fwd_torch(hidden, weight, labels, img, img_target, img_mask, lam, ignore_in
     return loss, ce, mse, gh, gw, gi
 
 
-# backend -> forward (the backward is backend-independent scaling); Triton/CUDA add theirs here.
-_IMPLS = {"torch": _fwd_torch}
+def _fwd_triton(hidden, weight, labels, img, img_target, img_mask, lam, ignore_index, num_items,
+                need_h, need_w, need_i):  # fmt: skip
+    # The kernels index memory with the labels: an id outside [0, V) would read another row's
+    # logit silently. No host sync on CUDA (the assert fires at a later launch); raises on CPU.
+    V = weight.shape[0]
+    ok = ((labels >= 0) & (labels < V)) | (labels == ignore_index)
+    torch._assert_async(ok.all(), f"{OP}: a label is out of bounds: ids must be in [0, {V}) or ignore_index")
+    loss, ce, mse, gh, gw, gi = _triton.kernels.ce_mse_fwd(
+        hidden, weight, labels, img, img_target, img_mask, lam, ignore_index, num_items,
+        need_h, need_w, need_i, chunk_rows(hidden.shape[0], V),
+    )  # fmt: skip
+    gh = gh if gh is not None else hidden.new_empty(0)
+    gw = gw if gw is not None else weight.new_empty(0)
+    gi = gi if gi is not None else img.new_empty(0)
+    return loss, ce, mse, gh, gw, gi
+
+
+# backend -> forward (the backward is backend-independent scaling); the CUDA issue adds its own.
+# The Triton forward (kernels/ce_mse.py) follows the torch one: same chunks (its fp32 logits plus a
+# gradient buffer in hidden's dtype fit the same budget), same stored gradients.
+_IMPLS = {"torch": _fwd_torch, "triton": _fwd_triton}
 _backend.register(OP, "torch")
+_backend.register(OP, "triton", _triton.unavailable_reason, auto=_triton.auto_ok)
 
 _Out = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 

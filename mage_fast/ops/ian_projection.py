@@ -25,7 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mage_fast.ops import _backend, _ext  # noqa: F401  (_ext: load mage_fast._C first)
+from mage_fast.ops import _backend, _ext, _triton  # noqa: F401  (_ext: load mage_fast._C first)
 from mage_fast.ops._checks import check_float, check_same_device, check_shape, check_tensor
 from mage_fast.ops._gemm import mm_f32
 
@@ -83,9 +83,22 @@ def _bwd_torch(dy, x, w1, w2, ln_w, z1, xhat, rstd, needs: tuple[bool, ...]):
     return dx, dw1, db1, dw2, db2, dln_w, dln_b
 
 
-# backend -> (forward, backward); Triton/CUDA add their launchers here.
-_IMPLS = {"torch": (_fwd_torch, _bwd_torch)}
+def _fwd_triton(x, w1, b1, w2, b2, ln_w, ln_b, eps: float, save: bool):
+    y, z1, xhat, rstd = _triton.kernels.ian_projection_fwd(x, w1, b1, w2, b2, ln_w, ln_b, eps, save)
+    if not save:
+        return y, x.new_empty(0), x.new_empty(0), x.new_empty(0, dtype=torch.float32)
+    return y, z1, xhat, rstd
+
+
+def _bwd_triton(dy, x, w1, w2, ln_w, z1, xhat, rstd, needs: tuple[bool, ...]):
+    return _triton.kernels.ian_projection_bwd(dy, x, w1, w2, ln_w, z1, xhat, rstd, needs)
+
+
+# backend -> (forward, backward); the CUDA issue adds its launchers here. The Triton kernels
+# (kernels/ian_projection.py) follow the torch template: same saved tensors, same rounding points.
+_IMPLS = {"torch": (_fwd_torch, _bwd_torch), "triton": (_fwd_triton, _bwd_triton)}
 _backend.register(OP, "torch")
+_backend.register(OP, "triton", _triton.unavailable_reason, auto=_triton.auto_ok)
 
 _Out = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 

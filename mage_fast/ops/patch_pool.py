@@ -3,8 +3,8 @@
 x (B, H*W, C), row-major grid (token t = h*W + w) -> y (B, ceil(H/k)*ceil(W/k), C). Edge cells
 average only the grid cells that exist (avg_pool2d with ceil_mode=True, count_include_pad=False).
 
-Backends: `cpp` (csrc/cpu/patch_pool.cpp, CPU) and `torch` (channels-last avg_pool2d forward,
-broadcast backward; any device).
+Backends: `cpp` (csrc/cpu/patch_pool.cpp, CPU), `triton` (kernels/patch_pool.py: CUDA, or CPU under
+TRITON_INTERPRET=1) and `torch` (channels-last avg_pool2d forward, broadcast backward; any device).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mage_fast.ops import _backend, _ext
+from mage_fast.ops import _backend, _ext, _triton
 from mage_fast.ops._checks import check_float, check_pos_int, check_tensor
 
 OP = "patch_pool"
@@ -56,10 +56,19 @@ def _bwd_cpp(grad_y: torch.Tensor, H: int, W: int, k: int) -> torch.Tensor:
     return torch.ops.mage_fast.patch_pool_bwd(grad_y, H, W, k)
 
 
-# backend -> (forward, backward); the Triton/CUDA issues add their launchers here.
-_IMPLS = {"torch": (_fwd_torch, _bwd_torch), "cpp": (_fwd_cpp, _bwd_cpp)}
+def _fwd_triton(x: torch.Tensor, H: int, W: int, k: int) -> torch.Tensor:
+    return _triton.kernels.patch_pool_fwd(x, H, W, k)
+
+
+def _bwd_triton(grad_y: torch.Tensor, H: int, W: int, k: int) -> torch.Tensor:
+    return _triton.kernels.patch_pool_bwd(grad_y, H, W, k)
+
+
+# backend -> (forward, backward); the CUDA issue adds its launchers here.
+_IMPLS = {"torch": (_fwd_torch, _bwd_torch), "cpp": (_fwd_cpp, _bwd_cpp), "triton": (_fwd_triton, _bwd_triton)}
 _backend.register(OP, "torch")
 _backend.register(OP, "cpp", lambda dev: _ext.cpp_unavailable_reason("patch_pool_fwd", dev))
+_backend.register(OP, "triton", _triton.unavailable_reason, auto=_triton.auto_ok)
 
 
 @torch.library.custom_op("mage_fast::patch_pool", mutates_args=())

@@ -13,7 +13,8 @@ def test_auto_today() -> None:
     assert resolve("patch_pool", "auto", "cpu") == "cpp"
     assert resolve("ian_projection", "auto", "cpu") == "torch"
     assert resolve("ce_mse", "auto", "cpu") == "torch"
-    assert available("patch_pool", "cpu") == ["cpp", "torch"]
+    # triton is listed on CPU only under the interpreter (TRITON_INTERPRET=1), never chosen by auto.
+    assert [b for b in available("patch_pool", "cpu") if b != "triton"] == ["cpp", "torch"]
 
 
 def test_cpp_not_on_other_devices() -> None:

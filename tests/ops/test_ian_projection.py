@@ -107,7 +107,7 @@ def _bad(**change) -> list[torch.Tensor]:
         (_bad(x=torch.randn(5, C).double()), "auto", "float32, bfloat16 or float16"),
         (_bad(b2=torch.randn(D, device="meta")), "auto", "all tensors must be on one device"),
         (_bad(), "cpp", "ian_projection: backend 'cpp' is not implemented yet"),
-        (_bad(), "triton", "ian_projection: backend 'triton' is not implemented yet"),
+        (_bad(), "cuda", "ian_projection: backend 'cuda' is not implemented yet"),
     ],
 )
 def test_bad_input(args: list[torch.Tensor], backend: str, match: str) -> None:

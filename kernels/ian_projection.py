@@ -1,0 +1,172 @@
+"""ian_projection y = LN(GELU(x w1^T + b1) w2^T + b2): forward and backward launchers.
+
+Forward (three launches):
+  1. GEMM x w1^T with the bias + exact-GELU epilogue: h = GELU(z1) (x.dtype, GEMM 2's operand)
+     and, when a backward will follow, z1 = x w1^T + b1 (x.dtype) saved;
+  2. GEMM h w2^T -> z2 without bias, fp32 (N, D);
+  3. `_ian_projection_ln_fwd_kernel`, one row per program: + b2, LayerNorm in fp32, y (x.dtype)
+     and, for the backward, xhat (x.dtype) and rstd (fp32).
+Saved: z1, xhat, rstd, the torch backend's set. GELU(z1) is recomputed inside the backward GEMM
+that needs it (a prologue on the operand load) instead of stored: z1 must be kept anyway for
+GELU', so storing h too would add N x D activations for no saved FLOP.
+
+Backward:
+  1. `_ian_projection_ln_bwd_kernel`: dz2 (x.dtype) from dy, xhat, rstd, ln_w, all fp32 inside;
+     dγ, dβ and db2 as fp32 partial sums, one row per program, summed by torch (deterministic);
+  2. dw2 = dz2^T GELU(z1)   (GEMM, GELU prologue on z1);
+  3. dz1 = (dz2 w2) * GELU'(z1), and db1 from fp32 column sums in the same epilogue;
+  4. dw1 = dz1^T x;  5. dx = dz1 w1. GEMMs whose result nobody needs are skipped.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from mage_fast.kernels import _launch
+from mage_fast.kernels._gemm import matmul, part_rows
+
+
+@triton.jit
+def _ian_projection_ln_fwd_kernel(
+    z_ptr, b2_ptr, w_ptr, b_ptr, y_ptr, xhat_ptr, rstd_ptr, D, eps,
+    s_z, s_y, s_x,
+    SAVE: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_D)
+    m = cols < D
+    z = tl.load(z_ptr + row * s_z + cols, mask=m, other=0.0) + tl.load(b2_ptr + cols, mask=m, other=0.0).to(tl.float32)
+    mean = tl.sum(z, axis=0) / D
+    zc = tl.where(m, z - mean, 0.0)
+    var = tl.sum(zc * zc, axis=0) / D
+    rstd = 1.0 / tl.sqrt(var + eps)
+    xhat = zc * rstd
+    w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + cols, mask=m, other=0.0).to(tl.float32)
+    tl.store(y_ptr + row * s_y + cols, (xhat * w + b).to(y_ptr.dtype.element_ty), mask=m)
+    if SAVE:
+        tl.store(xhat_ptr + row * s_x + cols, xhat.to(xhat_ptr.dtype.element_ty), mask=m)
+        tl.store(rstd_ptr + row, rstd)
+
+
+@triton.jit
+def _ian_projection_ln_bwd_kernel(
+    dy_ptr, xhat_ptr, rstd_ptr, w_ptr, dz_ptr, part_ptr, N, D, rows_per_prog,
+    s_dy, s_dyc, s_x, s_dz,
+    NEED_DZ: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_D)
+    m = cols < D
+    w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
+    d_w = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    d_b = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    d_b2 = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    start = pid.to(tl.int64) * rows_per_prog  # int64 loop variable: row offsets overflow int32
+    end = tl.minimum(start + rows_per_prog, N)
+    for row in range(start, end):
+        dy = tl.load(dy_ptr + row * s_dy + cols * s_dyc, mask=m, other=0.0).to(tl.float32)
+        xh = tl.load(xhat_ptr + row * s_x + cols, mask=m, other=0.0).to(tl.float32)
+        d_w += dy * xh
+        d_b += dy
+        if NEED_DZ:
+            rstd = tl.load(rstd_ptr + row)
+            dxh = dy * w
+            c1 = tl.sum(dxh, axis=0) / D
+            c2 = tl.sum(dxh * xh, axis=0) / D
+            dz = tl.where(m, rstd * (dxh - c1 - xh * c2), 0.0)
+            d_b2 += dz
+            tl.store(dz_ptr + row * s_dz + cols, dz.to(dz_ptr.dtype.element_ty), mask=m)
+    base = part_ptr + pid.to(tl.int64) * 3 * D
+    tl.store(base + cols, d_w, mask=m)
+    tl.store(base + D + cols, d_b, mask=m)
+    tl.store(base + 2 * D + cols, d_b2, mask=m)
+
+
+def ian_projection_fwd(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor,
+    w2: torch.Tensor,
+    b2: torch.Tensor,
+    ln_w: torch.Tensor,
+    ln_b: torch.Tensor,
+    eps: float,
+    save: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """x (N, C), w1 (D, C), w2 (D, D), vectors (D,) -> y (N, D) and, if `save`, z1 (N, D),
+    xhat (N, D) (x.dtype) and rstd (N,) fp32; else None for those three."""
+    N = x.shape[0]
+    D = w1.shape[0]
+    dev, dt = x.device, x.dtype
+    b1, b2, ln_w, ln_b = (t.contiguous() for t in (b1, b2, ln_w, ln_b))  # kernels index vectors by column
+    z1 = torch.empty((N, D), dtype=dt, device=dev) if save else None
+    h = torch.empty((N, D), dtype=dt, device=dev)
+    matmul(x, w1.t(), h, "bias_gelu", bias=b1, aux=z1)
+    z2 = torch.empty((N, D), dtype=torch.float32, device=dev)
+    matmul(h, w2.t(), z2)
+    del h
+    y = torch.empty((N, D), dtype=dt, device=dev)
+    xhat = torch.empty((N, D), dtype=dt, device=dev) if save else None
+    rstd = torch.empty((N,), dtype=torch.float32, device=dev) if save else None
+    if N > 0:
+        block, warps = _launch.ln_settings(D)
+        _ian_projection_ln_fwd_kernel[(N,)](
+            z2, b2, ln_w, ln_b, y, xhat if save else y, rstd if save else z2, D, float(eps),
+            z2.stride(0), y.stride(0), xhat.stride(0) if save else 0,
+            SAVE=save, BLOCK_D=block, num_warps=warps,
+        )  # fmt: skip
+    return y, z1, xhat, rstd
+
+
+def ian_projection_bwd(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    ln_w: torch.Tensor,
+    z1: torch.Tensor,
+    xhat: torch.Tensor,
+    rstd: torch.Tensor,
+    needs: tuple[bool, ...],
+) -> tuple[torch.Tensor | None, ...]:
+    """Grads of (x, w1, b1, w2, b2, ln_w, ln_b), each in its input's dtype, None where `needs`
+    (7 flags) is False. dy (N, D) any strides; the others as saved by ian_projection_fwd."""
+    nx, nw1, nb1, nw2, nb2, nlw, nlb = needs
+    N, D = xhat.shape
+    dev, dt = x.device, x.dtype
+    ln_w = ln_w.contiguous()
+    need_dz2 = nx or nw1 or nb1 or nw2 or nb2
+    dz2 = torch.empty((N, D), dtype=dt, device=dev) if need_dz2 else None
+    progs = _launch.ln_bwd_programs(N, dev)
+    rows_per = triton.cdiv(max(N, 1), progs)
+    part = torch.zeros((progs, 3, D), dtype=torch.float32, device=dev)
+    if N > 0:
+        block, warps = _launch.ln_settings(D)
+        _ian_projection_ln_bwd_kernel[(progs,)](
+            dy, xhat, rstd, ln_w, dz2 if need_dz2 else xhat, part, N, D, rows_per,
+            dy.stride(0), dy.stride(1), xhat.stride(0), dz2.stride(0) if need_dz2 else 0,
+            NEED_DZ=need_dz2, BLOCK_D=block, num_warps=warps,
+        )  # fmt: skip
+    sums = part.sum(0)  # (3, D) fp32: dγ, dβ, db2
+    dln_w = sums[0].to(ln_w.dtype) if nlw else None
+    dln_b = sums[1].to(ln_w.dtype) if nlb else None
+    db2 = sums[2].to(w2.dtype) if nb2 else None
+    dx = dw1 = db1 = dw2 = None
+    if nw2:
+        dw2 = torch.empty_like(w2)
+        matmul(dz2.t(), z1, dw2, b_gelu=True)  # GELU(z1) recomputed on load
+    if nx or nw1 or nb1:
+        dz1 = torch.empty((N, D), dtype=dt, device=dev)
+        pb = torch.zeros((part_rows(N), D), dtype=torch.float32, device=dev)
+        matmul(dz2, w2, dz1, "gelu_grad", aux=z1, part=pb)
+        if nb1:
+            db1 = pb.sum(0).to(w1.dtype)
+        if nw1:
+            dw1 = torch.empty_like(w1)
+            matmul(dz1.t(), x, dw1)
+        if nx:
+            dx = torch.empty_like(x)
+            matmul(dz1, w1, dx)
+    return dx, dw1, db1, dw2, db2, dln_w, dln_b
