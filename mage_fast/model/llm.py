@@ -27,7 +27,9 @@ def build_llm(cfg: LLMConfig, vocab_size: int) -> torch.nn.Module:
         if not os.path.isdir(cfg.path):
             raise FileNotFoundError(f"model.llm.path {cfg.path!r} is not a folder (no model hub here)")
         model, info = AutoModelForCausalLM.from_pretrained(cfg.path, attn_implementation=attn, output_loading_info=True)
-        missing = [k for k in info["missing_keys"] if not k.endswith("lm_head.weight") or not model.config.tie_word_embeddings]
+        missing = [
+            k for k in info["missing_keys"] if not k.endswith("lm_head.weight") or not model.config.tie_word_embeddings
+        ]
         if missing:  # HF would leave them random and only log a table
             raise ValueError(f"LLM {cfg.path}: weights missing for {sorted(missing)[:8]}")
         if model.get_input_embeddings().weight.shape[0] < vocab_size:

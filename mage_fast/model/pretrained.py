@@ -56,7 +56,9 @@ def write_export(out_dir: str, model: MageModel, tokenizer, state: dict[str, dic
             json.dump(dataclasses.asdict(exported_config(model)), f, indent=1)
         model.vision_tower.tower.save_pretrained(os.path.join(tmp, "vision_tower"), state_dict=state["vision_tower"])
         os.makedirs(os.path.join(tmp, "aligner"))
-        save_file({k: v.contiguous() for k, v in state["aligner"].items()}, os.path.join(tmp, "aligner", "model.safetensors"))
+        save_file(
+            {k: v.contiguous() for k, v in state["aligner"].items()}, os.path.join(tmp, "aligner", "model.safetensors")
+        )
         model.llm.save_pretrained(os.path.join(tmp, "llm"), state_dict=state["llm"])
         tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
         old = None

@@ -1,7 +1,7 @@
 """Entry point:
 
-    deepspeed --num_gpus N --module mage_fast.train --config configs/train/X.yaml [key=value ...]
-    python -m mage_fast.train --config configs/train/X.yaml [key=value ...]     (one process)
+deepspeed --num_gpus N --module mage_fast.train --config configs/train/X.yaml [key=value ...]
+python -m mage_fast.train --config configs/train/X.yaml [key=value ...]     (one process)
 """
 
 from __future__ import annotations

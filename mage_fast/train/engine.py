@@ -38,7 +38,7 @@ def build_ds_config(cfg: TrainConfig, world: int) -> dict:
     for key, value in wanted.items():
         have = ds.get(key, "auto")
         if have != "auto" and have != value:
-            raise ConfigError(f"{cfg.deepspeed}: {key}={have} disagrees with the train config ({value}); use \"auto\"")
+            raise ConfigError(f'{cfg.deepspeed}: {key}={have} disagrees with the train config ({value}); use "auto"')
         ds[key] = value
     bf16 = ds.setdefault("bf16", {})
     if bf16.get("enabled", "auto") not in ("auto", cfg.bf16):
@@ -78,12 +78,12 @@ def load_part(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> N
     own = dict(module.named_parameters())
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
-        raise ValueError(f"{what}: state does not match the module (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ValueError(
+            f"{what}: state does not match the module (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     for name, p in own.items():
         if _shape(p) != tuple(state[name].shape):
-            raise ValueError(
-                f"{what}.{name}: checkpoint shape {tuple(state[name].shape)} but model shape {_shape(p)}"
-            )
+            raise ValueError(f"{what}.{name}: checkpoint shape {tuple(state[name].shape)} but model shape {_shape(p)}")
     zero3 = any(hasattr(p, "ds_id") for p in own.values())
     with GatheredParameters(list(own.values()), modifier_rank=0, enabled=zero3):
         with torch.no_grad():
@@ -134,5 +134,3 @@ def initialize(model: MageModel, cfg: TrainConfig, ds: dict):
     opt, sched = build_optimizer(model, cfg)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=ds)
     return engine
-
-

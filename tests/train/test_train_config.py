@@ -42,7 +42,9 @@ def test_bad_config_fails_clearly(overrides, match):
 
 
 def test_ds_config_filled_from_train_config(tmp_path):
-    cfg = load_config(TrainConfig, None, ["micro_batch_size=4", "grad_accum=3", f"deepspeed={ROOT}/configs/deepspeed/zero3.json"])
+    cfg = load_config(
+        TrainConfig, None, ["micro_batch_size=4", "grad_accum=3", f"deepspeed={ROOT}/configs/deepspeed/zero3.json"]
+    )
     ds = build_ds_config(cfg, world=2)
     assert ds["train_batch_size"] == 24 and ds["gradient_accumulation_steps"] == 3
     assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"]["enabled"] is False
