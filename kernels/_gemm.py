@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 from mage_fast.kernels import _launch
+from mage_fast.kernels._launch import round_to
 
 _EPI = {"none": 0, "bias_gelu": 1, "gelu_grad": 2, "acc": 3}
 
@@ -77,7 +78,7 @@ def _gemm_kernel(
         a = tl.load(a_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         b = tl.load(b_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
         if B_GELU:
-            b = _gelu(b.to(tl.float32)).to(b.dtype)
+            b = round_to(_gelu(b.to(tl.float32)), b.dtype)
         if DOT_F32:
             a = a.to(tl.float32)
             b = b.to(tl.float32)
@@ -91,7 +92,7 @@ def _gemm_kernel(
         z = acc + tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
         if WRITE_AUX:
             x_ptrs = aux_ptr + rm64[:, None] * s_xm + rn64[None, :] * s_xn
-            tl.store(x_ptrs, z.to(aux_ptr.dtype.element_ty), mask=mask)
+            tl.store(x_ptrs, round_to(z, aux_ptr.dtype.element_ty), mask=mask)
         out = _gelu(z)
     elif EPI == 2:
         x_ptrs = aux_ptr + rm64[:, None] * s_xm + rn64[None, :] * s_xn
@@ -102,7 +103,7 @@ def _gemm_kernel(
         out = acc + tl.load(c_ptrs, mask=mask, other=0.0)
     else:
         out = acc
-    tl.store(c_ptrs, out.to(c_ptr.dtype.element_ty), mask=mask)
+    tl.store(c_ptrs, round_to(out, c_ptr.dtype.element_ty), mask=mask)
 
 
 def part_rows(m: int) -> int:

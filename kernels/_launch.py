@@ -144,3 +144,24 @@ def pool_settings(c: int, wo: int, elem_bytes: int) -> tuple[int, int, int]:
     block_w = min(next_pow2(wo), 4 if INTERPRET else 8)
     warps = max(1, min(8, block_w * block_c * elem_bytes // (16 * 32)))
     return block_w, block_c, warps
+
+
+# ---- rounding ---------------------------------------------------------------------------------
+# The interpreter (3.8) converts fp32 -> bf16 by truncation (round toward zero), not round-to-
+# nearest-even as the GPU and torch do: a biased error that compounds through a GEMM chain. Kernels
+# round with `round_to`, which does RTNE by hand under the interpreter and is a plain cast on GPU.
+FIX_BF16_ROUNDING = tl.constexpr(INTERPRET)
+
+
+@triton.jit
+def round_to(x, dtype: tl.constexpr):
+    """x cast to `dtype` with round-to-nearest-even (see FIX_BF16_ROUNDING)."""
+    if FIX_BF16_ROUNDING:
+        if dtype == tl.bfloat16:
+            u = x.to(tl.float32).to(tl.uint32, bitcast=True)
+            u = u + 0x7FFF + ((u >> 16) & 1)
+            return (u >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+        else:
+            return x.to(dtype)
+    else:
+        return x.to(dtype)

@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 from mage_fast.kernels import _launch
 from mage_fast.kernels._gemm import matmul
+from mage_fast.kernels._launch import round_to
 
 
 @triton.jit
@@ -51,7 +52,7 @@ def _ce_mse_ce_kernel(
             cols = v0 + cols0
             x = tl.load(base + cols, mask=cols < V, other=float("-inf"))
             g = (tl.exp(x - lse) - tl.where(cols == y, 1.0, 0.0)) * scale  # fp32 (see module doc)
-            tl.store(grad_ptr + row * s_g + cols, g.to(grad_ptr.dtype.element_ty), mask=cols < V)
+            tl.store(grad_ptr + row * s_g + cols, round_to(g, grad_ptr.dtype.element_ty), mask=cols < V)
 
 
 @triton.jit
@@ -72,7 +73,7 @@ def _ce_mse_mse_kernel(
         diff = (a - t) * keep
         acc += diff * diff
         if NEED_GRAD:
-            tl.store(grad_ptr + row * s_g + cols, (diff * scale).to(grad_ptr.dtype.element_ty), mask=ok)
+            tl.store(grad_ptr + row * s_g + cols, round_to(diff * scale, grad_ptr.dtype.element_ty), mask=ok)
     tl.store(sq_ptr + row, tl.sum(acc, axis=0))
 
 

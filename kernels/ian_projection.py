@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 from mage_fast.kernels import _launch
 from mage_fast.kernels._gemm import matmul, part_rows
+from mage_fast.kernels._launch import round_to
 
 
 @triton.jit
@@ -44,9 +45,9 @@ def _ian_projection_ln_fwd_kernel(
     xhat = zc * rstd
     w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)
     b = tl.load(b_ptr + cols, mask=m, other=0.0).to(tl.float32)
-    tl.store(y_ptr + row * s_y + cols, (xhat * w + b).to(y_ptr.dtype.element_ty), mask=m)
+    tl.store(y_ptr + row * s_y + cols, round_to(xhat * w + b, y_ptr.dtype.element_ty), mask=m)
     if SAVE:
-        tl.store(xhat_ptr + row * s_x + cols, xhat.to(xhat_ptr.dtype.element_ty), mask=m)
+        tl.store(xhat_ptr + row * s_x + cols, round_to(xhat, xhat_ptr.dtype.element_ty), mask=m)
         tl.store(rstd_ptr + row, rstd)
 
 
@@ -77,7 +78,7 @@ def _ian_projection_ln_bwd_kernel(
             c2 = tl.sum(dxh * xh, axis=0) / D
             dz = tl.where(m, rstd * (dxh - c1 - xh * c2), 0.0)
             d_b2 += dz
-            tl.store(dz_ptr + row * s_dz + cols, dz.to(dz_ptr.dtype.element_ty), mask=m)
+            tl.store(dz_ptr + row * s_dz + cols, round_to(dz, dz_ptr.dtype.element_ty), mask=m)
     base = part_ptr + pid.to(tl.int64) * 3 * D
     tl.store(base + cols, d_w, mask=m)
     tl.store(base + D + cols, d_b, mask=m)
@@ -149,10 +150,10 @@ def ian_projection_bwd(
             dy.stride(0), dy.stride(1), xhat.stride(0), dz2.stride(0) if need_dz2 else 0,
             NEED_DZ=need_dz2, BLOCK_D=block, num_warps=warps,
         )  # fmt: skip
-    sums = part.sum(0)  # (3, D) fp32: dγ, dβ, db2
-    dln_w = sums[0].to(ln_w.dtype) if nlw else None
-    dln_b = sums[1].to(ln_w.dtype) if nlb else None
-    db2 = sums[2].to(w2.dtype) if nb2 else None
+    sums = part.sum(0)  # (3, D) fp32: dγ, dβ, db2; copies, so that no two grads share storage
+    dln_w = sums[0].to(ln_w.dtype, copy=True) if nlw else None
+    dln_b = sums[1].to(ln_w.dtype, copy=True) if nlb else None
+    db2 = sums[2].to(w2.dtype, copy=True) if nb2 else None
     dx = dw1 = db1 = dw2 = None
     if nw2:
         dw2 = torch.empty_like(w2)

@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 from mage_fast.kernels import _launch
+from mage_fast.kernels._launch import round_to
 
 
 @triton.jit
@@ -52,7 +53,7 @@ def _patch_pool_fwd_kernel(
     out = acc / cnt[:, None]
     o = (ho * Wo + wo).to(tl.int64)
     y_ptrs = y_ptr + b.to(tl.int64) * s_yb + o[:, None] * s_yt + c[None, :] * s_yc
-    tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=mask_w[:, None] & mask_c[None, :])
+    tl.store(y_ptrs, round_to(out, y_ptr.dtype.element_ty), mask=mask_w[:, None] & mask_c[None, :])
 
 
 @triton.jit
@@ -77,7 +78,7 @@ def _patch_pool_bwd_kernel(
     o = (ho * Wo + wo).to(tl.int64)
     g_ptrs = g_ptr + b.to(tl.int64) * s_gb + o[:, None] * s_gt + c[None, :] * s_gc
     g = tl.load(g_ptrs, mask=mask_w[:, None] & mask_c[None, :], other=0.0).to(tl.float32)
-    g = (g / cnt[:, None]).to(dx_ptr.dtype.element_ty)
+    g = round_to(g / cnt[:, None], dx_ptr.dtype.element_ty)
     dx_base = dx_ptr + b.to(tl.int64) * s_db + c[None, :] * s_dc
     for i in range(0, k):
         h = h0 + i

@@ -137,11 +137,52 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(x, w1, w2, ln_w, z1, xhat, rstd)
 
 
+# Backends whose backward is kernel launches: it runs as its own custom op, so that AOT autograd
+# (torch.compile, opcheck) traces its fake instead of calling Triton launchers on fake tensors.
+_OPAQUE_BWD = frozenset({"triton"})
+
+
+def _grad_like(x, w1, w2, ln_w) -> list[tuple[torch.Tensor, tuple[int, ...]]]:
+    """(dtype source, shape) of the grads of (x, w1, b1, w2, b2, ln_w, ln_b)."""
+    D = w1.shape[0]
+    return [(x, tuple(x.shape)), (w1, tuple(w1.shape)), (w1, (D,)), (w2, tuple(w2.shape)), (w2, (D,)),
+            (ln_w, (D,)), (ln_w, (D,))]  # fmt: skip
+
+
+@torch.library.custom_op("mage_fast::ian_projection_backward", mutates_args=())
+def _ian_projection_backward_op(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    ln_w: torch.Tensor,
+    z1: torch.Tensor,
+    xhat: torch.Tensor,
+    rstd: torch.Tensor,
+    needs: list[bool],
+    backend: str,
+) -> list[torch.Tensor]:
+    """Grads of (x, w1, b1, w2, b2, ln_w, ln_b) with `backend`'s kernels; empty (0,) where not needed."""
+    grads = _IMPLS[backend][1](dy, x, w1, w2, ln_w, z1, xhat, rstd, tuple(needs))
+    return [g if g is not None else src.new_empty(0) for g, (src, _) in zip(grads, _grad_like(x, w1, w2, ln_w))]
+
+
+@_ian_projection_backward_op.register_fake
+def _(dy, x, w1, w2, ln_w, z1, xhat, rstd, needs, backend) -> list[torch.Tensor]:
+    like = _grad_like(x, w1, w2, ln_w)
+    return [src.new_empty(shape if n else (0,)) for n, (src, shape) in zip(needs, like)]
+
+
 def _backward(ctx, dy, _dz1, _dxhat, _drstd):
     if not ctx.save:
         raise RuntimeError("ian_projection: backward called on a forward run with save=False")
     x, w1, w2, ln_w, z1, xhat, rstd = ctx.saved_tensors
-    grads = _IMPLS[ctx.backend][1](dy, x, w1, w2, ln_w, z1, xhat, rstd, tuple(ctx.needs_input_grad[:7]))
+    needs = tuple(ctx.needs_input_grad[:7])
+    if ctx.backend in _OPAQUE_BWD:
+        out = _ian_projection_backward_op(dy, x, w1, w2, ln_w, z1, xhat, rstd, list(needs), ctx.backend)
+        grads = [g if n else None for g, n in zip(out, needs)]
+    else:
+        grads = _IMPLS[ctx.backend][1](dy, x, w1, w2, ln_w, z1, xhat, rstd, needs)
     return (*grads, None, None, None)
 
 

@@ -87,11 +87,35 @@ def _setup_context(ctx, inputs, output) -> None:
     _, ctx.H, ctx.W, ctx.k, ctx.backend = inputs
 
 
+# Backends whose backward is a kernel launch: it runs as its own custom op, so that AOT autograd
+# (torch.compile, opcheck) traces its fake instead of calling a Triton launcher on fake tensors.
+_OPAQUE_BWD = frozenset({"triton"})
+
+
+@torch.library.custom_op("mage_fast::patch_pool_backward", mutates_args=())
+def _patch_pool_backward_op(grad_y: torch.Tensor, H: int, W: int, k: int, backend: str) -> torch.Tensor:
+    """grad_y (B, ceil(H/k)*ceil(W/k), C) -> grad_x (B, H*W, C) with `backend`'s kernel."""
+    return _IMPLS[backend][1](grad_y, H, W, k)
+
+
+@_patch_pool_backward_op.register_fake
+def _(grad_y: torch.Tensor, H: int, W: int, k: int, backend: str) -> torch.Tensor:
+    return grad_y.new_empty((grad_y.shape[0], H * W, grad_y.shape[2]))
+
+
 def _backward(ctx, grad_y: torch.Tensor):
+    if ctx.backend in _OPAQUE_BWD:
+        return _patch_pool_backward_op(grad_y, ctx.H, ctx.W, ctx.k, ctx.backend), None, None, None, None
     return _IMPLS[ctx.backend][1](grad_y, ctx.H, ctx.W, ctx.k), None, None, None, None
 
 
+def _backward_of_backward(ctx, grad_gx: torch.Tensor):
+    # The pooling backward is linear and its adjoint is the forward: differentiable to any order.
+    return _patch_pool_op(grad_gx, ctx.H, ctx.W, ctx.k, ctx.backend), None, None, None, None
+
+
 _patch_pool_op.register_autograd(_backward, setup_context=_setup_context)
+_patch_pool_backward_op.register_autograd(_backward_of_backward, setup_context=_setup_context)
 
 
 def patch_pool(x: torch.Tensor, grid: tuple[int, int], k: int = 2, backend: str = "auto") -> torch.Tensor:
