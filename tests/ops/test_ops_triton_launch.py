@@ -1,0 +1,85 @@
+"""The Triton layer itself: autotuning under the interpreter, the shared GEMM, torch.compile of the ops."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+import triton
+from mage_fast.kernels import _gemm, _launch
+from opsutil import assert_close32, leaves
+
+from mage_fast.ops import _triton, ce_mse, ian_projection, patch_pool
+
+pytestmark = pytest.mark.skipif(
+    _triton.unavailable_reason(torch.device("cpu")) is not None, reason="Triton interpreter unavailable"
+)
+
+
+def test_interpreter_detected() -> None:
+    assert _launch.INTERPRET and _launch.DOT_F32
+    assert _launch.dot_precision(torch.float32) == "ieee"  # torch's default "highest"
+
+
+def test_autotune_two_configs_do_bench(monkeypatch) -> None:
+    # Two configs are timed with the CPU do_bench; the timing runs must leave no trace: the "acc"
+    # epilogue adds exactly once, and part rows that the winning BLOCK_M does not use stay zero.
+    configs = [
+        triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}),
+        triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}),
+    ]
+    tuned = _launch.autotune(
+        configs, key=["M", "N", "K", "EPI", "B_GELU"], keep_all=True, restore_value=["c_ptr"],
+        reset_to_zero=["part_ptr"],
+    )(_gemm._gemm_kernel.fn)  # fmt: skip
+    monkeypatch.setattr(_gemm, "_gemm_kernel", tuned)
+    a, b = torch.randn(40, 20), torch.randn(20, 24)
+    c0 = torch.randn(40, 24)
+    c = c0.clone()
+    _gemm.matmul(a, b, c, "acc")
+    assert len(tuned.cache) == 1 and len(tuned.configs_timings) == 2  # both configs were timed
+    assert_close32("acc once", c, c0 + a @ b)
+    aux = torch.randn(40, 24)
+    part = torch.zeros(_gemm.part_rows(40), 24)
+    out = torch.empty(40, 24)
+    _gemm.matmul(a, b, out, "gelu_grad", aux=aux, part=part)
+    gelu_grad = importlib.import_module("mage_fast.ops.ian_projection").gelu_grad
+    want = (a @ b) * gelu_grad(aux)
+    assert_close32("gelu_grad", out, want)
+    assert_close32("column sums", part.sum(0), want.sum(0), atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gemm_strided_operands(dtype: torch.dtype) -> None:
+    # Transposes are strides, not copies; 16-bit operands give the exact fp32 product sum.
+    a = torch.randn(20, 33).to(dtype).t()  # (33, 20), column-major
+    w = torch.randn(45, 20).to(dtype)
+    out = torch.empty(33, 45)
+    _gemm.matmul(a, w.t(), out)
+    assert_close32("a @ w^T", out, a.float() @ w.float().t(), atol=1e-4)
+
+
+def _compiled_matches(fn, inputs: list[torch.Tensor]) -> None:
+    a, b = leaves(*inputs), leaves(*inputs)
+    out = fn(*a)
+    out.backward()
+    cout = torch.compile(fn, backend="aot_eager", fullgraph=True)(*b)
+    cout.backward()
+    assert_close32("out", cout, out)
+    for x, y in zip(a, b):
+        assert_close32("grad", y.grad, x.grad)
+
+
+def test_compile_triton_ops() -> None:
+    # AOT autograd traces the fakes of the forward and backward custom ops, never a launcher.
+    torch._dynamo.reset()
+    _compiled_matches(lambda x: patch_pool(x, (3, 5), 2, backend="triton").square().sum(), [torch.randn(2, 15, 4)])
+    C, D = 6, 10
+    ts = [torch.randn(3, C), torch.randn(D, C), torch.randn(D), torch.randn(D, D), torch.randn(D)]
+    ts += [torch.ones(D), torch.zeros(D)]
+    _compiled_matches(lambda *t: ian_projection(*t, backend="triton").square().sum(), ts)
+    lab = torch.tensor([1, -100, 3, 0, 19])
+    tgt, mask = torch.randn(2, 4), torch.tensor([True, False])
+    fn = lambda h, w, img: ce_mse(h, w, lab, img, tgt, mask, 0.5, num_items=4, backend="triton")[0]
+    _compiled_matches(fn, [torch.randn(5, 8), torch.randn(20, 8), torch.randn(2, 4)])
