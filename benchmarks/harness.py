@@ -1,0 +1,358 @@
+"""The sweep runner behind bench_<op>.py: providers x shapes x modes -> CSV rows.
+
+An op benchmark declares an `OpBench` (its shapes, inputs, FLOP/byte model and providers) and
+calls `main(bench)`. The parent process lists the providers (printing why any is skipped),
+measures the roofline peaks, then runs every provider in a child process (`--isolate provider`,
+the default: its peak memory is its own) or all of them in one child (`--isolate op`, quicker,
+for the smoke run), collects the rows the children print, adds the roofline and appends them to
+benchmarks/results/results.csv.
+
+Modes (inputs that need a gradient require it, as in training):
+  forward   the forward call, output dropped;
+  backward  `out.backward(grad)` on a graph built once outside the timed region (retain_graph);
+  full      forward + backward.
+Each (provider, shape, mode): one warm-up call (timed as `first_ms`, includes torch.compile),
+one call under the memory probe (also a timing sample), then timed calls (see common.time_call).
+For `backward` the memory figure is the backward's own peak beyond the live graph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from benchmarks import common
+
+ROW_TAG = "@@ROW "
+Inputs = dict[str, torch.Tensor]
+
+
+@dataclass
+class Provider:
+    """One way to compute the op. `make(shape)` returns `call(inputs) -> output`; `available`
+    returns None or the reason it cannot run on a device; `grad_in_forward` marks providers that
+    compute the gradients inside the forward (their forward/backward split is not the op's)."""
+
+    name: str
+    make: Callable[[dict], Callable[[Inputs], torch.Tensor]]
+    available: Callable[[torch.device], str | None] = lambda d: None
+    grad_in_forward: bool = False
+
+
+@dataclass
+class OpBench:
+    """An op's benchmark. `shapes[sweep]` lists shape dicts (optional "modes" restricts the modes
+    of that shape); `flops(shape, mode)` and `nbytes(shape, mode, itemsize)` model the op."""
+
+    op: str
+    shapes: dict[str, list[dict]]
+    make_inputs: Callable[[dict, torch.dtype, torch.device], Inputs]
+    flops: Callable[[dict, str], float]
+    nbytes: Callable[[dict, str, int], float]
+    bound: str  # compute | memory
+    providers: list[Provider] = field(default_factory=list)
+
+
+def shape_label(shape: dict) -> str:
+    """ "N=4096,H=1024,V=32000": the CSV's shape key (keys other than "modes", in order)."""
+    return ",".join(f"{k}={v}" for k, v in shape.items() if k != "modes")
+
+
+def default_dtype(device: torch.device) -> str:
+    return "bfloat16" if device.type == "cuda" else "float32"
+
+
+def sweep_shapes(bench: OpBench, sweep: str, device: torch.device) -> list[dict]:
+    """`full` means the device's sweep: real-model shapes on GPUs, the CPU sweep on CPUs."""
+    name = ("gpu" if device.type == "cuda" else "cpu") if sweep == "full" else sweep
+    if name not in bench.shapes:
+        raise SystemExit(f"{bench.op}: unknown sweep {sweep!r}; have full, {', '.join(bench.shapes)}")
+    return bench.shapes[name]
+
+
+# -- provider helpers --------------------------------------------------------------------------
+COMPILE_BACKEND = "inductor"  # --compile-backend: aot_eager in the smoke run (no C++ codegen)
+_COMPILED: dict[Callable, Callable] = {}
+
+
+def compiled(fn: Callable) -> Callable:
+    """One `torch.compile(fn)` per process (shapes after the first recompile as dynamic)."""
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, backend=COMPILE_BACKEND)
+    return _COMPILED[fn]
+
+
+def backend_available(op: str, backend: str) -> Callable[[torch.device], str | None]:
+    """Availability of `mage_fast.ops` backend `backend` of `op` as a performance provider."""
+
+    def check(device: torch.device) -> str | None:
+        from mage_fast.ops import _backend, available
+
+        if backend == "triton" and device.type != "cuda":
+            return "the Triton interpreter on CPU checks correctness; it is no performance provider"
+        if backend not in _backend._REGISTRY.get(op, {}):
+            return f"mage_fast.ops has no {backend!r} backend for {op} yet"
+        if backend not in available(op, device):
+            return _backend._REGISTRY[op][backend][0](device) or f"unavailable on {device}"
+        return None
+
+    return check
+
+
+def compile_available(device: torch.device) -> str | None:
+    if device.type == "cpu" and not any(
+        os.path.exists(os.path.join(p, c)) for p in os.environ.get("PATH", "").split(":") for c in ("g++", "c++")
+    ):
+        return "torch.compile on CPU needs a C++ compiler (g++) on PATH"
+    return None
+
+
+def module_available(module: str, device: torch.device, needs_cuda: bool = True) -> str | None:
+    """None if `module` imports (and a CUDA device is used when `needs_cuda`), else why not."""
+    if needs_cuda and device.type != "cuda":
+        return f"{module} runs Triton kernels on CUDA only"
+    try:
+        __import__(module)
+    except Exception as e:  # noqa: BLE001  (any import failure means: not installed here)
+        return f"{module} is not importable ({type(e).__name__}: {str(e)[:80]})"
+    return None
+
+
+# -- the child: measure one provider's shapes and modes ----------------------------------------
+def _leaves(inputs: Inputs) -> list[torch.Tensor]:
+    return [t for t in inputs.values() if isinstance(t, torch.Tensor) and t.requires_grad]
+
+
+@dataclass
+class ModeCall:
+    """What is timed for a mode: `fn()`, after `before()` (untimed) has prepared it."""
+
+    fn: Callable[[], object]
+    before: Callable[[], None]
+
+
+def mode_call(call: Callable[[Inputs], torch.Tensor], inputs: Inputs, mode: str) -> ModeCall:
+    """forward: the call; backward: `out.backward(grad)` on a graph that `before` builds afresh
+    (no retain_graph: compiled graphs donate their buffers); full: call + backward.
+    `before` also resets the leaves' grads, so no call accumulates into a previous one's."""
+    leaves = _leaves(inputs)
+    state: dict[str, torch.Tensor] = {}
+
+    def grad_for(out: torch.Tensor) -> torch.Tensor | None:
+        if out.dim() == 0:
+            return None
+        if "g" not in state:
+            state["g"] = torch.randn_like(out)
+        return state["g"]
+
+    def reset() -> None:
+        for t in leaves:
+            t.grad = None
+
+    if mode == "forward":
+        return ModeCall(lambda: call(inputs), reset)
+    if mode == "backward":
+
+        def build() -> None:
+            reset()
+            state.pop("out", None)
+            state["out"] = call(inputs)
+
+        def backward() -> None:
+            out = state.pop("out")
+            out.backward(grad_for(out))
+
+        return ModeCall(backward, build)
+
+    def full() -> None:
+        out = call(inputs)
+        out.backward(grad_for(out))
+
+    return ModeCall(full, reset)
+
+
+def measure(bench: OpBench, provider: Provider, shape: dict, mode: str, dtype: torch.dtype,
+            device: torch.device, budget_s: float) -> dict:  # fmt: skip
+    """One row's measurements (no roofline percentages: the parent adds those)."""
+    torch.manual_seed(0)
+    inputs = bench.make_inputs(shape, dtype, device)
+    m = mode_call(provider.make(shape), inputs, mode)
+    m.before()
+    first = common.timed(m.fn, device)
+    m.before()
+    mem, ms = common.peak_extra_memory(m.fn, device)
+    t = common.time_call(m.fn, device, before=m.before, budget_s=budget_s, seed_ms=[ms],
+                         cuda_setup=mode == "backward")  # fmt: skip
+    row = {"ms_median": round(t.median, 4), "ms_p20": round(t.p20, 4), "ms_p80": round(t.p80, 4),
+           "reps": t.reps, "first_ms": round(first, 2), "peak_mem_mb": common.fmt_mb(mem),
+           "mem_method": common.memory_method(device), "status": "ok"}  # fmt: skip
+    if provider.grad_in_forward and mode != "full":
+        row["note"] = "computes gradients in forward: compare full"
+    return row
+
+
+def run_child(bench: OpBench, providers: list[str], shapes: list[dict], modes: list[str], dtype: str,
+              device: torch.device, budget_s: float) -> None:  # fmt: skip
+    """Measure and print one ROW_TAG json line per (provider, shape, mode)."""
+    table = {p.name: p for p in bench.providers}
+    for pname in providers:
+        for shape in shapes:
+            for mode in [m for m in modes if m in shape.get("modes", common.MODES)]:
+                base = {"op": bench.op, "provider": pname, "mode": mode, "shape": shape_label(shape), "dtype": dtype}
+                t0 = time.time()
+                try:
+                    row = measure(bench, table[pname], shape, mode, common.dtype_of(dtype), device, budget_s)
+                except Exception as e:  # noqa: BLE001  (an OOM or a broken provider is a result too)
+                    traceback.print_exc(file=sys.stderr)
+                    row = {"status": "error", "note": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                print(ROW_TAG + json.dumps({**base, **row}), flush=True)
+                print(f"  {pname:>12} {mode:>8} {base['shape']:<28} {row.get('ms_median', '-'):>10} ms  "
+                      f"{row.get('peak_mem_mb', '-'):>9} MB  ({time.time() - t0:.1f} s)", file=sys.stderr, flush=True)  # fmt: skip
+
+
+# -- the parent: plan, spawn, collect, write ---------------------------------------------------
+def parse_args(bench: OpBench, argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=f"Benchmark {bench.op} over providers, shapes and modes.")
+    p.add_argument("--sweep", default="full", help="full (the device's sweep), smoke, cpu or gpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--providers", default=None, help="comma list (default: every available one)")
+    p.add_argument("--modes", default=",".join(common.MODES))
+    p.add_argument("--isolate", choices=("provider", "op", "none"), default="provider",
+                   help="a child process per provider (default), one for the op, or none")  # fmt: skip
+    p.add_argument("--budget", type=float, default=None, help="CPU seconds of timed calls per case")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of `compile`")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--csv", default=common.RESULTS_CSV, help="where rows are appended ('' for nowhere)")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--shape-json", default=None, help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def plan(bench: OpBench, args: argparse.Namespace, device: torch.device) -> list[str]:
+    """Providers that will run; prints every skipped one with its reason."""
+    wanted = args.providers.split(",") if args.providers else [p.name for p in bench.providers]
+    known = {p.name: p for p in bench.providers}
+    unknown = [w for w in wanted if w not in known]
+    if unknown:
+        raise SystemExit(f"{bench.op}: unknown provider(s) {unknown}; known: {', '.join(known)}")
+    run = []
+    for name in wanted:
+        why = known[name].available(device)
+        if why:
+            print(f"[{bench.op}] skip {name}: {why}", flush=True)
+        else:
+            run.append(name)
+    return run
+
+
+def _spawn(bench: OpBench, bench_module: str, args: argparse.Namespace, providers: list[str], dtype: str) -> list[dict]:
+    cmd = [sys.executable, "-m", bench_module, "--child", "--sweep", args.sweep, "--device", args.device,
+           "--dtype", dtype, "--providers", ",".join(providers), "--modes", args.modes]  # fmt: skip
+    if args.budget is not None:
+        cmd += ["--budget", str(args.budget)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    cmd += ["--compile-backend", args.compile_backend]
+    if args.shape_json:
+        cmd += ["--shape-json", args.shape_json]
+    proc = subprocess.Popen(cmd, cwd=common.ROOT, stdout=subprocess.PIPE, text=True)
+    rows = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith(ROW_TAG):
+            rows.append(json.loads(line[len(ROW_TAG) :]))
+        else:
+            print(line, end="", flush=True)
+    if proc.wait() != 0:
+        rows.append({"op": bench.op, "provider": ",".join(providers), "mode": "-", "shape": "-", "dtype": dtype,
+                     "status": "error", "note": f"child exited with {proc.returncode}"})  # fmt: skip
+    return rows
+
+
+def main(bench: OpBench, module: str, argv: list[str] | None = None) -> int:
+    """CLI entry of bench_<op>.py; `module` is its importable name (for the child processes)."""
+    args = parse_args(bench, argv)
+    device = torch.device(args.device)
+    dtype = args.dtype or default_dtype(device)
+    shapes = [json.loads(args.shape_json)] if args.shape_json else sweep_shapes(bench, args.sweep, device)
+    modes = [m for m in args.modes.split(",") if m]
+    bad = [m for m in modes if m not in common.MODES]
+    if bad:
+        raise SystemExit(f"unknown mode(s) {bad}; choose from {common.MODES}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    global COMPILE_BACKEND
+    COMPILE_BACKEND = args.compile_backend
+    budget = args.budget if args.budget is not None else (0.3 if args.sweep == "smoke" else 1.0)
+    if args.child:
+        run_child(bench, args.providers.split(","), shapes, modes, dtype, device, budget)
+        return 0
+
+    t0 = time.time()
+    providers = plan(bench, args, device)
+    print(f"[{bench.op}] device {common.device_name(device)}, dtype {dtype}, sweep {args.sweep}: "
+          f"{len(shapes)} shape(s) x {len(modes)} mode(s) x providers {', '.join(providers)}", flush=True)  # fmt: skip
+    peaks = common.measure_peaks(device, common.dtype_of(dtype), small=args.sweep == "smoke")
+    print(f"[{bench.op}] peaks this run: copy {peaks.gbps:.1f} GB/s, matmul ({peaks.matmul_dtype}) "
+          f"{peaks.tflops:.3f} TFLOP/s", flush=True)  # fmt: skip
+    rows: list[dict] = []
+    if args.isolate == "none":
+        import contextlib
+        import io
+
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            run_child(bench, providers, shapes, modes, dtype, device, budget)
+        rows = [json.loads(ln[len(ROW_TAG) :]) for ln in buf.getvalue().splitlines() if ln.startswith(ROW_TAG)]
+    else:
+        groups = [[p] for p in providers] if args.isolate == "provider" else [providers]
+        for group in groups:
+            if group:
+                rows += _spawn(bench, module, args, group, dtype)
+    by_label = {shape_label(s): s for s in shapes}
+    itemsize = torch.empty(0, dtype=common.dtype_of(dtype)).element_size()
+    ident = {"device": common.device_class(device), "commit": common.git_commit(), "date": common.run_date(),
+             "device_name": common.device_name(device)}  # fmt: skip
+    for r in rows:
+        r.update(ident)
+        if r["provider"] == "compile" and args.compile_backend != "inductor":
+            r["note"] = f"torch.compile backend {args.compile_backend}"
+        s = by_label.get(r["shape"])
+        if s is None or r.get("status") != "ok":
+            continue
+        gif = any(p.grad_in_forward for p in bench.providers if p.name == r["provider"])
+        model_less = gif and r["mode"] == "backward"  # its backward only rescales stored gradients
+        fl = 0 if model_less else bench.flops(s, r["mode"])
+        nb = 0 if model_less else bench.nbytes(s, r["mode"], itemsize)
+        r.update(common.roofline(fl, nb, float(r["ms_median"]), bench.bound, peaks))
+    if args.csv:
+        common.append_rows(rows, args.csv)
+    print_table(rows)
+    print(f"[{bench.op}] {len(rows)} row(s) -> {args.csv or '(not written)'} in {time.time() - t0:.0f} s", flush=True)
+    return 1 if any(r.get("status") != "ok" for r in rows) else 0
+
+
+def print_table(rows: list[dict]) -> None:
+    """A short human table: time, spread, memory, achieved rate and % of the run's peak."""
+    print(f"{'provider':>12} {'mode':>8} {'shape':<30} {'ms':>10} {'p20-p80':>17} {'MB':>9} "
+          f"{'TFLOP/s':>8} {'GB/s':>8} {'%peak':>6}")  # fmt: skip
+    for r in rows:
+        if r.get("status") != "ok":
+            print(f"{r['provider']:>12} {r['mode']:>8} {r['shape']:<30} ERROR {r.get('note', '')}")
+            continue
+        spread = f"{float(r['ms_p20']):.3f}-{float(r['ms_p80']):.3f}"
+        print(f"{r['provider']:>12} {r['mode']:>8} {r['shape']:<30} {float(r['ms_median']):>10.3f} {spread:>17} "
+              f"{r['peak_mem_mb']!s:>9} {r.get('tflops', '')!s:>8} {r.get('gbps', '')!s:>8} "
+              f"{r.get('pct_peak', '')!s:>6}")  # fmt: skip
