@@ -39,7 +39,9 @@ def _gelu_grad(z):
 
 @_launch.autotune(
     configs=_launch.gemm_configs(),
-    key=["M", "N", "K", "EPI", "B_GELU"],
+    # Token counts change every step: tuning per exact M/K would re-tune every step. Power-of-two
+    # buckets (unused by the kernel body) keep a handful of tuned shapes per run.
+    key=["M_KEY", "N_KEY", "K_KEY", "EPI", "B_GELU"],
     # Timing runs must not leave traces: "acc" adds into c, part rows of other tile sizes persist.
     restore_value=["c_ptr"],
     reset_to_zero=["part_ptr"],
@@ -47,7 +49,7 @@ def _gelu_grad(z):
 @triton.jit
 def _gemm_kernel(
     a_ptr, b_ptr, c_ptr, bias_ptr, aux_ptr, part_ptr,
-    M, N, K,
+    M, N, K, M_KEY, N_KEY, K_KEY,
     s_am, s_ak, s_bk, s_bn, s_cm, s_cn, s_xm, s_xn,
     EPI: tl.constexpr, B_GELU: tl.constexpr, WRITE_AUX: tl.constexpr,
     DOT_F32: tl.constexpr, PREC: tl.constexpr,
@@ -156,7 +158,7 @@ def matmul(
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
     _gemm_kernel[grid](
         a, b, out, bias if bias is not None else out, xs, part,
-        M, N, K,
+        M, N, K, _launch.next_pow2(M), _launch.next_pow2(N), _launch.next_pow2(K),
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
         xs.stride(0), xs.stride(1),
         EPI=epi, B_GELU=b_gelu, WRITE_AUX=aux is not None and epi == 1,

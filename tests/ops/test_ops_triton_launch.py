@@ -30,7 +30,7 @@ def test_autotune_two_configs_do_bench(monkeypatch) -> None:
         triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}),
     ]
     tuned = _launch.autotune(
-        configs, key=["M", "N", "K", "EPI", "B_GELU"], keep_all=True, restore_value=["c_ptr"],
+        configs, key=["M_KEY", "N_KEY", "K_KEY", "EPI", "B_GELU"], keep_all=True, restore_value=["c_ptr"],
         reset_to_zero=["part_ptr"],
     )(_gemm._gemm_kernel.fn)  # fmt: skip
     monkeypatch.setattr(_gemm, "_gemm_kernel", tuned)
