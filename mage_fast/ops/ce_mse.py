@@ -14,6 +14,12 @@ gradients are kept in their input's dtype (for bf16, half the memory of fp32 hel
 backward); scaling them rounds once more unless the scale is a power of two (loss.backward(),
 1/gas with gas a power of two), a last-ulp effect within the DESIGN.md low-precision rule.
 
+Triton backend (kernels/ce_mse.py): the same chunks and stored gradients; per chunk a GEMM to
+fp32 logits, a row kernel with an online log-sum-exp over vocabulary tiles that writes
+(softmax - onehot) / denom (the one-hot subtracted in fp32: the precision trap of confident
+predictions in bf16), then GEMMs for grad_hidden and, accumulated in fp32, grad_weight; the MSE and
+its gradient in a row kernel.
+
 Chunk rule: a chunk holds `rows` tokens so that its fp32 logits plus their same-size softmax
 buffer, 2 * rows * V * 4 bytes, stay within `CHUNK_BYTES` (64 MiB: 1.5k rows at V = 32k, 128 at
 V = 128k); at least 1 row, at most N.

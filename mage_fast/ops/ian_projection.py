@@ -16,6 +16,12 @@ The torch backend is the template of the kernel backends:
 * backward (hand-written): LayerNorm backward in fp32 with dγ/dβ reduced in fp32; GELU'(z) =
   Φ(z) + z φ(z) exactly; GEMM operands in x.dtype, outputs fp32, grads returned in their input's
   dtype. GEMMs whose result nobody needs are skipped (ctx.needs_input_grad).
+
+The triton backend (kernels/ian_projection.py) has the same rounding points and saved tensors: a
+GEMM with a bias + GELU epilogue, a GEMM to fp32, a bias + LayerNorm row kernel; backward: a
+LayerNorm row kernel (fp32 dγ/dβ/db2 partials), GELU recomputed in the dw2 GEMM's operand load,
+GELU' and db1 in the dz1 GEMM's epilogue. Its backward runs as the custom op
+`mage_fast::ian_projection_backward`, so torch.compile traces a fake instead of a launcher.
 """
 
 from __future__ import annotations

@@ -93,3 +93,13 @@ def test_opcheck_backward_op() -> None:
     needs = [True, False, True, True, False, True, True]
     args = (torch.randn_like(y), ts[0], ts[1], ts[3], ts[5], z1, xhat, rstd, needs, "triton")
     torch.library.opcheck(torch.ops.mage_fast.ian_projection_backward.default, args)
+
+
+def test_empty_batch() -> None:
+    ts = make((0,))
+    a, r = leaves(*ts), leaves(*ts)
+    y, yr = ian_projection(*a, backend="triton"), ian_projection(*r, backend="torch")
+    assert y.shape == (0, 40)
+    g = torch.randn_like(yr)
+    for name, ga, gr in zip(NAMES, grads(y, a, g), grads(yr, r, g)):
+        assert_close32(f"d{name}", ga, gr)  # zero weight grads, no NaN from empty reductions
