@@ -8,15 +8,14 @@ import pytest
 import torch
 from opsutil import assert_close32, assert_lowp, diffs, leaves
 from test_ce_mse import LAM, H, M, N, V, combo, make, run
+from tritonutil import on_device, requires_triton  # noqa: F401  (on_device: autouse fixture)
 
-from mage_fast.ops import _triton, ce_mse
+from mage_fast.ops import ce_mse
 from mage_fast.ops.reference import ce_mse_ref
 
 ce_mod = importlib.import_module("mage_fast.ops.ce_mse")
 kern_mod = importlib.import_module("mage_fast.kernels.ce_mse")
-pytestmark = pytest.mark.skipif(
-    _triton.unavailable_reason(torch.device("cpu")) is not None, reason="Triton interpreter unavailable"
-)
+pytestmark = requires_triton
 TRITON = {"backend": "triton"}
 
 

@@ -6,13 +6,12 @@ import pytest
 import torch
 from opsutil import assert_close32, assert_lowp, grads, leaves
 from test_ian_projection import NAMES, make
+from tritonutil import on_device, requires_triton  # noqa: F401  (on_device: autouse fixture)
 
-from mage_fast.ops import _triton, ian_projection
+from mage_fast.ops import ian_projection
 from mage_fast.ops.reference import ian_projection_ref
 
-pytestmark = pytest.mark.skipif(
-    _triton.unavailable_reason(torch.device("cpu")) is not None, reason="Triton interpreter unavailable"
-)
+pytestmark = requires_triton
 
 
 def make_sized(n: int, c: int, d: int, dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:

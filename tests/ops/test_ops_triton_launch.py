@@ -1,4 +1,4 @@
-"""The Triton layer itself: autotuning under the interpreter, the shared GEMM, torch.compile of the ops."""
+"""The Triton layer: autotuning (a CPU do_bench under the interpreter), the shared GEMM, torch.compile."""
 
 from __future__ import annotations
 
@@ -9,16 +9,15 @@ import torch
 import triton
 from mage_fast.kernels import _gemm, _launch
 from opsutil import assert_close32, leaves
+from tritonutil import on_device, requires_triton  # noqa: F401  (on_device: autouse fixture)
 
-from mage_fast.ops import _triton, ce_mse, ian_projection, patch_pool
+from mage_fast.ops import ce_mse, ian_projection, patch_pool
 
-pytestmark = pytest.mark.skipif(
-    _triton.unavailable_reason(torch.device("cpu")) is not None, reason="Triton interpreter unavailable"
-)
+pytestmark = requires_triton
 
 
 def test_interpreter_detected() -> None:
-    assert _launch.INTERPRET and _launch.DOT_F32
+    assert _launch.INTERPRET == _launch.DOT_F32 == (not torch.cuda.is_available())
     assert _launch.dot_precision(torch.float32) == "ieee"  # torch's default "highest"
 
 

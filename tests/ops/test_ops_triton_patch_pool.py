@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 from opsutil import assert_close32, assert_lowp, grads, leaves
+from tritonutil import on_device, requires_triton  # noqa: F401  (on_device: autouse fixture)
 
 from mage_fast.ops import _triton, patch_pool, resolve
 from mage_fast.ops.reference import patch_pool_ref
 
-pytestmark = pytest.mark.skipif(
-    _triton.unavailable_reason(torch.device("cpu")) is not None, reason="Triton interpreter unavailable"
-)
+pytestmark = requires_triton
 
 
 # (H, W, k, C): odd grids, k not dividing H/W, k = 1, k larger than the grid, the MAGE 24x24;
@@ -69,4 +68,4 @@ def test_backend_choice(monkeypatch) -> None:
     # Kernels decorated without the interpreter cannot take CPU tensors: a clear error, no crash.
     monkeypatch.setattr(_triton, "INTERPRET", False)
     with pytest.raises(ValueError, match="unavailable on device cpu: .*TRITON_INTERPRET=1"):
-        patch_pool(torch.randn(1, 4, 2), (2, 2), 2, backend="triton")
+        patch_pool(torch.randn(1, 4, 2, device="cpu"), (2, 2), 2, backend="triton")
