@@ -23,9 +23,16 @@ def main(argv: list[str] | None = None) -> None:
         cfg = load_config(TrainConfig, args.config, args.overrides)
     except (ConfigError, OSError) as e:
         sys.exit(f"config error: {e}")
-    from mage_fast.train.loop import train
+    from mage_fast.data.llava import DataError
+    from mage_fast.train.checkpoint import ResumeError
+    from mage_fast.train.loop import NonFiniteError, train
 
-    train(cfg)
+    try:
+        train(cfg)
+    except (ConfigError, DataError, ResumeError, NonFiniteError) as e:
+        # One clear line per rank instead of a traceback; the launcher then stops the others.
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -56,9 +56,10 @@ class TrainConfig:
     log_every: int = 10
     threads: int = 0  # torch CPU threads per rank; 0: cores / local ranks
     deterministic: bool = False
+    max_bad_steps: int = 5  # abort after this many non-finite steps (loss or grad norm) in a row
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "micro_batch_size", "grad_accum", "keep_last", "log_every"):
+        for name in ("max_steps", "micro_batch_size", "grad_accum", "keep_last", "log_every", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.save_every < 0:

@@ -59,3 +59,21 @@ def quiet_warnings() -> None:
 
     warnings.filterwarnings("ignore", message=".*reduce_scatter_tensor.*", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.*", category=FutureWarning)
+
+
+def all_reduce_vec(xs: list[float]) -> list[float]:
+    """Sum a short vector over ranks in one collective (fp64)."""
+    t = torch.tensor(xs, dtype=torch.float64)
+    if torch.distributed.is_initialized():
+        if torch.cuda.is_available():
+            t = t.cuda()
+        torch.distributed.all_reduce(t)
+    return t.cpu().tolist()
+
+
+def all_gather_objects(obj, world: int) -> list:
+    if not torch.distributed.is_initialized() or world == 1:
+        return [obj]
+    out = [None] * world
+    torch.distributed.all_gather_object(out, obj)
+    return out

@@ -134,3 +134,63 @@ def initialize(model: MageModel, cfg: TrainConfig, ds: dict):
     opt, sched = build_optimizer(model, cfg)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=ds)
     return engine
+
+
+# ---- non-finite steps: one global decision, and a skip that leaves no trace in the optimizer ----
+
+
+def _is_zero3(engine) -> bool:
+    return getattr(engine.optimizer, "grad_partitions_flat_buffer", None) is not None
+
+
+def local_grads(engine) -> list[torch.Tensor]:
+    """This rank's share of the gradients after backward: under ZeRO-3 its reduced partition
+    (disjoint across ranks, so squared norms add up to the global one), else every `.grad`."""
+    if _is_zero3(engine):
+        return [engine.optimizer.grad_partitions_flat_buffer]
+    return [p.grad for p in engine.module.parameters() if p.grad is not None]
+
+
+def grad_sumsq(engine) -> float:
+    """Squared L2 norm of this rank's gradient share (inf/nan when any element is)."""
+    total = torch.zeros((), dtype=torch.float64)
+    for g in local_grads(engine):
+        total += torch.linalg.vector_norm(g.detach(), 2, dtype=torch.float32).double().cpu() ** 2
+    return float(total)
+
+
+def skip_step(engine) -> None:
+    """Drop this step's gradients without an optimizer or scheduler update (call on every rank).
+
+    ZeRO-3 has an overflow path (used for fp16) that discards the reduced gradient partitions,
+    counts `engine.skipped_steps`, and leaves AdamW and the LR scheduler untouched; it is forced
+    here for one `engine.step()`, so DeepSpeed's own bookkeeping stays consistent.
+    """
+    opt = engine.optimizer
+    if not _is_zero3(engine) or not hasattr(opt, "_loss_scale_update_and_overflow_cleanup"):
+        raise NotImplementedError("skipping a non-finite step is implemented for ZeRO-3 (configs/deepspeed/zero3.json)")
+
+    def forced(update_scale: bool = True) -> bool:
+        opt.overflow = True
+        return opt._loss_scale_update_and_overflow_cleanup() if update_scale else True
+
+    opt._overflow_check_and_loss_scale_update = forced
+    try:
+        engine.step()
+    finally:
+        del opt._overflow_check_and_loss_scale_update  # back to the class method
+    opt.overflow = False
+
+
+def optimizer_updates(engine) -> int:
+    """How many updates AdamW has applied (its own `step` state), for logs and tests."""
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    for state in inner.state.values():
+        if "step" in state:
+            return int(state["step"])
+    return 0
+
+
+def param_shapes(module: nn.Module) -> dict[str, list[int]]:
+    """Full (unpartitioned) shape of every parameter, by name."""
+    return {name: list(_shape(p)) for name, p in module.named_parameters()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 import time
@@ -20,17 +21,53 @@ from mage_fast.data.tokens import ensure_special_tokens
 from mage_fast.model import pretrained
 from mage_fast.train import checkpoint
 from mage_fast.train.config import TrainConfig
-from mage_fast.train.dist import all_reduce_sum, barrier, init_distributed, quiet_warnings, set_threads
+from mage_fast.train.dist import (
+    all_gather_objects,
+    all_reduce_sum,
+    all_reduce_vec,
+    barrier,
+    init_distributed,
+    quiet_warnings,
+    set_threads,
+)
 from mage_fast.train.engine import (
     apply_freeze,
     build_ds_config,
     build_model,
     gathered_state,
+    grad_sumsq,
     initialize,
     load_part,
+    local_grads,
+    optimizer_updates,
+    param_shapes,
+    skip_step,
     zero_stage,
 )
 from mage_fast.train.sampler import ResumableBatches
+
+
+class NonFiniteError(RuntimeError):
+    """`max_bad_steps` steps in a row had a non-finite loss or gradient norm."""
+
+
+def _injections(world: int) -> tuple[dict[int, str], int]:
+    """Fault injection for tests (documented in the README): MAGE_FAST_INJECT_NAN="3,5:grad" makes
+    step 3's loss NaN and puts an Inf into step 5's reduced gradients, on rank
+    MAGE_FAST_INJECT_RANK only (default: the last rank)."""
+    spec = os.environ.get("MAGE_FAST_INJECT_NAN", "")
+    out = {}
+    for item in filter(None, (x.strip() for x in spec.split(","))):
+        step, _, where = item.partition(":")
+        if where not in ("", "loss", "grad"):
+            raise ConfigError(f"MAGE_FAST_INJECT_NAN: {item!r} is not STEP, STEP:loss or STEP:grad")
+        out[int(step)] = where or "loss"
+    return out, int(os.environ.get("MAGE_FAST_INJECT_RANK", world - 1))
+
+
+def _gather_ids(micro: list[dict], world: int) -> list[str]:
+    return [i for ids in all_gather_objects([i for b in micro for i in b["ids"]], world) for i in ids]
+
 
 _ARCH_SKIP = {"path", "attn_implementation", "select_layer", "num_layers"}
 
@@ -122,28 +159,41 @@ def train(cfg: TrainConfig) -> dict:
     collate = Collator(tokenizer.pad_token_id, model.image_size)
     batches = ResumableBatches(len(data), cfg.micro_batch_size, rank, world, cfg.seed)
 
-    step, consumed = 0, 0
-    tag = checkpoint.newest(cfg.run_dir) if cfg.resume else None
+    step, consumed, nonfinite, bad_run = 0, 0, 0, []
+    tag = None
+    if cfg.resume:
+        if rank == 0:
+            for gone in checkpoint.remove_incomplete(cfg.run_dir):
+                print(f"removed incomplete checkpoint {gone} (no {checkpoint.MARKER} marker)", flush=True)
+        barrier()
+        tag = checkpoint.newest(cfg.run_dir)
     if tag:
+        checkpoint.check_compatible(cfg.run_dir, tag, param_shapes(engine.module), world)
         client = checkpoint.load(engine, cfg.run_dir, tag)
         step, consumed = int(client["step"]), batches.check_state(client["data"])
+        nonfinite, bad_run = int(client.get("nonfinite", 0)), list(client.get("bad_run", []))
         torch.set_rng_state(client["rng"]["torch"])
         random.setstate(client["rng"]["python"])
+        if "numpy" in client["rng"]:
+            np.random.set_state(client["rng"]["numpy"])
         if rank == 0:
             print(f"resumed from {tag}: step {step}", flush=True)
 
     loader = DataLoader(data, batch_sampler=batches.iter_from(consumed), collate_fn=collate,
                         num_workers=cfg.data.num_workers)  # fmt: skip
     it = iter(loader)
-    writer = bar = None
+    writer = bar = hist = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
         writer = SummaryWriter(os.path.join(cfg.run_dir, "tb"))
         bar = tqdm(total=cfg.max_steps, initial=step, desc="train", dynamic_ncols=True, mininterval=2.0)
+        hist = open(os.path.join(cfg.run_dir, "history.jsonl"), "a", buffering=1)  # noqa: SIM115
+        hist.write(json.dumps({"start": step, "resumed_from": tag, "world_size": world}) + "\n")
 
     lam, gas = cfg.model.mse_lambda, cfg.grad_accum
+    inject, inject_rank = _injections(world)
     history: list[dict] = []
     t_last, tok_since = time.time(), 0.0
     while step < cfg.max_steps:
@@ -152,39 +202,88 @@ def train(cfg: TrainConfig) -> dict:
         # Exact accumulation: every micro-batch's CE is divided by the labelled tokens of the whole
         # step on all ranks; ×world undoes DeepSpeed's average over ranks, and no /gas (below).
         num_items = all_reduce_sum(sum(_label_tokens(b) for b in micro))
+        fault = inject.get(step + 1) if rank == inject_rank else None
         ce_sum = mse_sum = 0.0
-        for b in micro:
+        loss_bad = False
+        for i, b in enumerate(micro):
+            engine.set_gradient_accumulation_boundary(i == gas - 1)
             out = engine(**_to(b, engine.device), num_items=max(int(num_items), 1))
-            if not (torch.isfinite(out["ce"]) and torch.isfinite(out["mse"])):
-                raise FloatingPointError(f"non-finite loss at step {step + 1} (ids {b['ids'][:4]}...)")
-            engine.backward(out["ce"] * world + lam * out["mse"] / gas, scale_wrt_gas=False)
-            ce_sum += float(out["ce"])
-            mse_sum += float(out["mse"]) / gas
-        engine.step()
+            ce_t, mse_t = out["ce"], out["mse"]
+            if fault == "loss":
+                ce_t = ce_t * float("nan")
+            loss_bad |= not bool(torch.isfinite(ce_t) and torch.isfinite(mse_t))
+            engine.backward(ce_t * world + lam * mse_t / gas, scale_wrt_gas=False)
+            ce_sum += float(ce_t.detach())
+            mse_sum += float(mse_t.detach()) / gas
+        if fault == "grad":
+            with torch.no_grad():
+                local_grads(engine)[0].view(-1)[0] = float("inf")
+        # One collective for the step's decision and its logs, so every rank decides the same.
+        images = [0.0] * world
+        images[rank] = float(sum(int(b["image_counts"].sum()) for b in micro))
+        tokens = float(sum(int(b["attention_mask"].sum()) for b in micro))
+        red = all_reduce_vec([grad_sumsq(engine), float(loss_bad), ce_sum, mse_sum, tokens, *images])
+        grad_norm, ce, mse = math.sqrt(red[0]) if red[0] >= 0 else math.nan, red[2], red[3] / world
         step += 1
-        ce = all_reduce_sum(ce_sum)  # parts of one global mean
-        mse = all_reduce_sum(mse_sum) / world
-        tok_since += all_reduce_sum(sum(int(b["attention_mask"].sum()) for b in micro))
-        history.append({"step": step, "loss": ce + lam * mse, "ce": ce, "mse": mse})
+        loss = ce + lam * mse
+        rec = {"step": step, "loss": loss, "ce": ce, "mse": mse, "grad_norm": grad_norm,
+               "images_per_rank": [int(x) for x in red[5:]]}  # fmt: skip
+        if red[1] > 0 or not math.isfinite(grad_norm):
+            ids = _gather_ids(micro, world)
+            skip_step(engine)
+            nonfinite += 1
+            bad_run.append(step)
+            what = "loss" if red[1] > 0 else "gradient norm"
+            rec.update(skipped=True, nonfinite=what, ids=ids)
+            if rank == 0:
+                print(
+                    f"non-finite {what} at step {step} (loss {loss}, grad norm {grad_norm}): step skipped on all "
+                    f"ranks, no update ({len(bad_run)} in a row, {nonfinite} in all); sample ids {ids}",
+                    flush=True,
+                )
+        else:
+            engine.step()
+            bad_run = []
+            tok_since += red[4]
+        rec["updates"] = optimizer_updates(engine)
+        history.append(rec)
         if rank == 0:
+            hist.write(json.dumps(rec) + "\n")
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.max_steps:
                 dt = time.time() - t_last
                 tps = tok_since / max(dt, 1e-9)
-                bar.set_postfix(loss=f"{ce + lam * mse:.4f}", ce=f"{ce:.4f}", mse=f"{mse:.4f}", tok_s=f"{tps:.0f}")
-                for k, v in (("loss", ce + lam * mse), ("ce", ce), ("mse", mse), ("tokens_per_s", tps)):
+                bar.set_postfix(loss=f"{loss:.4f}", ce=f"{ce:.4f}", mse=f"{mse:.4f}", tok_s=f"{tps:.0f}")
+                for k, v in (("loss", loss), ("ce", ce), ("mse", mse), ("tokens_per_s", tps), ("grad_norm", grad_norm)):
                     writer.add_scalar(f"train/{k}", v, step)
+                writer.add_scalar("train/nonfinite_steps", nonfinite, step)
                 for g in engine.optimizer.param_groups:
                     writer.add_scalar(f"lr/{g.get('name', 'group')}", g["lr"], step)
                 t_last, tok_since = time.time(), 0.0
+        if len(bad_run) >= cfg.max_bad_steps:
+            raise NonFiniteError(
+                f"aborting: {len(bad_run)} non-finite steps in a row (steps {bad_run[0]}-{bad_run[-1]}, "
+                f"max_bad_steps={cfg.max_bad_steps}); last sample ids {rec['ids']}. Lower optim.lr, check the data "
+                f"of those ids, or resume from the last checkpoint"
+            )
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
-            client = {"step": step, "data": batches.state(consumed),
-                      "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}  # fmt: skip
-            checkpoint.save(engine, cfg.run_dir, step, client, cfg.keep_last, rank)
+            client = {"step": step, "data": batches.state(consumed), "nonfinite": nonfinite, "bad_run": bad_run,
+                      "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                              "numpy": np.random.get_state()}}  # fmt: skip
+            meta = {"step": step, "world_size": world, "shapes": param_shapes(engine.module)}
+            checkpoint.save(engine, cfg.run_dir, step, client, cfg.keep_last, rank, meta)
     if bar is not None:
         bar.close()
+        hist.close()
 
-    summary: dict = {"step": step, "world_size": world, "history": history, "data": data.stats.summary()}
+    st = data.stats
+    skipped = {r: {"count": st.counts[r], "ids": st.ids[r]} for r in st.counts if st.counts[r]}
+    summary: dict = {"step": step, "world_size": world, "history": history, "data": st.summary(),
+                     "data_skipped": skipped, "nonfinite_steps": nonfinite}  # fmt: skip
+    if rank == 0:
+        print(f"done: {step} steps, {nonfinite} non-finite skipped; data {st.summary()}", flush=True)
+        for r, v in skipped.items():
+            print(f"skipped {r}: {v['count']}, ids {v['ids']}", flush=True)
     if cfg.data.eval:
         ev = LlavaDataset.from_config(cfg.data, tokenizer, transform=transform,
                                       num_image_tokens=model.num_image_tokens, split="eval")  # fmt: skip
