@@ -8,7 +8,7 @@ SOURCES := setup.py pyproject.toml requirements.txt $(wildcard csrc/*.cpp csrc/*
 NPROC   ?= 2
 DEMO    ?= runs/demo
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint clean bench bench-smoke
 
 install: $(STAMP)
 
@@ -34,6 +34,23 @@ demo: install
 
 test: install
 	$(VENV)/bin/python -m pytest -q tests
+
+# Benchmarks (benchmarks/README.md): the device's full sweep (CPU: smaller shapes, ~10 min on 2
+# cores; GPU: the real-model shapes), one training step kernels on/off, plots, then the guard
+# against benchmarks/baselines.json (non-zero exit when a speed ratio falls below its floor).
+# BENCH_DATE keys every row of one run.
+bench: install
+	export BENCH_DATE=$$(date -u +%Y-%m-%dT%H:%M:%SZ) && \
+	$(VPY) -m benchmarks.bench_patch_pool && \
+	$(VPY) -m benchmarks.bench_ian_projection && \
+	$(VPY) -m benchmarks.bench_ce_mse && \
+	$(VPY) -m benchmarks.bench_step
+	$(VPY) -m benchmarks.plot
+	$(VPY) -m benchmarks.guard
+
+# Every benchmark script on tiny shapes (seconds; CI), into runs/bench-smoke/. No guard.
+bench-smoke: install
+	$(VPY) -m benchmarks.smoke
 
 lint: install
 	$(VENV)/bin/ruff check .
