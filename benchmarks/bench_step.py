@@ -134,6 +134,7 @@ def run_setting(cfg, sb: StepBench, setting: str, device: torch.device, peaks: c
     lam = cfg.model.mse_lambda
 
     def step() -> None:
+        engine.set_gradient_accumulation_boundary(True)  # one micro-batch per step
         out = engine(**batch, num_items=labelled * world)
         engine.backward(out["ce"] * world + lam * out["mse"], scale_wrt_gas=False)
         engine.step()
