@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny shapes world and a tiny model config (CPU, seconds)."""
+"""Shared fixtures: a tiny shapes world and its tokenizer (CPU, seconds). Helpers: testutil.py."""
 
 from __future__ import annotations
 
@@ -12,10 +12,6 @@ import torch
 # mage_fast import; launched subprocesses (deepspeed ranks) inherit it.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-
-from mage_fast.model.config import AlignerConfig, LLMConfig, ModelConfig, VisionConfig
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="session")
@@ -36,15 +32,6 @@ def tokenizer(shapes_dir):
     tok = AutoTokenizer.from_pretrained(os.path.join(shapes_dir, "tokenizer"))
     ensure_special_tokens(tok)
     return tok
-
-
-def tiny_model_config(aligner: str = "ian") -> ModelConfig:
-    return ModelConfig(
-        vision=VisionConfig(image_size=24, patch_size=8, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2),
-        aligner=AlignerConfig(type=aligner, pool_k=2, num_heads=2, mlp_ratio=1.0),
-        llm=LLMConfig(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=2,
-                      max_position_embeddings=128),
-    )  # fmt: skip
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import tiny_model_config
+from testutil import tiny_model_config
 
 from mage_fast.model.mllm import MageModel
 from mage_fast.ops import reference

@@ -6,7 +6,7 @@ import glob
 import os
 
 import pytest
-from conftest import ROOT
+from testutil import ROOT
 
 from mage_fast.configtools import ConfigError, load_config
 from mage_fast.train.config import TrainConfig

@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from testutil import ROOT
 
 pytestmark = pytest.mark.slow
 
