@@ -21,6 +21,7 @@ class IANAligner(nn.Module):
     h = b + CrossAttn(q=LN(b), kv=LN(a))  semantic enhancement block: each local query
     Z = h + MLP(LN(h))                    gathers global aligned semantics        (B, T, D)
     The out-projection of CrossAttn and the last MLP layer are zero-initialised, so Z = b at step 0.
+    With `pos_embed`, a learned (T, D) embedding of each token's grid cell is added to Z (zero at init).
     """
 
     def __init__(self, cfg: AlignerConfig, in_dim: int, out_dim: int, grid: int, kernels: KernelConfig):
@@ -34,12 +35,14 @@ class IANAligner(nn.Module):
         self.attn = CrossAttention(out_dim, cfg.num_heads)
         self.norm_mlp = nn.LayerNorm(out_dim)
         self.mlp = MLP(out_dim, int(cfg.mlp_ratio * out_dim), out_dim, zero_last=True)
+        self.pos = nn.Parameter(torch.zeros(cfg.num_tokens(grid), out_dim)) if cfg.pos_embed else None
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         a = self.vab(v)
         b = self.pool_norm(self.pool_proj(self.pool(v)))
         h = b + self.attn(self.norm_q(b), self.norm_kv(a))
-        return h + self.mlp(self.norm_mlp(h))
+        z = h + self.mlp(self.norm_mlp(h))
+        return z if self.pos is None else z + self.pos.to(z.dtype)
 
 
 class PoolMLPAligner(nn.Module):

@@ -46,6 +46,11 @@ class AlignerConfig:
     pool_k: int = 2  # patch pooling factor of ian / pool_mlp
     num_heads: int = 4  # cross-attention heads of the semantic enhancement block
     mlp_ratio: float = 2.0  # hidden width of the SEB MLP, in units of the LLM width
+    # ian: a learned embedding per visual token (its grid cell), zero-initialised so Z = b still
+    # holds at step 0. The LLM's RoPE gives only relative positions in q·k, nothing in the values,
+    # so "where is X?" needs the cell in the token's content; the tower's own position embedding
+    # reaches the tokens only weakly after pooling.
+    pos_embed: bool = True
 
     def __post_init__(self) -> None:
         if self.type not in ALIGNER_TYPES:
