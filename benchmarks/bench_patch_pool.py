@@ -85,7 +85,7 @@ BENCH = OpBench(
     bound="memory",
     providers=[
         Provider("torch", _reference),
-        Provider("compile", _compiled, compile_available),
+        Provider("compile", _compiled, compile_available, needs_warmup=True),
         *[
             Provider("op_torch" if n == "torch" else n, _backend(n), backend_available(OP, n))
             for n in ("torch", "cpp", "triton", "cuda")

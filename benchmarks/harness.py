@@ -46,12 +46,15 @@ class Provider:
     make: Callable[[dict], Callable[[Inputs], torch.Tensor]]
     available: Callable[[torch.device], str | None] = lambda d: None
     grad_in_forward: bool = False
+    needs_warmup: bool = False  # compiles on its first call: warm up even for a `light` shape
 
 
 @dataclass
 class OpBench:
-    """An op's benchmark. `shapes[sweep]` lists shape dicts (optional "modes" restricts the modes
-    of that shape); `flops(shape, mode)` and `nbytes(shape, mode, itemsize)` model the op."""
+    """An op's benchmark. `shapes[sweep]` lists shape dicts; option keys: "modes" restricts the
+    shape's modes, "light": True measures it with one call (memory probe = the only time sample;
+    no warm-up unless the provider `needs_warmup`) for CPU points that take seconds per call.
+    `flops(shape, mode)` and `nbytes(shape, mode, itemsize)` model the op."""
 
     op: str
     shapes: dict[str, list[dict]]
@@ -62,9 +65,12 @@ class OpBench:
     providers: list[Provider] = field(default_factory=list)
 
 
+OPTION_KEYS = ("modes", "light")
+
+
 def shape_label(shape: dict) -> str:
-    """ "N=4096,H=1024,V=32000": the CSV's shape key (keys other than "modes", in order)."""
-    return ",".join(f"{k}={v}" for k, v in shape.items() if k != "modes")
+    """The CSV's shape key, e.g. N=4096,H=1024,V=32000: the dims in order, no option keys."""
+    return ",".join(f"{k}={v}" for k, v in shape.items() if k not in OPTION_KEYS)
 
 
 def default_dtype(device: torch.device) -> str:
@@ -186,14 +192,20 @@ def measure(bench: OpBench, provider: Provider, shape: dict, mode: str, dtype: t
     torch.manual_seed(0)
     inputs = bench.make_inputs(shape, dtype, device)
     m = mode_call(provider.make(shape), inputs, mode)
-    m.before()
-    first = common.timed(m.fn, device)
+    light = bool(shape.get("light")) and device.type == "cpu"
+    first = None
+    if not light or provider.needs_warmup:
+        m.before()
+        first = common.timed(m.fn, device)
     m.before()
     mem, ms = common.peak_extra_memory(m.fn, device)
-    t = common.time_call(m.fn, device, before=m.before, budget_s=budget_s, seed_ms=[ms],
-                         cuda_setup=mode == "backward")  # fmt: skip
+    if light:
+        t = common.summarize([ms])
+    else:
+        t = common.time_call(m.fn, device, before=m.before, budget_s=budget_s, seed_ms=[ms],
+                             cuda_setup=mode == "backward")  # fmt: skip
     row = {"ms_median": round(t.median, 4), "ms_p20": round(t.p20, 4), "ms_p80": round(t.p80, 4),
-           "reps": t.reps, "first_ms": round(first, 2), "peak_mem_mb": common.fmt_mb(mem),
+           "reps": t.reps, "first_ms": "" if first is None else round(first, 2), "peak_mem_mb": common.fmt_mb(mem),
            "mem_method": common.memory_method(device), "status": "ok"}  # fmt: skip
     if provider.grad_in_forward and mode != "full":
         row["note"] = "computes gradients in forward: compare full"
@@ -231,7 +243,8 @@ def parse_args(bench: OpBench, argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--modes", default=",".join(common.MODES))
     p.add_argument("--isolate", choices=("provider", "op", "none"), default="provider",
                    help="a child process per provider (default), one for the op, or none")  # fmt: skip
-    p.add_argument("--budget", type=float, default=None, help="CPU seconds of timed calls per case")
+    p.add_argument("--budget", type=float, default=None,
+                   help="CPU: seconds of timed calls per case (default 0.5; smoke 0.05); at least 2 calls")  # fmt: skip
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of `compile`")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--csv", default=common.RESULTS_CSV, help="where rows are appended ('' for nowhere)")
@@ -296,7 +309,7 @@ def main(bench: OpBench, module: str, argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     global COMPILE_BACKEND
     COMPILE_BACKEND = args.compile_backend
-    budget = args.budget if args.budget is not None else (0.3 if args.sweep == "smoke" else 1.0)
+    budget = args.budget if args.budget is not None else (0.05 if args.sweep == "smoke" else 0.5)
     if args.child:
         run_child(bench, args.providers.split(","), shapes, modes, dtype, device, budget)
         return 0
