@@ -109,6 +109,10 @@ class MageModel(nn.Module):
             d_txt = self.caption_targets(caption_ids, caption_mask).to(d_img.dtype)
             img_mask = caption_mask.any(1)
         else:
+            if caption_ids is not None:
+                # A rank without images still calls the caption embedding lookup: under ZeRO-3 each
+                # module call gathers its parameters with the other ranks, which make this call.
+                self.caption_targets(input_ids.new_zeros(1, 1), input_ids.new_zeros(1, 1, dtype=torch.bool))
             d_txt = torch.zeros_like(d_img)
             img_mask = torch.zeros(d_img.shape[0], dtype=torch.bool, device=d_img.device)
         weight = self.llm.get_output_embeddings().weight

@@ -20,8 +20,8 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT
 from test_train_zero3 import TINY, launch, launch_cmd, strict_zero3  # noqa: F401  (fixture)
+from testutil import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "tests", "data"))
 from _data_helpers import qa, write_truncated  # noqa: E402
@@ -173,7 +173,7 @@ def test_stage2_from_stage1_aligner_over_bad_mixed_data(shapes_dir, strict_zero3
     # image batches meet on the two ranks (strict ZeRO-3; the launch timeout turns a hang into a failure).
     p = launch(_common(s2, data, strict_zero3) + ["data.train=train.json", f"init_from={s1}/export",
                "freeze_aligner=true", "max_steps=6", "micro_batch_size=2", "export=true",
-               "data.max_bad_fraction=0.5"], timeout=300)  # fmt: skip
+               "data.max_bad_fraction=0.5"])  # fmt: skip
     a1 = load_file(os.path.join(s1, "export", "aligner", "model.safetensors"))
     a2 = load_file(os.path.join(s2, "export", "aligner", "model.safetensors"))
     assert a1.keys() == a2.keys() and all(v.numel() > 0 for v in a1.values())
