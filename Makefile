@@ -4,11 +4,11 @@ PY      ?= python3
 VENV    ?= .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.mage-fast-installed
-SOURCES := setup.py pyproject.toml requirements.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu)
+SOURCES := setup.py pyproject.toml requirements.txt $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
 NPROC   ?= 2
 DEMO    ?= runs/demo
 
-.PHONY: install demo test lint clean bench bench-smoke
+.PHONY: install demo test lint clean cuda-check bench bench-smoke
 
 install: $(STAMP)
 
@@ -52,9 +52,15 @@ bench: install
 bench-smoke: install
 	$(VPY) -m benchmarks.smoke
 
+# Without a GPU: build mage_fast._C with nvcc against the CUDA torch (torch==2.14.1 from local disk)
+# in a second venv (.venv-cuda), import it, and assert every op has its CUDA kernel registered.
+# Skips with a message where nvcc is absent. Details: .ci/cuda_check.sh.
+cuda-check:
+	PY=$(PY) bash .ci/cuda_check.sh
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 clean:
-	rm -rf build *.egg-info mage_fast/_C*.so runs
+	rm -rf build *.egg-info mage_fast/_C*.so runs .venv-cuda

@@ -5,8 +5,11 @@
 CUDA build and nvcc is found. Switches (environment):
 
   MAGE_FAST_BUILD_CUDA=0|1   force the CUDA sources off / on (on fails loudly if impossible)
-  TORCH_CUDA_ARCH_LIST       respected as torch does (e.g. "9.0" for Hopper)
+  TORCH_CUDA_ARCH_LIST       respected as torch does (e.g. "9.0" for Hopper: -gencode sm_90);
+                             unset: the local GPU's arch, or "9.0" when no GPU is visible
   MAX_JOBS                   parallel compile jobs; default sized to cores and memory
+                             (about 5 GB per nvcc job, 1.5 GB per g++ job)
+  CUDA_HOME                  the CUDA toolkit (nvcc); its major version must match torch's CUDA
 
 Install with `pip install --no-build-isolation -e .` (or `.`): build isolation would pull a
 second, multi-GB torch into the build environment.
@@ -16,7 +19,10 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
+import subprocess
+import sys
 
 from setuptools import find_packages, setup
 
@@ -42,21 +48,65 @@ def _set_max_jobs(cuda: bool) -> None:
         os.environ["MAX_JOBS"] = str(jobs)
 
 
-def _want_cuda(torch) -> bool:
+def _find_nvcc() -> str | None:
     from torch.utils.cpp_extension import CUDA_HOME
 
-    forced = os.environ.get("MAGE_FAST_BUILD_CUDA")
-    nvcc = None
     if CUDA_HOME is not None and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")):
-        nvcc = os.path.join(CUDA_HOME, "bin", "nvcc")
-    nvcc = nvcc or shutil.which("nvcc")
+        return os.path.join(CUDA_HOME, "bin", "nvcc")
+    return shutil.which("nvcc")
+
+
+def _nvcc_version(nvcc: str) -> str | None:
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    m = re.search(r"release (\d+\.\d+)", out)
+    return m.group(1) if m else None
+
+
+def _want_cuda(torch) -> bool:
+    forced = os.environ.get("MAGE_FAST_BUILD_CUDA")
+    if forced == "0":
+        return False
+    nvcc = _find_nvcc()
     possible = torch.version.cuda is not None and nvcc is not None
     if forced == "1" and not possible:
         why = "torch is a CPU build" if torch.version.cuda is None else "nvcc was not found (set CUDA_HOME)"
         raise RuntimeError(f"MAGE_FAST_BUILD_CUDA=1 but the CUDA extension cannot be built: {why}.")
-    if forced == "0":
+    if not possible:
         return False
-    return possible
+    have = _nvcc_version(nvcc)
+    if have is not None and have.split(".")[0] != torch.version.cuda.split(".")[0]:
+        raise RuntimeError(
+            f"nvcc at {nvcc} is CUDA {have} but torch {torch.__version__} was built with CUDA "
+            f"{torch.version.cuda}: the major versions must match. Point CUDA_HOME at a CUDA "
+            f"{torch.version.cuda.split('.')[0]}.x toolkit, install the torch build for CUDA {have}, "
+            "or build without the CUDA kernels: MAGE_FAST_BUILD_CUDA=0 pip install --no-build-isolation ."
+        )
+    return True
+
+
+def _set_arch_list(torch) -> None:
+    # Unset: torch compiles for the GPUs it sees; with none visible (a build box, CI) it would
+    # compile for every arch of the wheel, so default to Hopper (9.0 -> -gencode sm_90).
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
+        print("mage-fast: no GPU visible, TORCH_CUDA_ARCH_LIST=9.0 (Hopper); set it to build for others")
+
+
+def _cuda_wheel_include_dirs(torch) -> list[str]:
+    # CUDA torch wheels ship CUDA headers torch's own headers include (cusparse.h, ...) in the
+    # nvidia-* wheels: <site-packages>/nvidia/cu13/include (cu12 twin for CUDA 12 builds).
+    major = torch.version.cuda.split(".")[0]
+    dirs = []
+    for base in sys.path:
+        for sub in (f"cu{major}", "cu13", "cu12"):
+            d = os.path.join(base, "nvidia", sub, "include")
+            if os.path.isdir(d) and d not in dirs:
+                dirs.append(d)
+                break
+    return dirs
 
 
 def _ext_modules():
@@ -76,12 +126,15 @@ def _ext_modules():
     cxx = ["-O3", "-fopenmp"]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if cuda:
-        nvcc = ["-O3", "--use_fast_math", "-lineinfo", "-std=c++17"]
+        _set_arch_list(torch)
+        print(f"mage-fast: building the CUDA kernels ({', '.join(cu_sources)}), MAX_JOBS={os.environ['MAX_JOBS']}")
+        # No --use_fast_math: exact erf GELU and expm1f/logf in the loss are part of the contract.
+        nvcc = ["-O3", "-lineinfo"]  # torch adds its own -std (c++20 since 2.10)
         return [
             CUDAExtension(
                 "mage_fast._C",
                 cpp_sources + cu_sources,
-                include_dirs=include_dirs,
+                include_dirs=include_dirs + _cuda_wheel_include_dirs(torch),
                 extra_compile_args={"cxx": cxx + ["-DMAGE_FAST_WITH_CUDA"], "nvcc": nvcc},
                 extra_link_args=["-fopenmp"],
             )

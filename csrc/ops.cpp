@@ -32,6 +32,26 @@ TORCH_LIBRARY(mage_fast, m) {
   m.def("patch_pool_fwd(Tensor x, int H, int W, int k) -> Tensor");
   // grad_y (B, ceil(H/k)*ceil(W/k), C) -> grad_x (B, H*W, C): the adjoint of patch_pool_fwd.
   m.def("patch_pool_bwd(Tensor grad_y, int H, int W, int k) -> Tensor");
-  // Reserved for later kernel issues (define only when implemented):
-  //   ian_projection_fwd / ian_projection_bwd, ce_mse_fwd.
+
+  // y = LN(GELU_erf(x w1^T + b1) w2^T + b2); x (N, C), w1 (D, C), w2 (D, D), vectors (D,), one
+  // float dtype. -> (y (N, D), z1 (N, D), xhat (N, D), rstd (N,) fp32); the last three are empty
+  // (0,) when `save` is false. GEMMs accumulate in fp32; the epilogues run in fp32.
+  m.def(
+      "ian_projection_fwd(Tensor x, Tensor w1, Tensor b1, Tensor w2, Tensor b2, Tensor ln_w, "
+      "Tensor ln_b, float eps, bool save) -> (Tensor, Tensor, Tensor, Tensor)");
+  // Grads of (x, w1, b1, w2, b2, ln_w, ln_b) from what the forward saved; GELU(z1) is recomputed.
+  // A grad whose `needs` flag is false comes back empty (0,).
+  m.def(
+      "ian_projection_bwd(Tensor dy, Tensor x, Tensor w1, Tensor w2, Tensor ln_w, Tensor z1, "
+      "Tensor xhat, Tensor rstd, bool[7] needs) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Fused lm_head + cross-entropy over token chunks of `chunk_rows` rows (never N x V logits) +
+  // masked MSE. hidden (N, H), weight (V, H), labels (N,) int64, img / img_target (M, D), img_mask
+  // (M,) bool. -> (loss, ce, mse) 0-dim fp32, then d ce/d hidden, d ce/d weight (accumulated in
+  // fp32), d mse/d img in their input's dtype, each empty (0,) when its flag is false.
+  m.def(
+      "ce_mse_fwd(Tensor hidden, Tensor weight, Tensor labels, Tensor img, Tensor img_target, "
+      "Tensor img_mask, float lam, int ignore_index, float? num_items, bool need_hidden_grad, "
+      "bool need_weight_grad, bool need_img_grad, int chunk_rows) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

@@ -13,6 +13,8 @@ differentiable to any order).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 try:
@@ -22,9 +24,7 @@ try:
     C_IMPORT_ERROR: str | None = None
 except ImportError as e:  # not built: `pip install --no-build-isolation -e .`
     HAS_C = False
-    C_IMPORT_ERROR = (
-        f"mage_fast._C could not be imported ({e}); build it with `pip install --no-build-isolation -e .`"
-    )
+    C_IMPORT_ERROR = f"mage_fast._C could not be imported ({e}); build it with `pip install --no-build-isolation -e .`"
 
 
 # Fixed per build: dynamo takes the answer as a constant instead of tracing into torch._C.
@@ -71,9 +71,95 @@ if HAS_C:
     def _patch_pool_bwd_backward(ctx, grad_gx: torch.Tensor):
         return torch.ops.mage_fast.patch_pool_fwd(grad_gx, ctx.H, ctx.W, ctx.k), None, None, None
 
-    torch.library.register_autograd(
-        "mage_fast::patch_pool_fwd", _patch_pool_fwd_backward, setup_context=_setup_grid
-    )
-    torch.library.register_autograd(
-        "mage_fast::patch_pool_bwd", _patch_pool_bwd_backward, setup_context=_setup_grid
-    )
+    torch.library.register_autograd("mage_fast::patch_pool_fwd", _patch_pool_fwd_backward, setup_context=_setup_grid)
+    torch.library.register_autograd("mage_fast::patch_pool_bwd", _patch_pool_bwd_backward, setup_context=_setup_grid)
+
+
+def cpu_kernel_reason(op: str) -> Callable[[torch.device], str | None]:
+    """Availability function of backend "cpp" (the C++ CPU twin of `mage_fast::<op>`)."""
+
+    def reason(device: torch.device) -> str | None:
+        if device.type != "cpu":
+            return f"backend 'cpp' is the C++ CPU kernel; use backend='cuda' on {device.type}"
+        return cpp_unavailable_reason(op, device)
+
+    return reason
+
+
+def cuda_kernel_reason(op: str) -> Callable[[torch.device], str | None]:
+    """Availability function of backend "cuda" (the CUDA C++ kernel of `mage_fast::<op>`)."""
+
+    def reason(device: torch.device) -> str | None:
+        if device.type != "cuda":
+            return f"backend 'cuda' runs on CUDA devices only, got {device.type}"
+        why = cpp_unavailable_reason(op, device)
+        if why is not None:
+            return why + " (build with a CUDA torch and nvcc: see README, 'GPU install')"
+        return None
+
+    return reason
+
+
+if HAS_C:
+    # ian_projection_fwd / _bwd: fakes, and autograd of the forward through the C++ backward
+    # (so the low-level op is differentiable and opcheck-able on its own).
+
+    @torch.library.register_fake("mage_fast::ian_projection_fwd")
+    def _ian_projection_fwd_fake(x, w1, b1, w2, b2, ln_w, ln_b, eps, save):
+        torch._check(x.dim() == 2 and w1.dim() == 2, lambda: "ian_projection_fwd: x (N, C), w1 (D, C)")
+        N, D = x.shape[0], w1.shape[0]
+        if not save:
+            return x.new_empty((N, D)), x.new_empty(0), x.new_empty(0), x.new_empty(0, dtype=torch.float32)
+        return x.new_empty((N, D)), x.new_empty((N, D)), x.new_empty((N, D)), x.new_empty((N,), dtype=torch.float32)
+
+    @torch.library.register_fake("mage_fast::ian_projection_bwd")
+    def _ian_projection_bwd_fake(dy, x, w1, w2, ln_w, z1, xhat, rstd, needs):
+        D = w1.shape[0]
+        like = [(x, x.shape), (w1, w1.shape), (w1, (D,)), (w2, w2.shape), (w2, (D,)), (ln_w, (D,)), (ln_w, (D,))]
+        return tuple(src.new_empty(tuple(shape) if n else (0,)) for n, (src, shape) in zip(needs, like))
+
+    def _ian_fwd_setup(ctx, inputs, output) -> None:
+        x, w1, _, w2, _, ln_w, _, _, save = inputs
+        _, z1, xhat, rstd = output
+        ctx.save = save
+        ctx.save_for_backward(x, w1, w2, ln_w, z1, xhat, rstd)
+
+    def _ian_fwd_backward(ctx, dy, _dz1, _dxhat, _drstd):
+        if not ctx.save:
+            raise RuntimeError("ian_projection_fwd: backward needs the forward run with save=True")
+        x, w1, w2, ln_w, z1, xhat, rstd = ctx.saved_tensors
+        needs = [bool(n) for n in ctx.needs_input_grad[:7]]
+        out = torch.ops.mage_fast.ian_projection_bwd(dy, x, w1, w2, ln_w, z1, xhat, rstd, needs)
+        return (*[g if n else None for g, n in zip(out, needs)], None, None)
+
+    torch.library.register_autograd("mage_fast::ian_projection_fwd", _ian_fwd_backward, setup_context=_ian_fwd_setup)
+
+    # ce_mse_fwd: fake, and autograd that scales the gradients the forward already computed.
+
+    @torch.library.register_fake("mage_fast::ce_mse_fwd")
+    def _ce_mse_fwd_fake(hidden, weight, labels, img, img_target, img_mask, lam, ignore_index, num_items,
+                         need_hidden_grad, need_weight_grad, need_img_grad, chunk_rows):  # fmt: skip
+        s = hidden.new_empty((), dtype=torch.float32)
+        gh = torch.empty_like(hidden) if need_hidden_grad else hidden.new_empty(0)
+        gw = torch.empty_like(weight) if need_weight_grad else weight.new_empty(0)
+        gi = torch.empty_like(img) if need_img_grad else img.new_empty(0)
+        return s, s.clone(), s.clone(), gh, gw, gi
+
+    def _ce_mse_fwd_setup(ctx, inputs, output) -> None:
+        ctx.lam = inputs[6]
+        ctx.flags = inputs[9:12]
+        ctx.save_for_backward(*output[3:])
+
+    def _ce_mse_fwd_backward(ctx, d_loss, d_ce, d_mse, *_):
+        gh, gw, gi = ctx.saved_tensors
+        need_h, need_w, need_i = ctx.flags
+        zero = torch.zeros((), dtype=torch.float32, device=gh.device)
+        d_loss = zero if d_loss is None else d_loss
+        s_ce = d_loss + (zero if d_ce is None else d_ce)
+        s_mse = d_loss * ctx.lam + (zero if d_mse is None else d_mse)
+        dh = gh * s_ce if need_h else None
+        dw = gw * s_ce if need_w else None
+        di = gi * s_mse if need_i else None
+        return dh, dw, None, di, None, None, None, None, None, None, None, None, None
+
+    torch.library.register_autograd("mage_fast::ce_mse_fwd", _ce_mse_fwd_backward, setup_context=_ce_mse_fwd_setup)

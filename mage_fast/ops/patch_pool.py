@@ -65,10 +65,16 @@ def _bwd_triton(grad_y: torch.Tensor, H: int, W: int, k: int) -> torch.Tensor:
 
 
 # backend -> (forward, backward); the CUDA issue adds its launchers here.
-_IMPLS = {"torch": (_fwd_torch, _bwd_torch), "cpp": (_fwd_cpp, _bwd_cpp), "triton": (_fwd_triton, _bwd_triton)}
+_IMPLS = {
+    "torch": (_fwd_torch, _bwd_torch),
+    "cpp": (_fwd_cpp, _bwd_cpp),
+    "triton": (_fwd_triton, _bwd_triton),
+    "cuda": (_fwd_cpp, _bwd_cpp),  # the same C++ ops; the dispatcher runs csrc/cuda/patch_pool.cu
+}
 _backend.register(OP, "torch")
 _backend.register(OP, "cpp", lambda dev: _ext.cpp_unavailable_reason("patch_pool_fwd", dev))
 _backend.register(OP, "triton", _triton.unavailable_reason, auto=_triton.auto_ok)
+_backend.register(OP, "cuda", _ext.cuda_kernel_reason("patch_pool_fwd"))
 
 
 @torch.library.custom_op("mage_fast::patch_pool", mutates_args=())
