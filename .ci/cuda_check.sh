@@ -42,7 +42,7 @@ if ! MAGE_FAST_BUILD_CUDA=1 "$VPY" -m pip install -v --no-build-isolation --no-d
   echo "cuda-check: FAILED: the CUDA build of mage_fast._C did not compile or link (full log: $LOG)"
   exit 1
 fi
-grep -E "^mage-fast:" "$LOG" || true
+grep -E "^\s*mage-fast:" "$LOG" || true
 echo "cuda-check: built after $(( $(date +%s) - start )) s"
 
 cd build/cuda-check  # import the installed package, not ./mage_fast

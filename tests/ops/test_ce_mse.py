@@ -169,7 +169,7 @@ def _bad(i: int, value, match: str, backend: str = "auto"):
         _bad(5, torch.ones(M), "img_mask must be bool"),
         _bad(5, torch.ones(M + 1, dtype=torch.bool), r"img_mask must have shape \(5,\)"),
         _bad(3, torch.randn(M, D, device="meta"), "all tensors must be on one device"),
-        _bad(0, torch.randn(N, H), "ce_mse: backend 'cuda' is not implemented yet", "cuda"),
+        _bad(0, torch.randn(N, H), "ce_mse: backend 'cuda' is unavailable on device cpu", "cuda"),
     ],
 )
 def test_bad_input(i: int, value: torch.Tensor, match: str, backend: str) -> None:

@@ -106,8 +106,8 @@ def _bad(**change) -> list[torch.Tensor]:
         (_bad(ln_w=torch.randn(D).bfloat16()), "auto", "ln_w dtype torch.bfloat16 does not match"),
         (_bad(x=torch.randn(5, C).double()), "auto", "float32, bfloat16 or float16"),
         (_bad(b2=torch.randn(D, device="meta")), "auto", "all tensors must be on one device"),
-        (_bad(), "cpp", "ian_projection: backend 'cpp' is not implemented yet"),
-        (_bad(), "cuda", "ian_projection: backend 'cuda' is not implemented yet"),
+        ([t.to("meta") for t in _bad()], "cpp", "ian_projection: backend 'cpp' is unavailable on device meta"),
+        (_bad(), "cuda", "ian_projection: backend 'cuda' is unavailable on device cpu"),
     ],
 )
 def test_bad_input(args: list[torch.Tensor], backend: str, match: str) -> None:

@@ -97,7 +97,7 @@ def test_gradcheck_cpp_ops_double() -> None:
         (torch.randn(2, 35, 4), (5, 7), 2.0, "auto", "k must be a positive int"),
         (torch.randn(2, 35, 4).double(), (5, 7), 2, "auto", "float32, bfloat16 or float16"),
         (torch.randn(2, 35, 4), (5, 7), 2, "nope", "unknown backend"),
-        (torch.randn(2, 35, 4), (5, 7), 2, "cuda", "patch_pool: backend 'cuda' is not implemented yet"),
+        (torch.randn(2, 35, 4), (5, 7), 2, "cuda", "patch_pool: backend 'cuda' is unavailable on device cpu"),
     ],
 )
 def test_bad_input(x: torch.Tensor, grid, k, backend: str, match: str) -> None:
