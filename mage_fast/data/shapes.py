@@ -7,8 +7,11 @@ Each image (S×S px, default 48) holds 1–4 coloured shapes, each in its own ce
 (colour, shape) pairs are unique within an image so every question has one answer. Written:
 
   DIR/images/NNNNN.png
-  DIR/stage1.json   captions ("describe the image ." → "a red circle at top left , ..."), stage 1
-  DIR/stage2.json   one question of each type per training image, with the caption for the MSE term
+  DIR/stage1.json   captions ("describe the image ." → "a red circle at top left , ...", objects
+                    in random order), stage 1
+  DIR/stage2.json   one question of each type per training image, with the caption for the MSE term,
+                    plus the stage-1 captions again (measured: without them the content → position
+                    lookup fades and "where is X ?" stays near 0.5; with them 0.82 after 800 steps)
   DIR/eval.json     the same questions on held-out images (never in stage1/stage2)
   DIR/tokenizer/    a word-level tokenizer (tokenizers WordLevel) trained on all the text
   DIR/world.json    the vocabulary of the world and the split sizes
@@ -84,8 +87,11 @@ def sample_scene(rng: random.Random) -> list[Obj]:
     return sorted((Obj(c, s, cell) for (c, s), cell in zip(pairs, cells)), key=lambda o: o.cell)
 
 
-def caption(objs: list[Obj]) -> str:
-    return " , ".join(f"a {o.colour} {o.shape} at {o.position}" for o in objs) + " ."
+def caption(objs: list[Obj], rng: random.Random) -> str:
+    """Objects in random order: naming an object then its cell trains the content → position
+    lookup that "where is the red circle ?" needs (in grid order a model can just walk the grid)."""
+    order = rng.sample(objs, len(objs))
+    return " , ".join(f"a {o.colour} {o.shape} at {o.position}" for o in order) + " ."
 
 
 def questions(objs: list[Obj], rng: random.Random) -> list[tuple[str, str, str]]:
@@ -141,7 +147,7 @@ def generate(out: str, n: int, seed: int, size: int = 48, eval_fraction: float =
         objs = sample_scene(rng)
         rel = f"images/{i:05d}.png"
         draw_scene(objs, size, rng).save(os.path.join(out, rel))
-        cap = caption(objs)
+        cap = caption(objs, rng)
         qs = questions(objs, rng)
         texts.append(cap)
         texts.extend(f"{q} {a}" for _, q, a in qs)
@@ -151,7 +157,7 @@ def generate(out: str, n: int, seed: int, size: int = 48, eval_fraction: float =
         else:
             evals.extend(_row(f"{i:05d}-{t}", rel, q, a, cap, t) for t, q, a in qs)
     texts.append("describe the image .")
-    for name, rows in (("stage1", stage1), ("stage2", stage2), ("eval", evals)):
+    for name, rows in (("stage1", stage1), ("stage2", stage2 + stage1), ("eval", evals)):
         with open(os.path.join(out, f"{name}.json"), "w") as f:
             json.dump(rows, f)
     train_word_tokenizer(texts, os.path.join(out, "tokenizer"))
