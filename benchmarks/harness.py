@@ -47,6 +47,7 @@ class Provider:
     available: Callable[[torch.device], str | None] = lambda d: None
     grad_in_forward: bool = False
     needs_warmup: bool = False  # compiles on its first call: warm up even for a `light` shape
+    light_on_cpu: bool = False  # every CPU case of this provider is `light` (one call)
 
 
 @dataclass
@@ -192,7 +193,7 @@ def measure(bench: OpBench, provider: Provider, shape: dict, mode: str, dtype: t
     torch.manual_seed(0)
     inputs = bench.make_inputs(shape, dtype, device)
     m = mode_call(provider.make(shape), inputs, mode)
-    light = bool(shape.get("light")) and device.type == "cpu"
+    light = (bool(shape.get("light")) or provider.light_on_cpu) and device.type == "cpu"
     first = None
     if not light or provider.needs_warmup:
         m.before()
