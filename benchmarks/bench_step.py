@@ -176,6 +176,7 @@ def _spawn(args: argparse.Namespace, setting: str, peaks: common.Peaks, dtype: s
     proc = subprocess.run(cmd, cwd=common.ROOT, env=env, capture_output=True, text=True)
     found = [ln for ln in proc.stdout.splitlines() if ln.startswith(ROW_TAG)]
     if proc.returncode == 0 and found:
+        sys.stderr.write("".join(ln + "\n" for ln in proc.stderr.splitlines() if ln.startswith("[step]")))
         return json.loads(found[-1][len(ROW_TAG) :])
     sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
     return {"op": "step", "provider": setting, "mode": "full", "dtype": dtype, "status": "error",
