@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 import pytest
-from conftest import ROOT
+from testutil import ROOT
 
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
