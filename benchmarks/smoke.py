@@ -46,9 +46,9 @@ def main() -> int:
     print(f"bench-smoke: {len(rows)} rows, plots {', '.join(pngs)} in {OUT} ({time.time() - t0:.0f} s)")
     if failed:
         print(f"bench-smoke: FAILED: {', '.join(failed)}")
-        return 1
-    print("bench-smoke: ok")
-    return 0
+    checks = 6  # three op scripts, the step, the plots, the PNG files
+    print(f"bench-smoke: {checks - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
