@@ -44,8 +44,7 @@ class Collator:
         pixels = [s["pixel_values"] for s in samples]
         for s, p in zip(samples, pixels):
             if p.dim() != 4 or tuple(p.shape[1:]) != (3, S, S):
-                raise ValueError(f"sample {s['id']!r}: pixel_values {tuple(p.shape)}, "
-                                 f"expected (n, 3, {S}, {S})")
+                raise ValueError(f"sample {s['id']!r}: pixel_values {tuple(p.shape)}, expected (n, 3, {S}, {S})")
         pixel_values = torch.cat(pixels).float() if pixels else torch.zeros(0, 3, S, S)
         captions = [c for s in samples for c in s["caption_ids"]]
         if len(captions) != pixel_values.shape[0]:

@@ -57,8 +57,10 @@ class DataStats:
     def summary(self) -> str:
         """One line: ``train.json: kept 990/1000, skipped 10 (1.0%): missing_image=7 corrupt_image=3``."""
         reasons = " ".join(f"{r}={n}" for r, n in self.counts.items() if n) or "none"
-        return (f"{self.source}: kept {self.kept}/{self.total}, skipped {self.skipped} "
-                f"({100 * self.bad_fraction:.1f}%): {reasons}")
+        return (
+            f"{self.source}: kept {self.kept}/{self.total}, skipped {self.skipped} "
+            f"({100 * self.bad_fraction:.1f}%): {reasons}"
+        )
 
 
 class _BadLine:
@@ -120,16 +122,27 @@ class LlavaDataset(Dataset):
     "pixel_values": (n_img, 3, S, S) float32, "caption_ids": [ (Lc_i,) long per image ]}``.
     """
 
-    def __init__(self, path: str | os.PathLike, tokenizer: Any, *, image_root: str | os.PathLike,
-                 transform: ImageTransform, num_image_tokens: int, max_length: int,
-                 max_bad_fraction: float, template: ConversationTemplate | None = None,
-                 cache_tokens: bool = True):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        tokenizer: Any,
+        *,
+        image_root: str | os.PathLike,
+        transform: ImageTransform,
+        num_image_tokens: int,
+        max_length: int,
+        max_bad_fraction: float,
+        template: ConversationTemplate | None = None,
+        cache_tokens: bool = True,
+    ):
         self.path, self.tokenizer, self.transform = str(path), tokenizer, transform
         self.image_root, self.max_length = str(image_root), int(max_length)
         self.template = template or ConversationTemplate(tokenizer, num_image_tokens=num_image_tokens)
         if self.template.num_image_tokens != num_image_tokens:
-            raise ValueError(f"template expands {self.template.num_image_tokens} tokens per image, "
-                             f"num_image_tokens={num_image_tokens}")
+            raise ValueError(
+                f"template expands {self.template.num_image_tokens} tokens per image, "
+                f"num_image_tokens={num_image_tokens}"
+            )
         self.stats = DataStats(os.path.basename(self.path))
         self.ids: list[str] = []
         self.images: list[list[str]] = []  # resolved paths
@@ -160,8 +173,11 @@ class LlavaDataset(Dataset):
             n_user = sum(m["content"].count(IMAGE_TOKEN) for m in messages if m["role"] == "user")
             n_all = sum(m["content"].count(IMAGE_TOKEN) for m in messages)
             if n_user != len(images) or n_all != n_user:
-                st.add("placeholder_mismatch", sid, f"{n_all} {IMAGE_TOKEN} ({n_user} in human turns) "
-                                                    f"for {len(images)} images")
+                st.add(
+                    "placeholder_mismatch",
+                    sid,
+                    f"{n_all} {IMAGE_TOKEN} ({n_user} in human turns) for {len(images)} images",
+                )
                 continue
             try:
                 rendered = t.render(messages)
@@ -231,7 +247,8 @@ class LlavaDataset(Dataset):
             raise DataError(
                 f"{self.path}: {st.skipped}/{st.total} samples are bad ({100 * st.bad_fraction:.1f}% > "
                 f"max_bad_fraction {100 * max_bad_fraction:.1f}%); most are {top}: {st.counts[top]}, "
-                f"e.g. ids {st.ids[top][:5]} ({st.examples[top]}). {st.summary()}")
+                f"e.g. ids {st.ids[top][:5]} ({st.examples[top]}). {st.summary()}"
+            )
 
     # ---- access --------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -254,20 +271,39 @@ class LlavaDataset(Dataset):
         s = self.transform.size
         pixel_values = torch.stack(pixels) if pixels else torch.zeros(0, 3, s, s)
         caption_ids = [torch.tensor(self._tokens(c), dtype=torch.long) for c in self.captions[i]]
-        return {"id": sid, "input_ids": input_ids, "labels": labels, "pixel_values": pixel_values,
-                "caption_ids": caption_ids}
+        return {
+            "id": sid,
+            "input_ids": input_ids,
+            "labels": labels,
+            "pixel_values": pixel_values,
+            "caption_ids": caption_ids,
+        }
 
     def _tokens(self, text: str | None) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
     @classmethod
-    def from_config(cls, cfg: DataConfig, tokenizer: Any, *, transform: ImageTransform, num_image_tokens: int,
-                    split: str = "train", template: ConversationTemplate | None = None) -> LlavaDataset:
+    def from_config(
+        cls,
+        cfg: DataConfig,
+        tokenizer: Any,
+        *,
+        transform: ImageTransform,
+        num_image_tokens: int,
+        split: str = "train",
+        template: ConversationTemplate | None = None,
+    ) -> LlavaDataset:
         """Dataset for ``split`` ("train" | "eval"), paths resolved against ``cfg.root``."""
         rel = {"train": cfg.train, "eval": cfg.eval}.get(split, "")
         if not rel:
             raise ValueError(f"no data file for split {split!r} in {cfg}")
-        return cls(os.path.join(cfg.root, rel), tokenizer,
-                   image_root=os.path.join(cfg.root, cfg.image_folder), transform=transform,
-                   num_image_tokens=num_image_tokens, max_length=cfg.max_length,
-                   max_bad_fraction=cfg.max_bad_fraction, template=template)
+        return cls(
+            os.path.join(cfg.root, rel),
+            tokenizer,
+            image_root=os.path.join(cfg.root, cfg.image_folder),
+            transform=transform,
+            num_image_tokens=num_image_tokens,
+            max_length=cfg.max_length,
+            max_bad_fraction=cfg.max_bad_fraction,
+            template=template,
+        )

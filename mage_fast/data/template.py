@@ -59,8 +59,7 @@ class ConversationTemplate:
     def _chat(self, messages: list[dict[str, str]], gen: bool) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
 
-    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = False
-               ) -> tuple[str, list[Span]]:
+    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> tuple[str, list[Span]]:
         """Full text and the [start, end) character spans of the assistant answers (content and
         end-of-turn token, trailing whitespace excluded)."""
         if self.use_chat_template:
@@ -100,8 +99,9 @@ class ConversationTemplate:
         split = [text.split(IMAGE_TOKEN) for text, _ in rendered]
         fast = getattr(self.tokenizer, "is_fast", False)
         if fast:
-            enc = self.tokenizer([c for chunks in split for c in chunks], add_special_tokens=False,
-                                 return_offsets_mapping=True)
+            enc = self.tokenizer(
+                [c for chunks in split for c in chunks], add_special_tokens=False, return_offsets_mapping=True
+            )
             flat = iter(zip(enc["input_ids"], enc["offset_mapping"]))
         out = []
         for (_, spans), chunks in zip(rendered, split):

@@ -12,8 +12,10 @@ from transformers import PreTrainedTokenizerFast
 
 SPECIALS = ["<pad>", "<unk>", "<s>", "</s>", "<image>"]
 CHAT_SPECIALS = ["<|im_start|>", "<|im_end|>"]
-WORDS = ("USER ASSISTANT : . ? , what is this that a an the red blue green circle square triangle "
-         "and yes no there are two one left right of shape color you helpful assistant user system").split()
+WORDS = (
+    "USER ASSISTANT : . ? , what is this that a an the red blue green circle square triangle "
+    "and yes no there are two one left right of shape color you helpful assistant user system"
+).split()
 # ChatML-like template, as Qwen2 writes it (without its default system prompt)
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -28,12 +30,17 @@ def make_tokenizer(chat: bool = False, image_token: bool = True, pad: bool = Tru
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Whitespace()
     extra = (["<image>"] if image_token else []) + (CHAT_SPECIALS if chat else [])
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                  pad_token="<pad>" if pad else None, additional_special_tokens=extra)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>" if pad else None,
+        additional_special_tokens=extra,
+    )
     if chat:
         tok.chat_template = CHAT_TEMPLATE
     return tok
-
 
 
 def write_png(path: str, size: int = 16, seed: int = 0) -> str:
@@ -63,11 +70,11 @@ def write_rows(path: str, rows: list, jsonl: bool | None = None) -> str:
     return path
 
 
-def qa(rid: str, image: str | list | None = None, q: str = "<image>\nwhat is this", a: str = "a red circle",
-       **extra) -> dict:
+def qa(
+    rid: str, image: str | list | None = None, q: str = "<image>\nwhat is this", a: str = "a red circle", **extra
+) -> dict:
     """A one-turn LLaVA row."""
     row = {"id": rid, "conversations": [{"from": "human", "value": q}, {"from": "gpt", "value": a}], **extra}
     if image is not None:
         row["image"] = image
     return row
-

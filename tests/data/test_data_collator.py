@@ -12,9 +12,13 @@ S, PAD = 4, 0
 
 
 def sample(sid: str, n_tok: int, captions: list[list[int]]) -> dict:
-    return {"id": sid, "input_ids": torch.arange(1, n_tok + 1), "labels": torch.arange(1, n_tok + 1),
-            "pixel_values": torch.randn(len(captions), 3, S, S),
-            "caption_ids": [torch.tensor(c, dtype=torch.long) for c in captions]}
+    return {
+        "id": sid,
+        "input_ids": torch.arange(1, n_tok + 1),
+        "labels": torch.arange(1, n_tok + 1),
+        "pixel_values": torch.randn(len(captions), 3, S, S),
+        "caption_ids": [torch.tensor(c, dtype=torch.long) for c in captions],
+    }
 
 
 def test_text_only_batch():
@@ -32,8 +36,9 @@ def test_text_only_batch():
 def test_mixed_batch_orders_images_and_pads_captions():
     samples = [sample("two", 4, [[5, 6, 7], []]), sample("none", 6, []), sample("one", 2, [[8]])]
     b = Collator(PAD, S)(samples)
-    assert b["input_ids"].shape == (3, 6) and all(v.dtype == torch.long for k, v in b.items()
-                                                  if k in ("input_ids", "labels", "attention_mask"))
+    assert b["input_ids"].shape == (3, 6) and all(
+        v.dtype == torch.long for k, v in b.items() if k in ("input_ids", "labels", "attention_mask")
+    )
     assert b["image_counts"].tolist() == [2, 0, 1]
     assert torch.equal(b["pixel_values"], torch.cat([samples[0]["pixel_values"], samples[2]["pixel_values"]]))
     assert b["caption_ids"].tolist() == [[5, 6, 7], [PAD] * 3, [8, PAD, PAD]]
@@ -49,8 +54,15 @@ def test_wrong_image_size_is_an_error():
 def test_dataset_to_batch(tmp_path, tok):
     write_png(str(tmp_path / "a.png"))
     rows = [qa("img", "a.png", caption="a red circle"), qa("txt", None, q="what is this")]
-    ds = LlavaDataset(write_rows(str(tmp_path / "d.jsonl"), rows), tok, image_root=str(tmp_path),
-                      transform=ImageTransform(S), num_image_tokens=2, max_length=32, max_bad_fraction=0.0)
+    ds = LlavaDataset(
+        write_rows(str(tmp_path / "d.jsonl"), rows),
+        tok,
+        image_root=str(tmp_path),
+        transform=ImageTransform(S),
+        num_image_tokens=2,
+        max_length=32,
+        max_bad_fraction=0.0,
+    )
     loader = torch.utils.data.DataLoader(ds, batch_size=2, collate_fn=Collator(tok.pad_token_id, S))
     b = next(iter(loader))
     assert b["ids"] == ["img", "txt"] and b["image_counts"].tolist() == [1, 0]

@@ -25,8 +25,12 @@ def test_transform_resizes_converts_and_normalises():
 def test_from_pretrained_dir(tmp_path):
     t = ImageTransform.from_pretrained_dir(tmp_path, default_size=32)  # no file → CLIP defaults
     assert (t.size, t.mean, t.std) == (32, CLIP_MEAN, CLIP_STD)
-    cfg = {"crop_size": {"height": 224, "width": 224}, "size": {"shortest_edge": 256},
-           "image_mean": [0.1, 0.2, 0.3], "image_std": [0.4, 0.5, 0.6]}
+    cfg = {
+        "crop_size": {"height": 224, "width": 224},
+        "size": {"shortest_edge": 256},
+        "image_mean": [0.1, 0.2, 0.3],
+        "image_std": [0.4, 0.5, 0.6],
+    }
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(cfg))
     t = ImageTransform.from_pretrained_dir(str(tmp_path), default_size=32)
     assert (t.size, t.mean, t.std) == (224, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6))

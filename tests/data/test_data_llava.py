@@ -14,8 +14,7 @@ K, S = 4, 8
 
 
 def make_ds(path, tok, root, **kw) -> LlavaDataset:
-    args = dict(image_root=root, transform=ImageTransform(S), num_image_tokens=K, max_length=64,
-                max_bad_fraction=0.0)
+    args = dict(image_root=root, transform=ImageTransform(S), num_image_tokens=K, max_length=64, max_bad_fraction=0.0)
     return LlavaDataset(str(path), tok, **(args | kw))
 
 
@@ -27,14 +26,22 @@ def root(tmp_path):
 
 
 def good_rows() -> list[dict]:
-    two = [{"from": "human", "value": "<image> and <image> what"}, {"from": "gpt", "value": "two"},
-           {"from": "human", "value": "left ?"}, {"from": "gpt", "value": "red"}]
+    two = [
+        {"from": "human", "value": "<image> and <image> what"},
+        {"from": "gpt", "value": "two"},
+        {"from": "human", "value": "left ?"},
+        {"from": "gpt", "value": "red"},
+    ]
     return [
         qa("single", "a.png", caption="a red circle", qtype="color"),
         {"id": "multi", "image": ["b.png", "c.png"], "conversations": two, "caption": ["blue square", None]},
         qa("text", None, q="what is this"),
-        {"id": 7, "image": "a.png", "conversations": [{"from": "system", "value": "you are helpful"}]
-         + qa("x", q="what <image>")["conversations"]},
+        {
+            "id": 7,
+            "image": "a.png",
+            "conversations": [{"from": "system", "value": "you are helpful"}]
+            + qa("x", q="what <image>")["conversations"],
+        },
     ]
 
 
@@ -73,8 +80,7 @@ def test_every_skip_reason(root, tok):
     rows = good_rows() + [
         {"id": "no_conv", "image": "a.png"},  # malformed
         qa("bad_caps", ["a.png", "b.png"], q="<image> <image>", caption=["x"]),  # malformed: 1 caption
-        qa("bad_turn", None, q="what")
-        | {"conversations": [{"from": "bot", "value": "x"}]},  # malformed
+        qa("bad_turn", None, q="what") | {"conversations": [{"from": "bot", "value": "x"}]},  # malformed
         qa("missing", "nope.png"),
         qa("trunc_png", "trunc.png"),
         qa("trunc_jpg", "trunc.jpg"),
@@ -155,8 +161,9 @@ def test_from_config(root, tok):
         LlavaDataset.from_config(cfg, tok, transform=ImageTransform(S), num_image_tokens=K, split="eval")
 
 
-@pytest.mark.parametrize("bad", [dict(max_length=0), dict(max_bad_fraction=1.5), dict(num_workers=-1),
-                                 dict(train=""), dict(eval="")])
+@pytest.mark.parametrize(
+    "bad", [dict(max_length=0), dict(max_bad_fraction=1.5), dict(num_workers=-1), dict(train=""), dict(eval="")]
+)
 def test_config_validation(bad):
     with pytest.raises(ValueError):
         DataConfig(**bad)

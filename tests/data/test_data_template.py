@@ -39,7 +39,16 @@ def test_builtin_single_turn(tok):
     ids, labels = encode_conversation(tok, CONV[1:3], num_image_tokens=K)
     assert ids.dtype == labels.dtype == torch.long and ids.shape == labels.shape
     assert toks(tok, ids) == ["<s>", "USER", ":"] + ["<image>"] * K + [
-        "what", "is", "this", "ASSISTANT", ":", "a", "red", "circle", "</s>"]
+        "what",
+        "is",
+        "this",
+        "ASSISTANT",
+        ":",
+        "a",
+        "red",
+        "circle",
+        "</s>",
+    ]
     assert labelled(tok, ids, labels) == ["a", "red", "circle", "</s>"]
 
 
@@ -51,8 +60,8 @@ def test_builtin_multi_turn_multi_image_system(tok):
     assert words[:5] == ["<s>", "you", "are", "a", "helpful"]
     img = [i for i, w in enumerate(words) if w == "<image>"]
     assert len(img) == 2 * K
-    assert words[img[0] - 2: img[0]] == ["USER", ":"] and words[img[K - 1] + 1] == "what"
-    assert words[img[K] - 2: img[K]] == ["and", "that"] and words[img[-1] + 1] == "?"
+    assert words[img[0] - 2 : img[0]] == ["USER", ":"] and words[img[K - 1] + 1] == "what"
+    assert words[img[K] - 2 : img[K]] == ["and", "that"] and words[img[-1] + 1] == "?"
     assert (labels[img] == IGNORE_INDEX).all()
     assert labelled(tok, ids, labels) == ["a", "red", "circle", "</s>", "a", "blue", "square", "</s>"]
     # the system turn, the user turns and the "ASSISTANT:" prefixes are never labelled
@@ -69,8 +78,7 @@ def test_chat_template_route(chat_tok):
     img = [i for i, w in enumerate(words) if w == "<image>"]
     assert len(img) == 2 * K and words[img[0] - 1] == "user" and words[img[-1] + 1] == "?"
     # answer + end-of-turn token; the "<|im_start|> assistant" header is prompt
-    assert labelled(chat_tok, ids, labels) == ["a", "red", "circle", "<|im_end|>",
-                                               "a", "blue", "square", "<|im_end|>"]
+    assert labelled(chat_tok, ids, labels) == ["a", "red", "circle", "<|im_end|>", "a", "blue", "square", "<|im_end|>"]
 
 
 def test_chat_template_can_be_bypassed(chat_tok):

@@ -14,8 +14,8 @@ import os
 
 import pytest
 import torch
-from testutil import tiny_model_config
 from test_train_zero3 import TINY, launch, strict_zero3  # noqa: F401, F811  (strict_zero3: a fixture)
+from testutil import tiny_model_config
 
 from mage_fast.data import Collator, ImageTransform, LlavaDataset
 from mage_fast.data.config import DataConfig
