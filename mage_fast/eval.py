@@ -51,46 +51,73 @@ def _prepare(rows: list, template: ConversationTemplate, transform: ImageTransfo
     return items
 
 
-@torch.no_grad()
-def evaluate(model_dir: str, data: str, out: str | None = None, batch_size: int = 64,
-             max_new_tokens: int = 16, image_root: str | None = None) -> dict:  # fmt: skip
-    """Accuracy per qtype (and overall); writes answers JSONL and metrics JSON when `out` is set."""
-    t0 = time.time()
-    model, tok = load_pretrained(model_dir)
+def prepare(rows: list, model, tok, root: str, transform: ImageTransform | None = None) -> list[dict]:
+    """Rows with reference answers → items (id, qtype, gt, prompt, input_ids, pixel_values)."""
     template = ConversationTemplate(tok, num_image_tokens=model.num_image_tokens)
-    transform = ImageTransform(model.image_size)
-    root = image_root if image_root is not None else os.path.dirname(os.path.abspath(data))
-    items = _prepare(read_rows(data), template, transform, root)
+    return _prepare(rows, template, transform or ImageTransform(model.image_size), root)
+
+
+def length_buckets(items: list[dict]) -> list[list[dict]]:
+    """Items grouped by prompt length, in order of first appearance (greedy decoding without padding)."""
     buckets: dict[int, list[dict]] = defaultdict(list)
-    for it in items:  # equal lengths: no padding in greedy decoding
+    for it in items:
         buckets[len(it["input_ids"])].append(it)
-    for group in buckets.values():
-        for i in range(0, len(group), batch_size):
-            chunk = group[i : i + batch_size]
-            gen = model.generate(
-                torch.stack([c["input_ids"] for c in chunk]),
-                torch.cat([c["pixel_values"] for c in chunk]),
-                torch.tensor([c["pixel_values"].shape[0] for c in chunk]),
-                max_new_tokens=max_new_tokens,
-                eos_token_id=tok.eos_token_id,
-            )
-            for c, g in zip(chunk, gen):
-                c["text"] = tok.decode(g, skip_special_tokens=True).strip()
+    return list(buckets.values())
+
+
+@torch.no_grad()
+def answer(model, tok, chunk: list[dict], max_new_tokens: int, synced: bool = False) -> None:
+    """Greedy answers for items of one prompt length, written to each item's "text"."""
+    gen = model.generate(
+        torch.stack([c["input_ids"] for c in chunk]),
+        torch.cat([c["pixel_values"] for c in chunk]),
+        torch.tensor([c["pixel_values"].shape[0] for c in chunk]),
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tok.eos_token_id,
+        synced=synced,
+    )
+    for c, g in zip(chunk, gen):
+        c["text"] = tok.decode(g, skip_special_tokens=True).strip()
+
+
+def score(items: list[dict]) -> tuple[dict, dict]:
+    """Marks each answered item "correct"; returns (accuracy per qtype + "overall", count per qtype)."""
     hits: dict[str, list[int]] = defaultdict(list)
     for it in items:
         it["correct"] = normalize(it["text"]) == normalize(it["gt"])
         hits[it["qtype"]].append(int(it["correct"]))
     acc = {k: sum(v) / len(v) for k, v in sorted(hits.items())}
     acc["overall"] = sum(sum(v) for v in hits.values()) / max(1, len(items))
-    metrics = {"accuracy": acc, "n": {k: len(v) for k, v in hits.items()}, "seconds": time.time() - t0}
+    return acc, {k: len(v) for k, v in hits.items()}
+
+
+def write_answers(items: list[dict], path: str, model_id: str) -> None:
+    """LLaVA-style answers JSONL (question_id, prompt, text, model_id, metadata), written atomically."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        for it in items:
+            row = {"question_id": it["id"], "prompt": it["prompt"], "text": it["text"], "model_id": model_id,
+                   "metadata": {"qtype": it["qtype"], "gt": it["gt"], "correct": it["correct"]}}  # fmt: skip
+            f.write(json.dumps(row) + "\n")
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def evaluate(model_dir: str, data: str, out: str | None = None, batch_size: int = 64,
+             max_new_tokens: int = 16, image_root: str | None = None) -> dict:  # fmt: skip
+    """Accuracy per qtype (and overall); writes answers JSONL and metrics JSON when `out` is set."""
+    t0 = time.time()
+    model, tok = load_pretrained(model_dir)
+    root = image_root if image_root is not None else os.path.dirname(os.path.abspath(data))
+    items = prepare(read_rows(data), model, tok, root)
+    for group in length_buckets(items):
+        for i in range(0, len(group), batch_size):
+            answer(model, tok, group[i : i + batch_size], max_new_tokens)
+    acc, n = score(items)
+    metrics = {"accuracy": acc, "n": n, "seconds": time.time() - t0}
     if out:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        name = os.path.basename(os.path.normpath(model_dir))
-        with open(out, "w") as f:
-            for it in items:
-                row = {"question_id": it["id"], "prompt": it["prompt"], "text": it["text"], "model_id": name,
-                       "metadata": {"qtype": it["qtype"], "gt": it["gt"], "correct": it["correct"]}}  # fmt: skip
-                f.write(json.dumps(row) + "\n")
+        write_answers(items, out, os.path.basename(os.path.normpath(model_dir)))
         with open(os.path.splitext(out)[0] + "_metrics.json", "w") as f:
             json.dump(metrics, f, indent=1)
     return metrics

@@ -16,6 +16,11 @@ class DataConfig:
     root: str = ""
     train: str = "train.json"
     eval: str | None = None
+    # Held-out rows with reference answers (and a "qtype" each, as in the shapes world's eval.json):
+    # exact-match accuracy per qtype every `eval_every` steps and at the end. Images resolve
+    # against the file's own folder, as in `python -m mage_fast.eval`.
+    answers: str | None = None
+    answers_limit: int = 0  # the first N rows of `answers`; 0: all
     image_folder: str = ""
     max_length: int = 256  # tokens after <image> expansion; longer samples are skipped, never truncated
     max_bad_fraction: float = 0.05  # abort before training when more samples than this are bad
@@ -26,6 +31,10 @@ class DataConfig:
             raise ValueError(f"DataConfig.train must be a non-empty path, got {self.train!r}")
         if self.eval is not None and (not isinstance(self.eval, str) or not self.eval):
             raise ValueError(f"DataConfig.eval must be a non-empty path or None, got {self.eval!r}")
+        if self.answers is not None and (not isinstance(self.answers, str) or not self.answers):
+            raise ValueError(f"DataConfig.answers must be a non-empty path or None, got {self.answers!r}")
+        if not isinstance(self.answers_limit, int) or self.answers_limit < 0:
+            raise ValueError(f"DataConfig.answers_limit must be an int >= 0, got {self.answers_limit!r}")
         if not isinstance(self.max_length, int) or self.max_length < 1:
             raise ValueError(f"DataConfig.max_length must be a positive int, got {self.max_length!r}")
         if not 0.0 <= float(self.max_bad_fraction) <= 1.0:

@@ -131,10 +131,13 @@ class MageModel(nn.Module):
         image_counts: torch.Tensor,
         max_new_tokens: int,
         eos_token_id: int,
+        synced: bool = False,
     ) -> list[list[int]]:
         """Greedy decoding of prompts of equal length (no padding: bucket by length), KV-cached.
 
-        input_ids (B, L) → per sample the generated ids, up to and excluding eos.
+        input_ids (B, L) → per sample the generated ids, up to and excluding eos. `synced`: always run
+        max_new_tokens steps, as ZeRO-3 needs when ranks generate together (each forward gathers
+        parameters with the other ranks, so no rank may stop early).
         """
         embeds, _ = self.embed(input_ids, pixel_values, image_counts)
         out = self.llm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
@@ -145,7 +148,7 @@ class MageModel(nn.Module):
             done |= nxt == eos_token_id
             for i in (~done).nonzero().flatten().tolist():
                 result[i].append(int(nxt[i]))
-            if bool(done.all()):
+            if bool(done.all()) and not synced:
                 break
             out = self.llm(input_ids=nxt[:, None], past_key_values=out.past_key_values, use_cache=True)
         return result

@@ -54,6 +54,7 @@ class TrainConfig:
     resume: bool = True  # continue from the newest complete checkpoint in run_dir/checkpoints
     export: bool = True  # write run_dir/export (HF-style parts) at the end
     log_every: int = 10
+    eval_every: int = 0  # steps between held-out accuracy evals on data.answers; 0: only at the end
     threads: int = 0  # torch CPU threads per rank; 0: cores / local ranks
     deterministic: bool = False
     max_bad_steps: int = 5  # abort after this many non-finite steps (loss or grad norm) in a row
@@ -62,6 +63,10 @@ class TrainConfig:
         for name in ("max_steps", "micro_batch_size", "grad_accum", "keep_last", "log_every", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+        if self.eval_every and not self.data.answers:
+            raise ValueError(f"eval_every={self.eval_every} needs data.answers (held-out rows with reference answers)")
         if self.save_every < 0:
             raise ValueError(f"save_every must be >= 0, got {self.save_every}")
         for part in ("vision", "aligner", "llm"):

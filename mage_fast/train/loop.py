@@ -18,8 +18,10 @@ from mage_fast.data.collator import Collator
 from mage_fast.data.image import ImageTransform
 from mage_fast.data.llava import LlavaDataset
 from mage_fast.data.tokens import ensure_special_tokens
+from mage_fast.eval import write_answers
 from mage_fast.model import pretrained
 from mage_fast.train import checkpoint
+from mage_fast.train.accuracy import AccuracyEval
 from mage_fast.train.config import TrainConfig
 from mage_fast.train.dist import (
     all_gather_objects,
@@ -157,6 +159,10 @@ def train(cfg: TrainConfig) -> dict:
     if rank == 0:
         print(data.stats.summary(), flush=True)
     collate = Collator(tokenizer.pad_token_id, model.image_size)
+    acc_eval = None
+    if cfg.data.answers:
+        acc_eval = AccuracyEval(os.path.join(cfg.data.root, cfg.data.answers), model, tokenizer, transform,
+                                limit=cfg.data.answers_limit)  # fmt: skip
     batches = ResumableBatches(len(data), cfg.micro_batch_size, rank, world, cfg.seed)
 
     step, consumed, nonfinite, bad_run = 0, 0, 0, []
@@ -195,6 +201,7 @@ def train(cfg: TrainConfig) -> dict:
     lam, gas = cfg.model.mse_lambda, cfg.grad_accum
     inject, inject_rank = _injections(world)
     history: list[dict] = []
+    accuracy: list[dict] = []  # held-out exact match per qtype (data.answers), also in accuracy.jsonl
     t_last, tok_since = time.time(), 0.0
     while step < cfg.max_steps:
         micro = [next(it) for _ in range(gas)]
@@ -266,6 +273,16 @@ def train(cfg: TrainConfig) -> dict:
                 f"max_bad_steps={cfg.max_bad_steps}); last sample ids {rec['ids']}. Lower optim.lr, check the data "
                 f"of those ids, or resume from the last checkpoint"
             )
+        if acc_eval is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps):
+            acc, answered = acc_eval.run(engine.module, rank, world)
+            accuracy.append({"step": step, "accuracy": acc})
+            if rank == 0:
+                write_answers(answered, os.path.join(cfg.run_dir, "answers_eval.jsonl"), f"step{step}")
+                with open(os.path.join(cfg.run_dir, "accuracy.jsonl"), "a") as f:
+                    f.write(json.dumps(accuracy[-1]) + "\n")
+                for k, v in acc.items():
+                    writer.add_scalar(f"eval/accuracy_{k}", v, step)
+                bar.write(f"step {step} held-out accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
         if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
             client = {"step": step, "data": batches.state(consumed), "nonfinite": nonfinite, "bad_run": bad_run,
                       "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
@@ -278,7 +295,8 @@ def train(cfg: TrainConfig) -> dict:
 
     st = data.stats
     skipped = {r: {"count": st.counts[r], "ids": st.ids[r]} for r in st.counts if st.counts[r]}
-    summary: dict = {"step": step, "world_size": world, "history": history, "data": st.summary(),
+    summary: dict = {"step": step, "world_size": world, "history": history, "accuracy": accuracy,
+                     "data": st.summary(),
                      "data_skipped": skipped, "nonfinite_steps": nonfinite}  # fmt: skip
     if rank == 0:
         print(f"done: {step} steps, {nonfinite} non-finite skipped; data {st.summary()}", flush=True)

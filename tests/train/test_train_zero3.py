@@ -68,7 +68,8 @@ def strict_zero3(tmp_path_factory) -> str:
 def test_two_rank_zero3_trains_saves_and_reloads(shapes_dir, strict_zero3, tmp_path):
     run = str(tmp_path / "run")
     common = [f"run_dir={run}", f"data.root={shapes_dir}", f"deepspeed={strict_zero3}", *TINY]
-    launch(common + ["max_steps=40"])
+    # The held-out accuracy eval runs with both ranks generating (21 rows: uneven shares, padded).
+    launch(common + ["max_steps=40", "data.answers=eval.json", "data.answers_limit=21", "eval_every=20"])
     with open(os.path.join(run, "summary.json")) as f:
         first = json.load(f)
     assert first["world_size"] == 2
@@ -93,3 +94,26 @@ def test_two_rank_zero3_trains_saves_and_reloads(shapes_dir, strict_zero3, tmp_p
 
     model, tok = load_pretrained(os.path.join(run, "export"))
     assert model.num_image_tokens == 4 and tok.convert_tokens_to_ids("<image>") == model.image_token_id
+
+    # The accuracy curve: steps 20 and 40, and the last point equals the single-process eval CLI's.
+    from mage_fast.eval import evaluate
+
+    assert [a["step"] for a in first["accuracy"]] == [20, 40]
+    with open(os.path.join(run, "accuracy.jsonl")) as f:
+        assert [json.loads(line) for line in f] == first["accuracy"]
+    with open(os.path.join(shapes_dir, "eval.json")) as f:
+        rows = json.load(f)[:21]
+    sub = tmp_path / "sub.json"
+    sub.write_text(json.dumps(rows))
+    ref = evaluate(
+        os.path.join(run, "export"), str(sub), str(tmp_path / "cli.jsonl"), max_new_tokens=8, image_root=shapes_dir
+    )
+    assert sum(ref["n"].values()) == 21
+    assert first["accuracy"][-1]["accuracy"] == ref["accuracy"]
+    texts = {}
+    for name in ("answers_eval.jsonl", "cli.jsonl"):
+        with open(os.path.join(run, name) if name.startswith("answers") else tmp_path / name) as f:
+            texts[name] = [(r["question_id"], r["text"]) for r in map(json.loads, f)]
+    print("answers at step 40:", texts["cli.jsonl"][:4])
+    assert texts["answers_eval.jsonl"] == texts["cli.jsonl"]
+    assert any(t for _, t in texts["cli.jsonl"])  # it answered something
