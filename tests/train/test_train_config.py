@@ -34,6 +34,8 @@ def test_overrides_are_typed():
         (["model.aligner.type=qformer"], "model.aligner.type must be one of"),
         (["freeze_llm=true", "optim.lr_llm=1e-4"], "freeze_llm=true contradicts optim.lr_llm"),
         (["max_steps"], "not of the form key=value"),
+        (["eval_every=100"], "eval_every=100 needs data.answers"),
+        (["data.answers_limit=-1"], "answers_limit must be an int >= 0"),
     ],
 )
 def test_bad_config_fails_clearly(overrides, match):
