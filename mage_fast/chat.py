@@ -12,10 +12,10 @@ import argparse
 
 import torch
 
-from mage_fast.data.image import ImageTransform, load_image
+from mage_fast.data.image import load_image
 from mage_fast.data.template import ConversationTemplate
 from mage_fast.data.tokens import IMAGE_TOKEN
-from mage_fast.model.pretrained import load_pretrained
+from mage_fast.model.pretrained import image_transform, load_pretrained
 
 
 @torch.no_grad()
@@ -28,7 +28,7 @@ def answer(model_dir: str, images: list[str], question: str, max_new_tokens: int
         raise ValueError(f"the question holds {n} {IMAGE_TOKEN} placeholder(s) but {len(images)} --image given")
     template = ConversationTemplate(tok, num_image_tokens=model.num_image_tokens)
     ids = template.encode_prompt([{"from": "human", "value": question}])
-    transform = ImageTransform(model.image_size)
+    transform = image_transform(model_dir, model.image_size)
     s = model.image_size
     pix = torch.stack([transform(load_image(p)) for p in images]) if images else torch.zeros(0, 3, s, s)
     out = model.generate(ids[None], pix, torch.tensor([len(images)]), max_new_tokens, tok.eos_token_id)

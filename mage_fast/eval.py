@@ -20,7 +20,7 @@ import torch
 from mage_fast.data.image import ImageTransform, load_image
 from mage_fast.data.llava import read_rows
 from mage_fast.data.template import ConversationTemplate, to_messages
-from mage_fast.model.pretrained import load_pretrained
+from mage_fast.model.pretrained import image_transform, load_pretrained
 
 
 def normalize(text: str) -> str:
@@ -109,7 +109,7 @@ def evaluate(model_dir: str, data: str, out: str | None = None, batch_size: int 
     t0 = time.time()
     model, tok = load_pretrained(model_dir)
     root = image_root if image_root is not None else os.path.dirname(os.path.abspath(data))
-    items = prepare(read_rows(data), model, tok, root)
+    items = prepare(read_rows(data), model, tok, root, image_transform(model_dir, model.image_size))
     for group in length_buckets(items):
         for i in range(0, len(group), batch_size):
             answer(model, tok, group[i : i + batch_size], max_new_tokens)

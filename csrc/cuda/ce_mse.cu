@@ -42,10 +42,10 @@ __global__ void ce_rows_kernel(const float* __restrict__ logits, const int64_t* 
     for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
       const float x = row[v];
       if (x > st.m) {
-        st.s = st.s * __expf(st.m - x) + 1.f;  // exp(-inf) = 0 on the first element
+        st.s = st.s * expf(st.m - x) + 1.f;  // exp(-inf) = 0 on the first element
         st.m = x;
       } else {
-        st.s += __expf(x - st.m);
+        st.s += expf(x - st.m);
       }
     }
     st = block_maxsum(st, shm_m, shm_s);
@@ -159,7 +159,7 @@ Out6 ce_mse_fwd_cuda(const at::Tensor& hidden_, const at::Tensor& weight_, const
     });
     if (!need_grad) continue;
     if (need_h) gh.narrow(0, s, r).copy_(mm_f32(p, weight));
-    if (need_w) gw32.add_(mm_f32(p.t(), h));
+    if (need_w) addmm_f32_(gw32, p.t(), h);  // in place: no (V, H) temporary per chunk
   }
   if (need_h && V == 0) gh.zero_();
   at::Tensor ce = ce_sum * inv;

@@ -35,6 +35,15 @@ inline at::Tensor mm_f32(const at::Tensor& a, const at::Tensor& b) {
   return at::mm(a, b, at::kFloat);
 }
 
+// acc (fp32) += a @ b in place, accumulating in fp32 (cuBLAS with beta = 1): no temporary of acc's size.
+inline void addmm_f32_(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b) {
+  if (a.scalar_type() == acc.scalar_type()) {
+    acc.addmm_(a, b);
+  } else {
+    at::addmm_out(acc, acc, a, b, at::kFloat);
+  }
+}
+
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
 #pragma unroll
@@ -65,7 +74,7 @@ __device__ __forceinline__ MaxSum merge(MaxSum a, MaxSum b) {
   if (a.m == -INFINITY) return b;
   if (b.m == -INFINITY) return a;
   const float m = fmaxf(a.m, b.m);
-  return {m, a.s * __expf(a.m - m) + b.s * __expf(b.m - m)};
+  return {m, a.s * expf(a.m - m) + b.s * expf(b.m - m)};
 }
 
 __device__ __forceinline__ MaxSum block_maxsum(MaxSum v, float* shm_m, float* shm_s) {

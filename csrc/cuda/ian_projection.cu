@@ -30,7 +30,7 @@ __global__ void bias_gelu_kernel(const float* __restrict__ z, const T* __restric
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float v = z[i] + static_cast<float>(b1[i % D]);
-    z1[i] = static_cast<T>(v);
+    if (z1 != nullptr) z1[i] = static_cast<T>(v);  // the GELU input, kept for backward only
     h[i] = static_cast<T>(gelu_f(v));
   }
 }
@@ -149,7 +149,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ian_projection_fwd_cu
   const at::Tensor ln_w = ln_w_.contiguous(), ln_b = ln_b_.contiguous();
   const int64_t N = x.size(0), D = w1.size(0);
   at::Tensor y = at::empty({N, D}, x.options());
-  at::Tensor z1 = at::empty({N, D}, x.options());
+  at::Tensor z1 = at::empty({save ? N : 0, save ? D : 0}, x.options());
   at::Tensor xhat = at::empty({save ? N : 0, save ? D : 0}, x.options());
   at::Tensor rstd = at::empty({save ? N : 0}, x.options().dtype(at::kFloat));
   if (N > 0 && D > 0) {
@@ -157,7 +157,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ian_projection_fwd_cu
     at::Tensor h = at::empty({N, D}, x.options());
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "ian_projection_fwd_cuda", [&] {
       bias_gelu_kernel<scalar_t><<<grid_for(N * D), kThreads, 0, stream>>>(
-          z.data_ptr<float>(), b1.data_ptr<scalar_t>(), z1.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), N, D);
+          z.data_ptr<float>(), b1.data_ptr<scalar_t>(), save ? z1.data_ptr<scalar_t>() : nullptr,
+          h.data_ptr<scalar_t>(), N, D);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       at::Tensor z2 = mm_f32(h, w2.t()).contiguous();
       bias_layernorm_kernel<scalar_t><<<row_grid(N), kThreads, 0, stream>>>(
@@ -167,7 +168,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ian_projection_fwd_cu
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  if (!save) {
+  if (!save) {  // empty, as the other backends return them
     return {y, at::empty({0}, x.options()), at::empty({0}, x.options()), at::empty({0}, x.options().dtype(at::kFloat))};
   }
   return {y, z1, xhat, rstd};

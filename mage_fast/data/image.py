@@ -61,6 +61,16 @@ class ImageTransform:
         size = _size_from(cfg.get("crop_size")) or _size_from(cfg.get("size")) or default_size
         return cls(size, cfg.get("image_mean", CLIP_MEAN), cfg.get("image_std", CLIP_STD))
 
+    def save(self, path: str | os.PathLike) -> None:
+        """Write ``preprocessor_config.json`` into the folder ``path``, in the HF form that
+        :meth:`from_pretrained_dir` reads back (an exported model carries its training transform)."""
+        os.makedirs(path, exist_ok=True)
+        cfg = {"image_mean": list(self.mean), "image_std": list(self.std), "resample": 3,
+               "size": {"height": self.size, "width": self.size},
+               "crop_size": {"height": self.size, "width": self.size}}  # fmt: skip
+        with open(os.path.join(path, "preprocessor_config.json"), "w", encoding="utf-8") as f:
+            json.dump(cfg, f, indent=1)
+
     def __call__(self, img: Image.Image) -> torch.Tensor:
         """Returns float32 (3, S, S)."""
         if img.mode != "RGB":

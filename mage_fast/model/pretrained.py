@@ -3,6 +3,7 @@
     DIR/mage_config.json        the ModelConfig (vision.select_layer rewritten: the saved tower
                                 already ends at the selected layer)
     DIR/vision_tower/           config.json + model.safetensors  (HF CLIP/SigLIP vision model)
+                                + preprocessor_config.json (the training pixel transform)
     DIR/aligner/model.safetensors
     DIR/llm/                    config.json + model.safetensors  (HF causal LM)
     DIR/tokenizer/              the tokenizer, with its <image> token
@@ -22,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mage_fast.configtools import from_dict
+from mage_fast.data.image import ImageTransform
 from mage_fast.model.config import ModelConfig
 from mage_fast.model.mllm import MageModel
 
@@ -46,8 +48,10 @@ def exported_config(model: MageModel) -> ModelConfig:
     return cfg
 
 
-def write_export(out_dir: str, model: MageModel, tokenizer, state: dict[str, dict[str, torch.Tensor]]) -> None:
-    """Write the folder from full (gathered) state dicts of the parts: vision_tower, aligner, llm."""
+def write_export(out_dir: str, model: MageModel, tokenizer, state: dict[str, dict[str, torch.Tensor]],
+                 transform: ImageTransform | None = None) -> None:  # fmt: skip
+    """Write the folder from full (gathered) state dicts of the parts: vision_tower, aligner, llm.
+    `transform`: the pixel transform training used (default: CLIP's at the tower's size)."""
     parent = os.path.dirname(os.path.abspath(out_dir)) or "."
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
@@ -55,6 +59,7 @@ def write_export(out_dir: str, model: MageModel, tokenizer, state: dict[str, dic
         with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
             json.dump(dataclasses.asdict(exported_config(model)), f, indent=1)
         model.vision_tower.tower.save_pretrained(os.path.join(tmp, "vision_tower"), state_dict=state["vision_tower"])
+        (transform or ImageTransform(model.image_size)).save(os.path.join(tmp, "vision_tower"))
         os.makedirs(os.path.join(tmp, "aligner"))
         save_file(
             {k: v.contiguous() for k, v in state["aligner"].items()}, os.path.join(tmp, "aligner", "model.safetensors")
@@ -84,6 +89,12 @@ def read_config(model_dir: str) -> ModelConfig:
     cfg.llm.path = os.path.join(model_dir, "llm")
     cfg.tokenizer = os.path.join(model_dir, "tokenizer")
     return cfg
+
+
+def image_transform(model_dir: str, size: int) -> ImageTransform:
+    """The pixel transform an exported model was trained with (its vision_tower/preprocessor_config.json;
+    folders exported before it was written get CLIP's defaults at `size`)."""
+    return ImageTransform.from_pretrained_dir(os.path.join(model_dir, "vision_tower"), size)
 
 
 def aligner_state(model_dir: str) -> dict[str, torch.Tensor]:

@@ -8,8 +8,9 @@ Each op module registers, per backend it implements, a function `device -> reaso
 * a named backend must be implemented and usable, else a `ValueError` says which op, backend and
   device, and why.
 
-Today: every op has `torch` and `triton` (CUDA; CPU only under TRITON_INTERPRET=1, never chosen
-by auto there), patch_pool also `cpp` (CPU). A backend joins with `register(op, name,
+Today: every op has `torch`, `cpp` (CPU, C++ twins in mage_fast._C), `triton` (CUDA; CPU only
+under TRITON_INTERPRET=1, never chosen by auto there) and `cuda` (when mage_fast._C was built
+with nvcc). A backend joins with `register(op, name,
 availability, auto)` from its op module; `auto` may be a predicate on the device.
 """
 
@@ -20,9 +21,12 @@ from collections.abc import Callable
 import torch
 
 BACKENDS: tuple[str, ...] = ("torch", "cpp", "triton", "cuda")
-# Fastest first. The Triton interpreter (CPU) is correct but slow: Triton registers an auto
-# predicate that is true on CUDA only.
-AUTO_ORDER: tuple[str, ...] = ("cuda", "triton", "cpp", "torch")
+# Preferred first. On CUDA tensors Triton leads: the Triton kernels are the fused ones (GEMM
+# epilogues, online LSE over vocabulary tiles) and the issue that added them made them auto's
+# pick; the CUDA C++ kernels (cuBLAS GEMMs + our row kernels) are a named choice until a GPU
+# benchmark shows them faster (benchmarks/). The Triton interpreter (CPU) is correct but slow:
+# Triton registers an auto predicate that is true on CUDA only.
+AUTO_ORDER: tuple[str, ...] = ("triton", "cuda", "cpp", "torch")
 
 Availability = Callable[[torch.device], "str | None"]
 AutoRule = bool | Callable[[torch.device], bool]

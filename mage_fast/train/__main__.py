@@ -19,13 +19,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=3e-4 max_steps=100")
     args = p.parse_args(argv)
-    try:
-        cfg = load_config(TrainConfig, args.config, args.overrides)
-    except (ConfigError, OSError) as e:
-        sys.exit(f"config error: {e}")
     from mage_fast.data.llava import DataError
     from mage_fast.train.checkpoint import ResumeError
-    from mage_fast.train.loop import NonFiniteError, train
+    from mage_fast.train.loop import NonFiniteError, check_paths, train
+
+    try:
+        cfg = load_config(TrainConfig, args.config, args.overrides)
+        check_paths(cfg)  # every file and folder named by the config exists
+    except (ConfigError, OSError) as e:
+        sys.exit(f"config error: {e}")
 
     try:
         train(cfg)

@@ -45,11 +45,21 @@ def build_ds_config(cfg: TrainConfig, world: int) -> dict:
         raise ConfigError(f"{cfg.deepspeed}: bf16.enabled={bf16['enabled']} disagrees with bf16={cfg.bf16}")
     bf16["enabled"] = cfg.bf16
     ds.setdefault("zero_allow_untested_optimizer", True)  # torch's AdamW as the client optimizer
+    if zero_stage(ds) not in SUPPORTED_STAGES:
+        # Stages 0/1 give a plain or BF16 optimizer without the overflow path that skipping a
+        # non-finite step relies on; stage 2 keeps full weights per rank, as stage 0 does.
+        raise ConfigError(
+            f"{cfg.deepspeed}: zero_optimization.stage={zero_stage(ds)} is not supported; use stage 2 "
+            f"(configs/deepspeed/zero2.json) or 3 (configs/deepspeed/zero3.json)"
+        )
     return ds
 
 
 def zero_stage(ds: dict) -> int:
     return int(ds.get("zero_optimization", {}).get("stage", 0))
+
+
+SUPPORTED_STAGES = (2, 3)
 
 
 def build_model(cfg: TrainConfig, ds: dict, vocab_size: int, image_token_id: int) -> tuple[MageModel, object]:
@@ -143,12 +153,32 @@ def _is_zero3(engine) -> bool:
     return getattr(engine.optimizer, "grad_partitions_flat_buffer", None) is not None
 
 
+def _zero12_partitions(engine) -> list[torch.Tensor] | None:
+    """ZeRO-1/2 (DeepSpeedZeroOptimizer): this rank's reduced gradient partitions, or None.
+    (It clears every `p.grad` after reducing, so `.grad` would read as zero.)"""
+    avg = getattr(engine.optimizer, "averaged_gradients", None)
+    if not isinstance(avg, dict):
+        return None
+    out: list[torch.Tensor] = []
+    for v in avg.values():
+        if v is None:
+            continue
+        out.extend(v if isinstance(v, (list, tuple)) else [v])
+    return out
+
+
 def local_grads(engine) -> list[torch.Tensor]:
-    """This rank's share of the gradients after backward: under ZeRO-3 its reduced partition
-    (disjoint across ranks, so squared norms add up to the global one), else every `.grad`."""
+    """This rank's share of the gradients after the boundary backward: its reduced partition under
+    ZeRO-3 (one flat buffer) and ZeRO-2 (one tensor per parameter slice), disjoint across ranks, so
+    squared norms add up to the global one."""
     if _is_zero3(engine):
         return [engine.optimizer.grad_partitions_flat_buffer]
-    return [p.grad for p in engine.module.parameters() if p.grad is not None]
+    parts = _zero12_partitions(engine)
+    if parts is None:
+        raise NotImplementedError(
+            f"gradient partitions of {type(engine.optimizer).__name__} are unknown: use ZeRO stage 2 or 3"
+        )
+    return parts
 
 
 def grad_sumsq(engine) -> float:
@@ -162,23 +192,40 @@ def grad_sumsq(engine) -> float:
 def skip_step(engine) -> None:
     """Drop this step's gradients without an optimizer or scheduler update (call on every rank).
 
-    ZeRO-3 has an overflow path (used for fp16) that discards the reduced gradient partitions,
-    counts `engine.skipped_steps`, and leaves AdamW and the LR scheduler untouched; it is forced
-    here for one `engine.step()`, so DeepSpeed's own bookkeeping stays consistent.
+    DeepSpeed's ZeRO optimizers have an overflow path (used for fp16) that discards the reduced
+    gradient partitions and leaves AdamW untouched; the engine then counts `skipped_steps` and does
+    not step the LR scheduler. It is forced here for one `engine.step()`, so DeepSpeed's own
+    bookkeeping stays consistent.
     """
     opt = engine.optimizer
-    if not _is_zero3(engine) or not hasattr(opt, "_loss_scale_update_and_overflow_cleanup"):
-        raise NotImplementedError("skipping a non-finite step is implemented for ZeRO-3 (configs/deepspeed/zero3.json)")
+    if _is_zero3(engine) and hasattr(opt, "_loss_scale_update_and_overflow_cleanup"):
 
-    def forced(update_scale: bool = True) -> bool:
-        opt.overflow = True
-        return opt._loss_scale_update_and_overflow_cleanup() if update_scale else True
+        def forced(update_scale: bool = True) -> bool:
+            opt.overflow = True
+            return opt._loss_scale_update_and_overflow_cleanup() if update_scale else True
 
-    opt._overflow_check_and_loss_scale_update = forced
+        patched = {"_overflow_check_and_loss_scale_update": forced}
+    elif _zero12_partitions(engine) is not None and hasattr(opt, "check_overflow"):
+
+        def forced12(partition_gradients: bool = True) -> None:
+            opt.overflow = True
+
+        patched = {"check_overflow": forced12, "check_grad_overflow": True}
+    else:
+        raise NotImplementedError(
+            f"skipping a non-finite step is implemented for DeepSpeed's ZeRO-2/3 optimizers, not "
+            f"{type(opt).__name__} (use configs/deepspeed/zero2.json or zero3.json)"
+        )
+    saved = {k: opt.__dict__[k] for k in patched if k in opt.__dict__}
+    opt.__dict__.update(patched)
     try:
         engine.step()
     finally:
-        del opt._overflow_check_and_loss_scale_update  # back to the class method
+        for k in patched:  # back to the class method / the instance's own value
+            if k in saved:
+                opt.__dict__[k] = saved[k]
+            else:
+                del opt.__dict__[k]
     opt.overflow = False
 
 

@@ -6,6 +6,8 @@ from collections.abc import Iterator
 
 import torch
 
+from mage_fast.configtools import ConfigError
+
 
 class ResumableBatches:
     """Index batches for one rank. Each epoch a seeded permutation is cut to a multiple of
@@ -15,7 +17,10 @@ class ResumableBatches:
     def __init__(self, n: int, micro: int, rank: int, world: int, seed: int) -> None:
         self.per_step = micro * world
         if n < self.per_step:
-            raise ValueError(f"{n} samples cannot fill one step of {micro} per rank × {world} ranks")
+            raise ConfigError(
+                f"{n} usable samples cannot fill one step of micro_batch_size={micro} per rank × {world} ranks: "
+                f"lower micro_batch_size or add data"
+            )
         self.n, self.micro, self.rank, self.world, self.seed = n, micro, rank, world, seed
         self.consumed = 0  # micro-batches the training loop has taken (set on resume)
 
@@ -44,8 +49,10 @@ class ResumableBatches:
     def check_state(self, s: dict) -> int:
         """The `consumed` count of a saved state, after checking it is for this data and seed."""
         if s.get("n") != self.n or s.get("seed") != self.seed:
-            raise ValueError(
+            from mage_fast.train.checkpoint import ResumeError
+
+            raise ResumeError(
                 f"checkpoint data order was for {s.get('n')} samples / seed {s.get('seed')}, "
-                f"now {self.n} samples / seed {self.seed}: the data or seed changed"
+                f"now {self.n} samples / seed {self.seed}: the data or seed changed; resume with the same data and seed, or use a new run_dir"
             )
         return int(s["consumed"])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
 import torch
 
 
@@ -53,3 +56,30 @@ def grads(out: torch.Tensor, inputs: list[torch.Tensor], grad_out: torch.Tensor)
 def leaves(*ts: torch.Tensor, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
     """Detached copies (optionally cast) that require grad."""
     return [t.detach().to(dtype or t.dtype).clone().requires_grad_(True) for t in ts]
+
+
+def _cuda_kernels_reason() -> str | None:
+    if not torch.cuda.is_available():
+        return "backend 'cuda' needs a CUDA device"
+    from mage_fast.ops import _ext
+
+    return _ext.cpp_unavailable_reason("ce_mse_fwd", torch.device("cuda"))
+
+
+# The C++ backends: "cpp" (CPU twins) everywhere, "cuda" (csrc/cuda) on a GPU with a CUDA build.
+# The "cuda" cases run the same assertions with every tensor created on the GPU.
+NATIVE = ["cpp", pytest.param("cuda", marks=pytest.mark.skipif(_cuda_kernels_reason() is not None,
+                                                                 reason=str(_cuda_kernels_reason())))]  # fmt: skip
+
+
+@pytest.fixture(params=NATIVE)
+def native(request) -> Iterator[str]:
+    """The backend name; for "cuda" torch's default device is the GPU for the test."""
+    if request.param == "cpp":
+        yield "cpp"
+        return
+    torch.set_default_device("cuda")
+    try:
+        yield "cuda"
+    finally:
+        torch.set_default_device("cpu")

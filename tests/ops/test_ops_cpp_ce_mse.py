@@ -8,7 +8,7 @@ import importlib
 
 import pytest
 import torch
-from opsutil import assert_close32, assert_lowp, grads, leaves
+from opsutil import assert_close32, assert_lowp, grads, leaves, native  # noqa: F401  (native: a fixture)
 
 from mage_fast.ops import _ext, ce_mse
 from mage_fast.ops.reference import ce_mse_ref
@@ -53,9 +53,9 @@ def run(fn, data, dtype=None, **kw):
 
 
 @pytest.mark.parametrize("n,v,m", [(37, 101, 5), (1, 7, 0), (5, 3, 1), (64, 257, 3)])
-def test_fp32_forward_backward(n, v, m) -> None:
+def test_fp32_forward_backward(n, v, m, native: str) -> None:
     data = make(n=n, v=v, m=m)
-    (out, gs), (ref, gr) = run(ce_mse, data, backend="cpp"), run(ce_mse_ref, data)
+    (out, gs), (ref, gr) = run(ce_mse, data, backend=native), run(ce_mse_ref, data)
     for name, a, b in zip(["loss", "ce", "mse"], out, ref):
         assert a.dtype == torch.float32 and a.dim() == 0
         assert_close32(name, a, b)
@@ -64,9 +64,9 @@ def test_fp32_forward_backward(n, v, m) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision(dtype: torch.dtype) -> None:
+def test_low_precision(dtype: torch.dtype, native: str) -> None:
     data = make(dtype)
-    (out, gs), (rl, gl) = run(ce_mse, data, backend="cpp"), run(ce_mse_ref, data)
+    (out, gs), (rl, gl) = run(ce_mse, data, backend=native), run(ce_mse_ref, data)
     r32, g32 = run(ce_mse_ref, data, dtype=torch.float32)
     for name, a, b, c in zip(["loss", "ce", "mse"], out, rl, r32):
         assert a.dtype == torch.float32 and a.dim() == 0
@@ -76,44 +76,44 @@ def test_low_precision(dtype: torch.dtype) -> None:
         assert_lowp(name, a, b, c, atol=1e-3)
 
 
-def test_num_items_and_int32_labels() -> None:
+def test_num_items_and_int32_labels(native: str) -> None:
     data = make()
     h, w, lab, img, tgt, mask = data
     data32 = (h, w, lab.int(), img, tgt, mask)
-    (out, gs), (ref, gr) = run(ce_mse, data32, backend="cpp", num_items=100), run(ce_mse_ref, data, num_items=100)
+    (out, gs), (ref, gr) = run(ce_mse, data32, backend=native, num_items=100), run(ce_mse_ref, data, num_items=100)
     for name, a, b in zip(["loss", "ce", "mse", "dhidden", "dweight", "dimg"], [*out, *gs], [*ref, *gr]):
         assert_close32(name, a, b)
 
 
-def test_all_ignored_is_zero_not_nan() -> None:
+def test_all_ignored_is_zero_not_nan(native: str) -> None:
     h, w, lab, img, tgt, mask = make()
     lab = torch.full_like(lab, -100)
     mask = torch.zeros_like(mask)
-    (out, gs) = run(ce_mse, (h, w, lab, img, tgt, mask), backend="cpp")
+    (out, gs) = run(ce_mse, (h, w, lab, img, tgt, mask), backend=native)
     for t in (*out, *gs):
         assert torch.isfinite(t).all() and (t == 0).all()
 
 
-def test_custom_ignore_index() -> None:
+def test_custom_ignore_index(native: str) -> None:
     h, w, lab, img, tgt, mask = make()
     lab[lab == -100] = 5
     lab[::3] = 5
     (out, gs), (ref, gr) = (
-        run(ce_mse, (h, w, lab, img, tgt, mask), backend="cpp", ignore_index=5),
+        run(ce_mse, (h, w, lab, img, tgt, mask), backend=native, ignore_index=5),
         run(ce_mse_ref, (h, w, lab, img, tgt, mask), ignore_index=5),
     )
     for name, a, b in zip(["loss", "ce", "mse", "dhidden", "dweight", "dimg"], [*out, *gs], [*ref, *gr]):
         assert_close32(name, a, b)
 
 
-def test_confident_prediction_target_gradient_fp32() -> None:
+def test_confident_prediction_target_gradient_fp32(native: str) -> None:
     # p_target ~ 1 - 1e-6: (p - 1) must come out as ~ -1e-6, not 0 (fp32 target-class gradient).
     w = torch.zeros(4, 2)
     w[0, 0] = 1.0
     h = torch.tensor([[14.5, 0.0]], requires_grad=True)
     lab = torch.tensor([0])
     img, tgt, mask = torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(0, dtype=torch.bool)
-    loss = ce_mse(h, w, lab, img, tgt, mask, 0.0, backend="cpp")[0]
+    loss = ce_mse(h, w, lab, img, tgt, mask, 0.0, backend=native)[0]
     (g,) = torch.autograd.grad(loss, [h])
     p_other = torch.exp(torch.tensor(-14.5, dtype=torch.float64))
     exact = -(3 * p_other / (1 + 3 * p_other)).item()  # d loss / d h[0,0] = p_0 - 1
@@ -122,7 +122,7 @@ def test_confident_prediction_target_gradient_fp32() -> None:
 
 
 @pytest.mark.parametrize("flags", [(True, True, True), (False, False, False), (True, False, True)])
-def test_opcheck_cpp_op(flags) -> None:
+def test_opcheck_cpp_op(flags, native: str) -> None:
     h, w, lab, img, tgt, mask = make(n=9, v=13, m=3)
     h, w, img = leaves(h, w, img)
     args = (h, w, lab, img, tgt, mask, LAM, -100, None, *flags, 4)
@@ -130,10 +130,10 @@ def test_opcheck_cpp_op(flags) -> None:
     torch.library.opcheck(torch.ops.mage_fast.ce_mse_fwd.default, (*args[:8], 50.0, *args[9:]))
 
 
-def test_opcheck_public_op() -> None:
+def test_opcheck_public_op(native: str) -> None:
     h, w, lab, img, tgt, mask = make(n=9, v=13, m=3)
     h, w, img = leaves(h, w, img)
-    args = (h, w, lab, img, tgt, mask, LAM, -100, None, True, True, True, "cpp")
+    args = (h, w, lab, img, tgt, mask, LAM, -100, None, True, True, True, native)
     torch.library.opcheck(torch.ops.mage_fast.ce_mse.default, args)
 
 

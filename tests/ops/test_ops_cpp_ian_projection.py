@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from opsutil import assert_close32, assert_lowp, grads, leaves
+from opsutil import assert_close32, assert_lowp, grads, leaves, native  # noqa: F401  (native: a fixture)
 
 from mage_fast.ops import _ext, ian_projection
 from mage_fast.ops.reference import ian_projection_ref
@@ -29,10 +29,10 @@ def make(lead: tuple[int, ...], C: int = 24, D: int = 40, dtype: torch.dtype = t
 
 
 @pytest.mark.parametrize("lead,C,D", [((37,), 24, 40), ((2, 3, 5), 7, 13), ((1,), 1, 3), ((65,), 33, 97)])
-def test_fp32_forward_backward(lead, C, D) -> None:
+def test_fp32_forward_backward(lead, C, D, native: str) -> None:
     ts = make(lead, C, D)
     a, r = leaves(*ts), leaves(*ts)
-    y, yr = ian_projection(*a, backend="cpp"), ian_projection_ref(*r)
+    y, yr = ian_projection(*a, backend=native), ian_projection_ref(*r)
     assert y.shape == (*lead, D)
     assert_close32("y", y, yr, atol=2e-5, rtol=2e-5)
     g = torch.randn_like(yr)
@@ -41,10 +41,10 @@ def test_fp32_forward_backward(lead, C, D) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_low_precision(dtype: torch.dtype) -> None:
+def test_low_precision(dtype: torch.dtype, native: str) -> None:
     ts = make((3, 13), 24, 40, dtype)
     a, lo, hi = leaves(*ts), leaves(*ts), leaves(*ts, dtype=torch.float32)
-    y = ian_projection(*a, backend="cpp")
+    y = ian_projection(*a, backend=native)
     yl, y32 = ian_projection_ref(*lo), ian_projection_ref(*hi)
     assert y.dtype == dtype
     assert_lowp("y", y, yl, y32, atol=2e-3)
@@ -54,11 +54,11 @@ def test_low_precision(dtype: torch.dtype) -> None:
         assert_lowp(f"d{name}", ga, gl, g32, atol=2e-3)
 
 
-def test_matches_torch_backend_bf16() -> None:
+def test_matches_torch_backend_bf16(native: str) -> None:
     # Same rounding points as the torch backend (the template): near-identical in bf16.
     ts = make((19,), 24, 40, torch.bfloat16)
     a, b = leaves(*ts), leaves(*ts)
-    y, yt = ian_projection(*a, backend="cpp"), ian_projection(*b, backend="torch")
+    y, yt = ian_projection(*a, backend=native), ian_projection(*b, backend="torch")
     assert (y.float() - yt.float()).abs().max() <= 1e-2
     g = torch.randn_like(y)
     for name, ga, gt in zip(NAMES, grads(y, a, g), grads(yt, b, g)):
@@ -67,11 +67,11 @@ def test_matches_torch_backend_bf16() -> None:
 
 
 @pytest.mark.parametrize("which", [["x"], ["ln_w", "ln_b"], ["w2", "b2"], ["w1", "b1"]])
-def test_partial_requires_grad(which: list[str]) -> None:
+def test_partial_requires_grad(which: list[str], native: str) -> None:
     ts = make((11,))
     a = [t.clone().requires_grad_(n in which) for n, t in zip(NAMES, ts)]
     r = [t.clone().requires_grad_(n in which) for n, t in zip(NAMES, ts)]
-    y, yr = ian_projection(*a, backend="cpp"), ian_projection_ref(*r)
+    y, yr = ian_projection(*a, backend=native), ian_projection_ref(*r)
     g = torch.randn_like(yr)
     ia = [t for t in a if t.requires_grad]
     ir = [t for t in r if t.requires_grad]
@@ -79,17 +79,17 @@ def test_partial_requires_grad(which: list[str]) -> None:
         assert_close32(f"d{name}", ga, gr, atol=5e-5, rtol=5e-5)
 
 
-def test_no_grad_saves_nothing() -> None:
+def test_no_grad_saves_nothing(native: str) -> None:
     ts = make((5,))
     out = torch.ops.mage_fast.ian_projection_fwd(*ts, 1e-5, False)
     assert out[0].shape == (5, 40) and all(t.numel() == 0 for t in out[1:])
     with torch.no_grad():
-        y = ian_projection(*leaves(*ts), backend="cpp")
+        y = ian_projection(*leaves(*ts), backend=native)
     assert_close32("y", y, ian_projection_ref(*ts), atol=2e-5, rtol=2e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_opcheck_cpp_ops(dtype: torch.dtype) -> None:
+def test_opcheck_cpp_ops(dtype: torch.dtype, native: str) -> None:
     ts = leaves(*make((7,), 8, 12, dtype))
     torch.library.opcheck(torch.ops.mage_fast.ian_projection_fwd.default, (*ts, 1e-5, True))
     torch.library.opcheck(torch.ops.mage_fast.ian_projection_fwd.default, (*[t.detach() for t in ts], 1e-5, False))
@@ -101,9 +101,9 @@ def test_opcheck_cpp_ops(dtype: torch.dtype) -> None:
                               (dy, x, w1, w2, ln_w, z1, xhat, rstd, needs))  # fmt: skip
 
 
-def test_opcheck_public_op() -> None:
+def test_opcheck_public_op(native: str) -> None:
     ts = leaves(*make((7,), 8, 12))
-    torch.library.opcheck(torch.ops.mage_fast.ian_projection.default, (*ts, 1e-5, True, "cpp"))
+    torch.library.opcheck(torch.ops.mage_fast.ian_projection.default, (*ts, 1e-5, True, native))
 
 
 def test_cpp_entry_checks() -> None:

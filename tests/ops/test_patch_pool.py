@@ -2,19 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
-from opsutil import assert_close32, assert_lowp, grads, leaves
+from opsutil import NATIVE, assert_close32, assert_lowp, grads, leaves, native  # noqa: F401  (native: a fixture)
 
 from mage_fast.ops import patch_pool, resolve
 from mage_fast.ops.reference import patch_pool_ref
 
-BACKENDS = ["torch", "cpp"]
+BACKENDS = ["torch", *NATIVE]  # "cuda": on the GPU, when this build has the CUDA kernels
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> Iterator[str]:
+    """The backend of the test; for "cuda" the test's tensors are created on the GPU."""
+    if request.param != "cuda":
+        yield request.param
+        return
+    torch.set_default_device("cuda")
+    try:
+        yield "cuda"
+    finally:
+        torch.set_default_device("cpu")
+
 # (H, W, k): odd grids, k not dividing H/W, k = 1, k larger than the grid, the MAGE 24x24.
 CASES = [(5, 7, 2), (5, 7, 3), (4, 6, 2), (3, 3, 1), (2, 3, 4), (24, 24, 2)]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("H,W,k", CASES)
 def test_fp32_forward_backward(backend: str, H: int, W: int, k: int) -> None:
     x = torch.randn(3, H * W, 10)
@@ -25,7 +40,6 @@ def test_fp32_forward_backward(backend: str, H: int, W: int, k: int) -> None:
     assert_close32("dx", grads(y, [xa], g)[0], grads(r, [xr], g)[0])
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("H,W,k", [(5, 7, 2), (5, 7, 3)])
 def test_low_precision(backend: str, dtype: torch.dtype, H: int, W: int, k: int) -> None:
@@ -40,7 +54,6 @@ def test_low_precision(backend: str, dtype: torch.dtype, H: int, W: int, k: int)
     assert_lowp("dx", gy, gl, g32, atol=1e-3)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_non_contiguous_and_empty_batch(backend: str) -> None:
     x = torch.randn(35, 2, 6).transpose(0, 1)  # (2, 35, 6), not contiguous
     assert not x.is_contiguous()
@@ -49,7 +62,6 @@ def test_non_contiguous_and_empty_batch(backend: str) -> None:
     assert y0.shape == (0, 12, 6)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_non_contiguous_grad(backend: str) -> None:
     # Autograd hands over expanded (sum) or transposed grads; both backwards must accept them.
     x = torch.randn(2, 35, 6, requires_grad=True)
@@ -65,21 +77,20 @@ def test_auto_is_cpp_on_cpu() -> None:
     assert resolve("patch_pool", "auto", "cpu") == "cpp"
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_opcheck_custom_op(backend: str) -> None:
     x = torch.randn(2, 35, 4, requires_grad=True)
     torch.library.opcheck(torch.ops.mage_fast.patch_pool.default, (x, 5, 7, 2, backend))
 
 
 @pytest.mark.parametrize("op", ["patch_pool_fwd", "patch_pool_bwd"])
-def test_opcheck_cpp_ops(op: str) -> None:
+def test_opcheck_cpp_ops(op: str, native: str) -> None:
     H, W, k = 5, 7, 3
     n = H * W if op == "patch_pool_fwd" else 2 * 3
     t = torch.randn(2, n, 4, requires_grad=True)
     torch.library.opcheck(getattr(torch.ops.mage_fast, op).default, (t, H, W, k))
 
 
-def test_gradcheck_cpp_ops_double() -> None:
+def test_gradcheck_cpp_ops_double(native: str) -> None:
     # The C++ kernels also take fp64, which lets gradcheck verify fwd/bwd are adjoint (twice).
     x = torch.randn(2, 5 * 7, 3, dtype=torch.float64, requires_grad=True)
     fwd = lambda t: torch.ops.mage_fast.patch_pool_fwd(t, 5, 7, 3)

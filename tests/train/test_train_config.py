@@ -55,3 +55,39 @@ def test_ds_config_filled_from_train_config(tmp_path):
     cfg.deepspeed = str(bad)
     with pytest.raises(ConfigError, match="train_micro_batch_size_per_gpu=8 disagrees"):
         build_ds_config(cfg, world=2)
+
+
+@pytest.mark.parametrize("stage", [0, 1])
+def test_zero_stages_without_overflow_path_are_refused(tmp_path, stage):
+    ds = tmp_path / "ds.json"
+    ds.write_text('{"zero_optimization": {"stage": %d}}' % stage)
+    cfg = load_config(TrainConfig, None, [f"deepspeed={ds}"])
+    with pytest.raises(ConfigError, match=f"zero_optimization.stage={stage} is not supported; use stage 2"):
+        build_ds_config(cfg, world=2)
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["deepspeed=configs/deepspeed/nope.json"], r"deepspeed: 'configs/deepspeed/nope.json' is not a file"),
+        (["data.train=missing.json"], r"data.train: '.*missing.json' is not a file"),
+        (["model.llm.path=/ckpt/none"], r"model.llm.path: '/ckpt/none' is not a folder \(models load from local"),
+        (["model.vision.path=/ckpt/none"], r"model.vision.path: '/ckpt/none' is not a folder"),
+        (["init_from=/runs/none/export"], r"init_from: '/runs/none/export' is not a folder"),
+        (["data.answers=gone.json"], r"data.answers: '.*gone.json' is not a file"),
+    ],
+)
+def test_missing_paths_fail_in_one_line(shapes_dir, overrides, match):
+    from mage_fast.train.loop import check_paths
+
+    base = [f"data.root={shapes_dir}", "data.train=stage1.json", f"deepspeed={ROOT}/configs/deepspeed/zero3.json"]
+    cfg = load_config(TrainConfig, None, base)
+    check_paths(cfg)  # the shapes world and the shipped json: all there
+    cfg = load_config(TrainConfig, None, base + overrides)
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # relative paths resolve as in a run started from the repository root
+    try:
+        with pytest.raises(ConfigError, match=match):
+            check_paths(cfg)
+    finally:
+        os.chdir(cwd)

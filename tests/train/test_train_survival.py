@@ -114,9 +114,13 @@ def test_kill_and_resume_matches_uninterrupted(shapes_dir, strict_zero3, tmp_pat
 
 
 @pytest.mark.slow
-def test_nonfinite_steps_are_skipped_on_all_ranks_then_abort(shapes_dir, strict_zero3, tmp_path):
+@pytest.mark.parametrize("stage", [3, 2])
+def test_nonfinite_steps_are_skipped_on_all_ranks_then_abort(shapes_dir, strict_zero3, tmp_path, stage):
+    # ZeRO-3 keeps the reduced gradients in one flat partition buffer; ZeRO-2 in per-parameter
+    # slices (and clears every .grad): the norm and the forced skip must work on both.
     run = str(tmp_path / "run")
-    args = _common(run, shapes_dir, strict_zero3) + ["max_steps=8", "max_bad_steps=2"]
+    ds = strict_zero3 if stage == 3 else os.path.join(ROOT, "configs/deepspeed/zero2.json")
+    args = _common(run, shapes_dir, ds) + ["max_steps=8", "max_bad_steps=2"]
     p = launch(args, env={"MAGE_FAST_INJECT_NAN": "2,4:grad,5", "MAGE_FAST_INJECT_RANK": "1"}, check=False)
     assert p.returncode != 0
     assert "aborting: 2 non-finite steps in a row (steps 4-5, max_bad_steps=2)" in p.stderr
@@ -128,6 +132,7 @@ def test_nonfinite_steps_are_skipped_on_all_ranks_then_abort(shapes_dir, strict_
     # AdamW's own step count (rank 0, whose loss was finite): no update on a skipped step.
     assert [h[s]["updates"] for s in range(1, 6)] == [1, 1, 2, 2, 2]
     assert "non-finite loss at step 2" in p.stdout and f"sample ids {h[2]['ids']}" in p.stdout
+    assert all(h[s]["grad_norm"] > 0 for s in (1, 3))  # the real norm of the reduced gradients, not 0
 
 
 # ---- 4 + 5 + 7 + 6: stage 1 -> stage 2 over bad data with mixed batches; mismatched resumes ----
@@ -218,7 +223,8 @@ def test_stage2_from_stage1_aligner_over_bad_mixed_data(shapes_dir, strict_zero3
 def test_cli_rejects_bad_config_in_one_line():
     cfg = os.path.join(ROOT, "configs", "train", "demo_stage1.yaml")
     for bad, msg in (("bogus=1", "unknown config key bogus"), ("max_steps=lots", "max_steps: expected an integer"),
-                     ("freeze_llm=true", None)):  # fmt: skip
+                     ("freeze_llm=true", None),
+                     ("data.root=/nowhere", "data.train: '/nowhere/stage1.json' is not a file")):  # fmt: skip
         extra = ["optim.lr_llm=1e-4"] if bad.startswith("freeze_llm") else []
         p = subprocess.run([sys.executable, "-m", "mage_fast.train", "--config", cfg, bad, *extra], cwd=ROOT,
                            capture_output=True, text=True, timeout=120)  # fmt: skip

@@ -5,6 +5,9 @@
    the same initial weights on the same batches: the per-step losses agree.
 2. ZeRO-3, two ranks: real `deepspeed` launches with every parameter partitioned, ce_mse on torch
    and on triton (the fused loss reads the gathered lm_head weight): the per-step losses agree.
+   And both agree with a ZeRO-2 run of the triton ce_mse, where every rank holds the whole
+   lm_head: had the weight gradient that ZeRO-3 computes from the gathered weight not reached its
+   partition, lm_head would not train there and the losses would part after the first steps.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import os
 import pytest
 import torch
 from test_train_zero3 import TINY, launch, strict_zero3  # noqa: F401, F811  (strict_zero3: a fixture)
-from testutil import tiny_model_config
+from testutil import ROOT, tiny_model_config
 
 from mage_fast.data import Collator, ImageTransform, LlavaDataset
 from mage_fast.data.config import DataConfig
@@ -77,14 +80,17 @@ def test_convergence_torch_vs_triton(tokenizer, shapes_dir) -> None:
 
 def test_two_rank_zero3_triton_ce_mse_matches_torch(shapes_dir, strict_zero3, tmp_path) -> None:  # noqa: F811
     runs = {}
-    for backend in ("torch", "triton"):
-        run = str(tmp_path / backend)
-        args = [f"run_dir={run}", f"data.root={shapes_dir}", f"deepspeed={strict_zero3}", *TINY,
+    zero2 = os.path.join(ROOT, "configs/deepspeed/zero2.json")
+    for name, backend, ds in (("torch", "torch", strict_zero3), ("triton", "triton", strict_zero3),
+                              ("triton_zero2", "triton", zero2)):  # fmt: skip
+        run = str(tmp_path / name)
+        args = [f"run_dir={run}", f"data.root={shapes_dir}", f"deepspeed={ds}", *TINY,
                 "max_steps=8", "export=false", f"model.kernels.ce_mse={backend}"]  # fmt: skip
         launch(args)  # ranks inherit TRITON_INTERPRET=1 from conftest (no GPU)
         with open(os.path.join(run, "summary.json")) as f:
-            runs[backend] = json.load(f)
-        assert runs[backend]["world_size"] == 2
+            runs[name] = json.load(f)
+        assert runs[name]["world_size"] == 2
+        assert runs[name]["zero_stage"] == (2 if ds == zero2 else 3)
     with open(os.path.join(tmp_path / "triton", "config.yaml")) as f:
         assert "ce_mse: triton" in f.read()
     ref = [h["loss"] for h in runs["torch"]["history"]]
@@ -97,3 +103,9 @@ def test_two_rank_zero3_triton_ce_mse_matches_torch(shapes_dir, strict_zero3, tm
     print(f"max relative loss difference {max(rel):.3e}; eval loss torch {ev_t:.6f} triton {ev_g:.6f}")
     assert max(rel) <= ZERO3_RTOL
     assert abs(ev_t - ev_g) <= ZERO3_RTOL * abs(ev_t)
+    z2 = [h["loss"] for h in runs["triton_zero2"]["history"]]
+    rel2 = [abs(a - b) / max(abs(b), 1e-6) for a, b in zip(z2, got)]
+    print(f"ZeRO-2 vs ZeRO-3 (triton): losses {[round(x, 6) for x in z2]}; max relative difference {max(rel2):.3e}")
+    assert len(z2) == 8 and max(rel2) <= ZERO3_RTOL
+    norms = [(a["grad_norm"], b["grad_norm"]) for a, b in zip(runs["triton_zero2"]["history"], runs["triton"]["history"])]
+    assert all(a > 0 and abs(a - b) <= 1e-3 * b for a, b in norms), norms  # the same global gradient
