@@ -315,7 +315,8 @@ def train(cfg: TrainConfig) -> dict:
 
     st = data.stats
     skipped = {r: {"count": st.counts[r], "ids": st.ids[r]} for r in st.counts if st.counts[r]}
-    summary: dict = {"step": step, "world_size": world, "history": history, "accuracy": accuracy,
+    summary: dict = {"step": step, "world_size": world, "zero_stage": zero_stage(ds), "history": history,
+                     "accuracy": accuracy,
                      "data": st.summary(),
                      "data_skipped": skipped, "nonfinite_steps": nonfinite}  # fmt: skip
     if rank == 0:
@@ -340,5 +341,4 @@ def train(cfg: TrainConfig) -> dict:
             json.dump(summary, f)
         writer.close()
     barrier()
-    summary["zero_stage"] = zero_stage(ds)
     return summary

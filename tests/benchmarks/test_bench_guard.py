@@ -88,3 +88,19 @@ def test_committed_baselines_parse_and_name_known_providers() -> None:
                 assert provider.startswith("_") or provider in known, (device, op, provider)
                 for mode in modes:
                     assert mode.startswith("_") or mode in ("forward", "backward", "full"), (device, op, mode)
+
+
+def test_main_exit_codes(tmp_path, capsys) -> None:
+    from benchmarks import common
+
+    csv_path, base_path = str(tmp_path / "r.csv"), tmp_path / "b.json"
+    common.append_rows([row("torch", 10.0, 400.0), row("op_torch", 20.0, 100.0)], csv_path)
+    args = ["--csv", csv_path, "--baselines", str(base_path), "--device", "cpu"]
+    base_path.write_text(json.dumps({"cpu": {"ce_mse": {"op_torch": {"full": {"speed": 0.4}}}}}))
+    assert guard.main(args) == 0 and "every floor met" in capsys.readouterr().out
+    base_path.write_text(json.dumps({"cpu": {"ce_mse": {"op_torch": {"full": {"speed": 0.6}}}}}))
+    assert guard.main(args) == 1
+    assert "ce_mse op_torch full N=8,H=4,V=16" in capsys.readouterr().out  # names op, provider, mode, shape
+    base_path.write_text(json.dumps({"h100": {}}))
+    assert guard.main(args) == 2  # no baseline for this device class: nothing guarded, not a pass
+    assert guard.main(["--csv", csv_path, "--baselines", str(base_path), "--device", "h200"]) == 2  # no rows

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
+from opsutil import NATIVE
 
 
 @pytest.fixture(autouse=True)
@@ -13,3 +16,16 @@ def _few_threads_and_seed():
     torch.manual_seed(0)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(params=NATIVE)
+def native(request) -> Iterator[str]:
+    """The backend name; for "cuda" torch's default device is the GPU for the test."""
+    if request.param == "cpp":
+        yield "cpp"
+        return
+    torch.set_default_device("cuda")
+    try:
+        yield "cuda"
+    finally:
+        torch.set_default_device("cpu")

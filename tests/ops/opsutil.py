@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -70,16 +68,3 @@ def _cuda_kernels_reason() -> str | None:
 # The "cuda" cases run the same assertions with every tensor created on the GPU.
 NATIVE = ["cpp", pytest.param("cuda", marks=pytest.mark.skipif(_cuda_kernels_reason() is not None,
                                                                  reason=str(_cuda_kernels_reason())))]  # fmt: skip
-
-
-@pytest.fixture(params=NATIVE)
-def native(request) -> Iterator[str]:
-    """The backend name; for "cuda" torch's default device is the GPU for the test."""
-    if request.param == "cpp":
-        yield "cpp"
-        return
-    torch.set_default_device("cuda")
-    try:
-        yield "cuda"
-    finally:
-        torch.set_default_device("cpu")

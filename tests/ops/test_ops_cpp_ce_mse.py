@@ -8,7 +8,7 @@ import importlib
 
 import pytest
 import torch
-from opsutil import assert_close32, assert_lowp, grads, leaves, native  # noqa: F401  (native: a fixture)
+from opsutil import assert_close32, assert_lowp, grads, leaves
 
 from mage_fast.ops import _ext, ce_mse
 from mage_fast.ops.reference import ce_mse_ref

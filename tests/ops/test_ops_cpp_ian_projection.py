@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from opsutil import assert_close32, assert_lowp, grads, leaves, native  # noqa: F401  (native: a fixture)
+from opsutil import assert_close32, assert_lowp, grads, leaves
 
 from mage_fast.ops import _ext, ian_projection
 from mage_fast.ops.reference import ian_projection_ref

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from opsutil import NATIVE, assert_close32, assert_lowp, grads, leaves, native  # noqa: F401  (native: a fixture)
+from opsutil import NATIVE, assert_close32, assert_lowp, grads, leaves
 
 from mage_fast.ops import patch_pool, resolve
 from mage_fast.ops.reference import patch_pool_ref
@@ -25,6 +25,7 @@ def backend(request) -> Iterator[str]:
         yield "cuda"
     finally:
         torch.set_default_device("cpu")
+
 
 # (H, W, k): odd grids, k not dividing H/W, k = 1, k larger than the grid, the MAGE 24x24.
 CASES = [(5, 7, 2), (5, 7, 3), (4, 6, 2), (3, 3, 1), (2, 3, 4), (24, 24, 2)]

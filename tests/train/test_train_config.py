@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 
 import pytest
@@ -60,7 +61,7 @@ def test_ds_config_filled_from_train_config(tmp_path):
 @pytest.mark.parametrize("stage", [0, 1])
 def test_zero_stages_without_overflow_path_are_refused(tmp_path, stage):
     ds = tmp_path / "ds.json"
-    ds.write_text('{"zero_optimization": {"stage": %d}}' % stage)
+    ds.write_text(json.dumps({"zero_optimization": {"stage": stage}}))
     cfg = load_config(TrainConfig, None, [f"deepspeed={ds}"])
     with pytest.raises(ConfigError, match=f"zero_optimization.stage={stage} is not supported; use stage 2"):
         build_ds_config(cfg, world=2)

@@ -107,5 +107,7 @@ def test_two_rank_zero3_triton_ce_mse_matches_torch(shapes_dir, strict_zero3, tm
     rel2 = [abs(a - b) / max(abs(b), 1e-6) for a, b in zip(z2, got)]
     print(f"ZeRO-2 vs ZeRO-3 (triton): losses {[round(x, 6) for x in z2]}; max relative difference {max(rel2):.3e}")
     assert len(z2) == 8 and max(rel2) <= ZERO3_RTOL
-    norms = [(a["grad_norm"], b["grad_norm"]) for a, b in zip(runs["triton_zero2"]["history"], runs["triton"]["history"])]
+    norms = [
+        (a["grad_norm"], b["grad_norm"]) for a, b in zip(runs["triton_zero2"]["history"], runs["triton"]["history"])
+    ]
     assert all(a > 0 and abs(a - b) <= 1e-3 * b for a, b in norms), norms  # the same global gradient

@@ -174,5 +174,5 @@ def test_bf16_training_runs_and_learns(shapes_dir, strict_zero3, tmp_path):
         assert "bf16: true" in f.read()
     ce = [h["ce"] for h in s["history"]]
     print(f"bf16 ce first 5 {sum(ce[:5]) / 5:.4f}, last 5 {sum(ce[-5:]) / 5:.4f}")
-    assert s["nonfinite_steps"] == 0 and "non-finite" not in p.stdout
+    assert s["nonfinite_steps"] == 0 and "step skipped on all ranks" not in p.stdout
     assert sum(ce[-5:]) < 0.7 * sum(ce[:5])
