@@ -134,6 +134,11 @@ def _label_tokens(batch: dict) -> int:
     return int((batch["labels"][:, 1:] != -100).sum())
 
 
+def _captioned(batch: dict) -> int:
+    """Images of the batch with a caption (the ones the MSE term averages over)."""
+    return int(batch["caption_mask"].any(1).sum())
+
+
 @torch.no_grad()
 def eval_loss(engine, loader) -> float:
     """Token-weighted CE over a loader (every rank runs every batch: ZeRO-3 gathers per module)."""
@@ -228,7 +233,12 @@ def train(cfg: TrainConfig) -> dict:
         consumed += gas
         # Exact accumulation: every micro-batch's CE is divided by the labelled tokens of the whole
         # step on all ranks; ×world undoes DeepSpeed's average over ranks, and no /gas (below).
-        num_items = all_reduce_sum(sum(_label_tokens(b) for b in micro))
+        # The MSE likewise: each micro-batch's mean over its captioned images is weighted by its
+        # share of the step's captioned images, so the step optimises the mean over all of them
+        # (a rank or micro-batch without captions does not dilute λ).
+        caps = [_captioned(b) for b in micro]
+        num_items, num_caps = all_reduce_vec([sum(_label_tokens(b) for b in micro), sum(caps)])
+        num_caps = max(num_caps, 1.0)
         fault = inject.get(step + 1) if rank == inject_rank else None
         ce_sum = mse_sum = 0.0
         loss_bad = False
@@ -239,9 +249,10 @@ def train(cfg: TrainConfig) -> dict:
             if fault == "loss":
                 ce_t = ce_t * float("nan")
             loss_bad |= not bool(torch.isfinite(ce_t) and torch.isfinite(mse_t))
-            engine.backward(ce_t * world + lam * mse_t / gas, scale_wrt_gas=False)
+            share = caps[i] / num_caps
+            engine.backward(ce_t * world + lam * mse_t * (share * world), scale_wrt_gas=False)
             ce_sum += float(ce_t.detach())
-            mse_sum += float(mse_t.detach()) / gas
+            mse_sum += float(mse_t.detach()) * share
         if fault == "grad":
             with torch.no_grad():
                 local_grads(engine)[0].view(-1)[0] = float("inf")
@@ -250,7 +261,7 @@ def train(cfg: TrainConfig) -> dict:
         images[rank] = float(sum(int(b["image_counts"].sum()) for b in micro))
         tokens = float(sum(int(b["attention_mask"].sum()) for b in micro))
         red = all_reduce_vec([grad_sumsq(engine), float(loss_bad), ce_sum, mse_sum, tokens, *images])
-        grad_norm, ce, mse = math.sqrt(red[0]) if red[0] >= 0 else math.nan, red[2], red[3] / world
+        grad_norm, ce, mse = math.sqrt(red[0]) if red[0] >= 0 else math.nan, red[2], red[3]
         step += 1
         loss = ce + lam * mse
         rec = {"step": step, "loss": loss, "ce": ce, "mse": mse, "grad_norm": grad_norm,

@@ -78,13 +78,30 @@ def test_convergence_torch_vs_triton(tokenizer, shapes_dir) -> None:
     assert max(rel) <= CONV_RTOL
 
 
-def test_two_rank_zero3_triton_ce_mse_matches_torch(shapes_dir, strict_zero3, tmp_path) -> None:  # noqa: F811
+def _initial_export(tokenizer, out: str) -> None:
+    """The TINY model, random-init outside DeepSpeed, exported: every run starts from these weights
+    (zero.Init draws a random init other than plain construction, so ZeRO-2 and ZeRO-3 runs would
+    otherwise start apart)."""
+    from mage_fast.configtools import load_config
+    from mage_fast.model import pretrained
+    from mage_fast.train.config import TrainConfig
+
+    cfg = load_config(TrainConfig, None, TINY)
+    torch.manual_seed(0)
+    model = MageModel(cfg.model, len(tokenizer), tokenizer.convert_tokens_to_ids("<image>"))
+    state = {k: dict(m.state_dict()) for k, m in pretrained.export_parts(model).items()}
+    pretrained.write_export(out, model, tokenizer, state)
+
+
+def test_two_rank_zero3_triton_ce_mse_matches_torch(tokenizer, shapes_dir, strict_zero3, tmp_path) -> None:  # noqa: F811
     runs = {}
     zero2 = os.path.join(ROOT, "configs/deepspeed/zero2.json")
+    init = str(tmp_path / "init")
+    _initial_export(tokenizer, init)
     for name, backend, ds in (("torch", "torch", strict_zero3), ("triton", "triton", strict_zero3),
                               ("triton_zero2", "triton", zero2)):  # fmt: skip
         run = str(tmp_path / name)
-        args = [f"run_dir={run}", f"data.root={shapes_dir}", f"deepspeed={ds}", *TINY,
+        args = [f"run_dir={run}", f"data.root={shapes_dir}", f"deepspeed={ds}", *TINY, f"init_from={init}",
                 "max_steps=8", "export=false", f"model.kernels.ce_mse={backend}"]  # fmt: skip
         launch(args)  # ranks inherit TRITON_INTERPRET=1 from conftest (no GPU)
         with open(os.path.join(run, "summary.json")) as f:

@@ -147,21 +147,32 @@ def test_two_rank_zero3_trains_saves_and_reloads(shapes_dir, strict_zero3, tmp_p
 
 
 def test_gradient_accumulation_is_exact(shapes_dir, strict_zero3, tmp_path):
-    # Two micro-batches of 4 per rank accumulated (num_items: the labelled tokens of the whole
-    # step on both ranks) must train exactly like one micro-batch of 8: rank r sees the same 8
-    # samples per step either way (ResumableBatches), each image has its caption (so the MSE mean
-    # over micro-batches equals the one over the step), and padding changes nothing.
+    # Two micro-batches of 4 per rank accumulated must train exactly like one micro-batch of 8:
+    # rank r sees the same 8 samples per step either way (ResumableBatches). The CE is divided by
+    # the labelled tokens of the whole step on both ranks (num_items) and each micro-batch's MSE
+    # is weighted by its share of the step's captioned images; every third row has no caption, so
+    # micro-batches differ in caption count and a per-micro-batch mean would not match.
+    root = tmp_path / "data"
+    root.mkdir()
+    for name in ("images", "tokenizer"):
+        os.symlink(os.path.join(shapes_dir, name), root / name)
+    with open(os.path.join(shapes_dir, "stage1.json")) as f:
+        rows = json.load(f)
+    for r in rows[::3]:
+        del r["caption"]
+    (root / "stage1.json").write_text(json.dumps(rows))
     losses = {}
     for name, extra in (("accum", ["micro_batch_size=4", "grad_accum=2"]), ("big", ["micro_batch_size=8"])):
         run = str(tmp_path / name)
-        launch([f"run_dir={run}", f"data.root={shapes_dir}", f"deepspeed={strict_zero3}", *TINY, *extra,
+        launch([f"run_dir={run}", f"data.root={root}", f"deepspeed={strict_zero3}", *TINY, *extra,
                 "max_steps=3", "export=false", "data.eval=null"])  # fmt: skip
         with open(os.path.join(run, "summary.json")) as f:
-            losses[name] = [(h["loss"], h["grad_norm"]) for h in json.load(f)["history"]]
+            losses[name] = [(h["loss"], h["mse"], h["grad_norm"]) for h in json.load(f)["history"]]
     print("grad_accum=2 x 4:", losses["accum"], "\n1 x 8:", losses["big"])
     assert len(losses["accum"]) == len(losses["big"]) == 3
-    for (la, ga), (lb, gb) in zip(losses["accum"], losses["big"]):
-        assert abs(la - lb) <= 1e-5 * abs(lb) and abs(ga - gb) <= 1e-4 * gb
+    for (la, ma, ga), (lb, mb, gb) in zip(losses["accum"], losses["big"]):
+        assert abs(la - lb) <= 1e-5 * abs(lb) and abs(ma - mb) <= 1e-5 * abs(mb) and abs(ga - gb) <= 1e-4 * gb
+    assert all(m > 0 for _, m, _ in losses["big"])
 
 
 def test_bf16_training_runs_and_learns(shapes_dir, strict_zero3, tmp_path):
