@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from opsutil import NATIVE
+from opsutil import NATIVE, device_for
 
 
 @pytest.fixture(autouse=True)
@@ -20,12 +20,6 @@ def _few_threads_and_seed():
 
 @pytest.fixture(params=NATIVE)
 def native(request) -> Iterator[str]:
-    """The backend name; for "cuda" torch's default device is the GPU for the test."""
-    if request.param == "cpp":
-        yield "cpp"
-        return
-    torch.set_default_device("cuda")
-    try:
-        yield "cuda"
-    finally:
-        torch.set_default_device("cpu")
+    """The C++ backend of the test; for "cuda" its tensors are created on the GPU."""
+    with device_for(request.param):
+        yield request.param

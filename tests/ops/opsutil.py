@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -68,3 +71,16 @@ def _cuda_kernels_reason() -> str | None:
 # The "cuda" cases run the same assertions with every tensor created on the GPU.
 NATIVE = ["cpp", pytest.param("cuda", marks=pytest.mark.skipif(_cuda_kernels_reason() is not None,
                                                                  reason=str(_cuda_kernels_reason())))]  # fmt: skip
+
+
+@contextlib.contextmanager
+def device_for(backend: str) -> Iterator[None]:
+    """torch's default device while testing `backend`: the GPU for "cuda", else unchanged."""
+    if backend != "cuda":
+        yield
+        return
+    torch.set_default_device("cuda")
+    try:
+        yield
+    finally:
+        torch.set_default_device("cpu")

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from opsutil import NATIVE, assert_close32, assert_lowp, grads, leaves
+from opsutil import NATIVE, assert_close32, assert_lowp, device_for, grads, leaves
 
 from mage_fast.ops import patch_pool, resolve
 from mage_fast.ops.reference import patch_pool_ref
@@ -16,15 +16,9 @@ BACKENDS = ["torch", *NATIVE]  # "cuda": on the GPU, when this build has the CUD
 
 @pytest.fixture(params=BACKENDS)
 def backend(request) -> Iterator[str]:
-    """The backend of the test; for "cuda" the test's tensors are created on the GPU."""
-    if request.param != "cuda":
+    """The backend of the test; for "cuda" its tensors are created on the GPU."""
+    with device_for(request.param):
         yield request.param
-        return
-    torch.set_default_device("cuda")
-    try:
-        yield "cuda"
-    finally:
-        torch.set_default_device("cpu")
 
 
 # (H, W, k): odd grids, k not dividing H/W, k = 1, k larger than the grid, the MAGE 24x24.
