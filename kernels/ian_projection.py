@@ -8,7 +8,10 @@ Forward (three launches):
      and, for the backward, xhat (x.dtype) and rstd (fp32).
 Saved: z1, xhat, rstd, the torch backend's set. GELU(z1) is recomputed inside the backward GEMM
 that needs it (a prologue on the operand load) instead of stored: z1 must be kept anyway for
-GELU', so storing h too would add N x D activations for no saved FLOP.
+GELU', so storing h too would add N x D activations for no saved FLOP. Keep z1 (the GELU input)
+rather than recompute it from x in the backward: recomputing saves N x D activations but costs one
+more GEMM, 2NCD on top of 6NCD + 6ND^2 FLOPs: +6.7 % at C=1024, D=4096, +12 % at C=1152, D=2048
+(the sizes we use), on GEMMs that bound the op. Chosen by that count; not yet timed on a GPU.
 
 Backward:
   1. `_ian_projection_ln_bwd_kernel`: dz2 (x.dtype) from dy, xhat, rstd, ln_w, all fp32 inside;
