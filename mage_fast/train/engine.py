@@ -19,6 +19,7 @@ from deepspeed.runtime.zero.partition_parameters import GatheredParameters
 from torch import nn
 
 from mage_fast.configtools import ConfigError
+from mage_fast.model import pretrained
 from mage_fast.model.mllm import MageModel
 from mage_fast.train.config import TrainConfig
 
@@ -107,6 +108,11 @@ def gathered_state(module: nn.Module) -> dict[str, torch.Tensor]:
     zero3 = any(hasattr(p, "ds_id") for p in params)
     with GatheredParameters(params, modifier_rank=None, enabled=zero3):
         return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def export_state(model: MageModel) -> dict[str, dict[str, torch.Tensor]]:
+    """`gathered_state` of every part `pretrained.write_export` writes, by part name."""
+    return {part: gathered_state(mod) for part, mod in pretrained.export_parts(model).items()}
 
 
 def apply_freeze(model: MageModel, cfg: TrainConfig) -> None:

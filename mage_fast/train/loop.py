@@ -36,7 +36,7 @@ from mage_fast.train.engine import (
     apply_freeze,
     build_ds_config,
     build_model,
-    gathered_state,
+    export_state,
     grad_sumsq,
     initialize,
     load_part,
@@ -101,7 +101,8 @@ def resolve_model_config(cfg: TrainConfig) -> None:
 
 def check_paths(cfg: TrainConfig) -> None:
     """Every file and folder the run reads must exist: one `ConfigError` line naming the key,
-    before any rank builds a model (not a traceback from deep inside transformers or DeepSpeed)."""
+    before any rank builds a model (not a traceback from deep inside transformers or DeepSpeed).
+    The `mage_fast.train` entry calls it on every rank before `train`."""
     d = cfg.data
     need = [("deepspeed", cfg.deepspeed, os.path.isfile), ("data.train", os.path.join(d.root, d.train), os.path.isfile)]
     if d.eval:
@@ -159,7 +160,6 @@ def train(cfg: TrainConfig) -> dict:
     rank, world, _ = init_distributed()
     set_threads(cfg.threads)
     seed_everything(cfg.seed, rank, cfg.deterministic)
-    check_paths(cfg)
     resolve_model_config(cfg)
     os.makedirs(cfg.run_dir, exist_ok=True)
     if rank == 0:
@@ -343,7 +343,7 @@ def train(cfg: TrainConfig) -> dict:
         if rank == 0:
             print(f"eval loss {summary['eval_loss']:.6f}", flush=True)
     if cfg.export:
-        state = {part: gathered_state(mod) for part, mod in pretrained.export_parts(engine.module).items()}
+        state = export_state(engine.module)
         if rank == 0:
             pretrained.write_export(os.path.join(cfg.run_dir, "export"), engine.module, tokenizer, state, transform)
             print(f"exported to {os.path.join(cfg.run_dir, 'export')}", flush=True)

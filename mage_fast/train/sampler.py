@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import torch
 
 from mage_fast.configtools import ConfigError
+from mage_fast.train.checkpoint import ResumeError
 
 
 class ResumableBatches:
@@ -49,8 +50,6 @@ class ResumableBatches:
     def check_state(self, s: dict) -> int:
         """The `consumed` count of a saved state, after checking it is for this data and seed."""
         if s.get("n") != self.n or s.get("seed") != self.seed:
-            from mage_fast.train.checkpoint import ResumeError
-
             raise ResumeError(
                 f"checkpoint data order was for {s.get('n')} samples / seed {s.get('seed')}, "
                 f"now {self.n} samples / seed {self.seed}: the data or seed changed; resume with the same data and seed, or use a new run_dir"

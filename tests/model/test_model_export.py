@@ -12,12 +12,7 @@ from testutil import tiny_model_config
 from mage_fast.data import ImageTransform
 from mage_fast.model import pretrained
 from mage_fast.model.mllm import MageModel
-
-
-def _state(model: MageModel) -> dict:
-    return {
-        k: {n: t.detach().clone() for n, t in m.state_dict().items()} for k, m in pretrained.export_parts(model).items()
-    }
+from mage_fast.train.engine import export_state
 
 
 def test_export_round_trip_and_atomic_replace(tokenizer, tmp_path) -> None:
@@ -26,7 +21,7 @@ def test_export_round_trip_and_atomic_replace(tokenizer, tmp_path) -> None:
     model = MageModel(tiny_model_config(), len(tokenizer), image_id).eval()
     out = str(tmp_path / "export")
     t = ImageTransform(model.image_size, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
-    pretrained.write_export(out, model, tokenizer, _state(model), t)
+    pretrained.write_export(out, model, tokenizer, export_state(model), t)
 
     back, tok = pretrained.load_pretrained(out)
     ids = torch.tensor([[1, *[image_id] * model.num_image_tokens, 7, 8]])
@@ -41,7 +36,7 @@ def test_export_round_trip_and_atomic_replace(tokenizer, tmp_path) -> None:
     # A write that fails half-way (the LLM's state is missing) leaves the old export as it was and
     # no temporary folder behind.
     before = sorted(os.listdir(out))
-    bad = _state(model)
+    bad = export_state(model)
     del bad["llm"]
     with pytest.raises(KeyError):
         pretrained.write_export(out, model, tokenizer, bad, t)

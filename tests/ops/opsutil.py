@@ -69,8 +69,8 @@ def _cuda_kernels_reason() -> str | None:
 
 # The C++ backends: "cpp" (CPU twins) everywhere, "cuda" (csrc/cuda) on a GPU with a CUDA build.
 # The "cuda" cases run the same assertions with every tensor created on the GPU.
-NATIVE = ["cpp", pytest.param("cuda", marks=pytest.mark.skipif(_cuda_kernels_reason() is not None,
-                                                                 reason=str(_cuda_kernels_reason())))]  # fmt: skip
+_NO_CUDA = _cuda_kernels_reason()
+NATIVE = ["cpp", pytest.param("cuda", marks=pytest.mark.skipif(_NO_CUDA is not None, reason=str(_NO_CUDA)))]
 
 
 @contextlib.contextmanager

@@ -85,12 +85,12 @@ def _initial_export(tokenizer, out: str) -> None:
     from mage_fast.configtools import load_config
     from mage_fast.model import pretrained
     from mage_fast.train.config import TrainConfig
+    from mage_fast.train.engine import export_state
 
     cfg = load_config(TrainConfig, None, TINY)
     torch.manual_seed(0)
     model = MageModel(cfg.model, len(tokenizer), tokenizer.convert_tokens_to_ids("<image>"))
-    state = {k: dict(m.state_dict()) for k, m in pretrained.export_parts(model).items()}
-    pretrained.write_export(out, model, tokenizer, state)
+    pretrained.write_export(out, model, tokenizer, export_state(model))
 
 
 def test_two_rank_zero3_triton_ce_mse_matches_torch(tokenizer, shapes_dir, strict_zero3, tmp_path) -> None:  # noqa: F811
