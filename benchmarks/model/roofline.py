@@ -1,0 +1,59 @@
+"""Device classes and the row type of the traffic/FLOP model (`python -m benchmarks.model`).
+
+Each op has a module `benchmarks/model/<op>.py` with `rows(dev: Device) -> list[Row]`: one row
+per implementation and phase at the real shapes, with the bytes it moves through HBM and the
+FLOPs it executes (tensor-core and CUDA-core FLOPs apart), derived from the op's own planner so
+that a change to the planner changes the prediction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Device:
+    """Peak rates of one device class (dense, no sparsity)."""
+
+    name: str
+    tc_tflops_bf16: float  # tensor-core bf16/fp16 TFLOP/s
+    cuda_tflops_fp32: float  # CUDA-core fp32 FMA TFLOP/s (non-tensor)
+    sfu_tops: float  # special-function (exp, erf, rsqrt) T-ops/s
+    hbm_tbps: float  # HBM TB/s
+    smem_kb: int  # max shared memory per block, KB
+    sms: int
+
+
+# H100 SXM: our measured ~790 TFLOP/s bf16 and ~3.0 TB/s; H200: same SMs, 4.3 TB/s HBM3e.
+DEVICES: dict[str, Device] = {
+    "h100": Device("h100", 790.0, 60.0, 3.9, 3.0, 227, 132),
+    "h200": Device("h200", 790.0, 60.0, 3.9, 4.3, 227, 132),
+}
+
+
+@dataclass
+class Row:
+    """One implementation/phase of one op at one shape on one device class."""
+
+    op: str
+    impl: str
+    phase: str  # forward | backward | full | a named sub-step such as "dW2"
+    shape: str
+    bytes: float
+    tc_flops: float = 0.0  # tensor-core FLOPs
+    cuda_flops: float = 0.0  # CUDA-core FLOPs (elementwise, reductions)
+    sfu_ops: float = 0.0  # transcendental ops (exp, erf)
+    note: str = ""
+
+    def times_ms(self, dev: Device) -> dict[str, float]:
+        """Lower-bound time of each resource, in ms: memory, tensor cores, CUDA cores, SFU."""
+        return {
+            "mem": self.bytes / (dev.hbm_tbps * 1e12) * 1e3,
+            "tc": self.tc_flops / (dev.tc_tflops_bf16 * 1e12) * 1e3,
+            "cuda": self.cuda_flops / (dev.cuda_tflops_fp32 * 1e12) * 1e3,
+            "sfu": self.sfu_ops / (dev.sfu_tops * 1e12) * 1e3,
+        }
+
+    def predicted_ms(self, dev: Device) -> float:
+        """Roofline prediction: the slowest resource bounds the phase."""
+        return max(self.times_ms(dev).values())
