@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from mage_fast.bench.common import LETTERS, Question, answer_row, read_answers
 from mage_fast.data.image import ImageTransform, load_image
+from mage_fast.data.llava_conv import make_template
 from mage_fast.data.template import IGNORE_INDEX, ConversationTemplate
 
 
@@ -131,11 +132,17 @@ def rank_choices(bench: Bench, qs: list[Question], ids: torch.Tensor) -> list[st
     return [LETTERS[int(i)] for i in choice_scores(bench, qs).argmax(1)]
 
 
-def load(model_dir: str) -> Bench:
-    """A :class:`Bench` from an exported model folder (fp32, CPU)."""
+def load(model_dir: str, cache: str = os.path.join("runs", "bench", "llava_import")) -> Bench:
+    """A :class:`Bench` (fp32, CPU) from an exported model folder, or from a transformers LLaVA
+    folder imported once into ``cache/<its name>``."""
+    from mage_fast.model.hf_llava import import_llava, is_llava_dir
     from mage_fast.model.pretrained import image_transform, load_pretrained
 
+    name = os.path.basename(os.path.normpath(model_dir))
+    if is_llava_dir(model_dir):
+        src, model_dir = model_dir, os.path.join(cache, name)
+        if not os.path.isdir(model_dir):
+            import_llava(src, model_dir)
     model, tok = load_pretrained(model_dir)
-    template = ConversationTemplate(tok, num_image_tokens=model.num_image_tokens)
-    transform = image_transform(model_dir, model.image_size)
-    return Bench(model, tok, template, transform, os.path.basename(os.path.normpath(model_dir)))
+    template = make_template(tok, model.num_image_tokens, model.cfg.template)
+    return Bench(model, tok, template, image_transform(model_dir, model.image_size), name)

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from .config import TEMPLATE_NAMES
 from .template import ConversationTemplate, Span
 
-LLAVA_TEMPLATES = ("vicuna_v1", "plain", "llava_llama_2")
-TEMPLATE_NAMES = ("default", *LLAVA_TEMPLATES)
+LLAVA_TEMPLATES = TEMPLATE_NAMES[1:]
 VICUNA_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from mage_fast.data.config import TEMPLATE_NAMES
+
 ALIGNER_TYPES = ("ian", "mlp2x_gelu", "linear", "pool_mlp")
 VISION_TYPES = ("clip", "siglip")
 BACKENDS = ("auto", "torch", "cpp", "triton", "cuda")
@@ -108,7 +110,11 @@ class ModelConfig:
     # Tokenizer folder; empty means the LLM's folder (or, in training, <data.root>/tokenizer).
     tokenizer: str = ""
     mse_lambda: float = 1.0  # λ of the MSE alignment term
+    # The conversation template the model is trained with (exports carry it to eval, bench, chat).
+    template: str = "default"
 
     def __post_init__(self) -> None:
         if self.mse_lambda < 0:
             raise ValueError(f"model.mse_lambda must be >= 0, got {self.mse_lambda}")
+        if self.template not in TEMPLATE_NAMES:
+            raise ValueError(f"model.template must be one of {TEMPLATE_NAMES}, got {self.template!r}")
