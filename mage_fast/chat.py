@@ -13,7 +13,7 @@ import argparse
 import torch
 
 from mage_fast.data.image import load_image
-from mage_fast.data.template import ConversationTemplate
+from mage_fast.data.llava_conv import make_template
 from mage_fast.data.tokens import IMAGE_TOKEN
 from mage_fast.model.pretrained import image_transform, load_pretrained
 
@@ -26,7 +26,7 @@ def answer(model_dir: str, images: list[str], question: str, max_new_tokens: int
     n = question.count(IMAGE_TOKEN)
     if n != len(images):
         raise ValueError(f"the question holds {n} {IMAGE_TOKEN} placeholder(s) but {len(images)} --image given")
-    template = ConversationTemplate(tok, num_image_tokens=model.num_image_tokens)
+    template = make_template(tok, model.num_image_tokens, model.cfg.template)
     ids = template.encode_prompt([{"from": "human", "value": question}])
     transform = image_transform(model_dir, model.image_size)
     s = model.image_size

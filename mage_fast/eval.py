@@ -19,6 +19,7 @@ import torch
 
 from mage_fast.data.image import ImageTransform, load_image
 from mage_fast.data.llava import read_rows
+from mage_fast.data.llava_conv import make_template
 from mage_fast.data.template import ConversationTemplate, to_messages
 from mage_fast.model.pretrained import image_transform, load_pretrained
 
@@ -53,7 +54,7 @@ def _prepare(rows: list, template: ConversationTemplate, transform: ImageTransfo
 
 def prepare(rows: list, model, tok, root: str, transform: ImageTransform | None = None) -> list[dict]:
     """Rows with reference answers → items (id, qtype, gt, prompt, input_ids, pixel_values)."""
-    template = ConversationTemplate(tok, num_image_tokens=model.num_image_tokens)
+    template = make_template(tok, model.num_image_tokens, model.cfg.template)
     return _prepare(rows, template, transform or ImageTransform(model.image_size), root)
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Conversation templates (mage_fast.data.llava_conv): "default" is the tokenizer's chat template,
+# else the built-in one; the others are LLaVA's.
+TEMPLATE_NAMES = ("default", "vicuna_v1", "plain", "llava_llama_2")
+
 
 @dataclass
 class DataConfig:
@@ -25,6 +29,8 @@ class DataConfig:
     max_length: int = 256  # tokens after <image> expansion; longer samples are skipped, never truncated
     max_bad_fraction: float = 0.05  # abort before training when more samples than this are bad
     num_workers: int = 0  # DataLoader workers
+    # auto: the template of init_from (vicuna_v1 for a LLaVA checkpoint), else "default"
+    template: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.train, str) or not self.train:
@@ -39,5 +45,7 @@ class DataConfig:
             raise ValueError(f"DataConfig.max_length must be a positive int, got {self.max_length!r}")
         if not 0.0 <= float(self.max_bad_fraction) <= 1.0:
             raise ValueError(f"DataConfig.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction!r}")
+        if self.template not in ("auto", *TEMPLATE_NAMES):
+            raise ValueError(f"DataConfig.template must be one of {('auto', *TEMPLATE_NAMES)}, got {self.template!r}")
         if not isinstance(self.num_workers, int) or self.num_workers < 0:
             raise ValueError(f"DataConfig.num_workers must be an int >= 0, got {self.num_workers!r}")

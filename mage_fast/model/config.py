@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+from mage_fast.data.config import TEMPLATE_NAMES
+
 VisionType = Literal["clip", "siglip"]
 LLMArch = Literal["llama", "qwen2"]
 Backend = Literal["auto", "torch", "cpp", "triton", "cuda"]
@@ -114,7 +116,11 @@ class ModelConfig:
     # Tokenizer folder; empty means the LLM's folder (or, in training, <data.root>/tokenizer).
     tokenizer: str = ""
     mse_lambda: float = 1.0  # λ of the MSE alignment term
+    # The conversation template the model is trained with (exports carry it to eval, bench, chat).
+    template: str = "default"
 
     def __post_init__(self) -> None:
         if self.mse_lambda < 0:
             raise ValueError(f"model.mse_lambda must be >= 0, got {self.mse_lambda}")
+        if self.template not in TEMPLATE_NAMES:
+            raise ValueError(f"model.template must be one of {TEMPLATE_NAMES}, got {self.template!r}")

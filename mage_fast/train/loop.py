@@ -21,10 +21,11 @@ from mage_fast.configtools import ConfigError, dump_yaml
 from mage_fast.data.collator import Collator
 from mage_fast.data.image import ImageTransform
 from mage_fast.data.llava import LlavaDataset
+from mage_fast.data.llava_conv import make_template
 from mage_fast.data.tokens import ensure_special_tokens
 from mage_fast.eval import write_answers
 from mage_fast.model import pretrained
-from mage_fast.train import checkpoint
+from mage_fast.train import checkpoint, llava_init
 from mage_fast.train.accuracy import AccuracyEval
 from mage_fast.train.config import TrainConfig
 from mage_fast.train.dist import (
@@ -203,7 +204,9 @@ def build_run(cfg: TrainConfig) -> Run:
     rank, world, _ = init_distributed()
     set_threads(cfg.threads)
     seed_everything(cfg.seed, rank, cfg.deterministic)
+    llava_init.prepare(cfg, rank)
     resolve_model_config(cfg)
+    llava_init.resolve_template(cfg)
     os.makedirs(cfg.run_dir, exist_ok=True)
     if rank == 0:
         _write_config(cfg, world)
@@ -216,7 +219,9 @@ def build_run(cfg: TrainConfig) -> Run:
     apply_freeze(model, cfg)
     engine = initialize(model, cfg, ds)
     transform = ImageTransform.from_pretrained_dir(cfg.model.vision.path, model.image_size)
-    data = LlavaDataset.from_config(cfg.data, tokenizer, transform=transform, num_image_tokens=model.num_image_tokens)
+    template = make_template(tokenizer, model.num_image_tokens, cfg.model.template)
+    data = LlavaDataset.from_config(cfg.data, tokenizer, transform=transform, num_image_tokens=model.num_image_tokens,
+                                    template=template)  # fmt: skip
     if rank == 0:
         print(data.stats.summary(), flush=True)
     acc_eval = None

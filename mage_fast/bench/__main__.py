@@ -1,0 +1,69 @@
+"""python -m mage_fast.bench {mme,mmbench,seed} --data PATH (--model DIR | --answers FILE)
+
+With --model, the questions not yet in the answers file (--out, or --answers) are answered and
+appended; then the file is scored against --data. The scores print as a table and are written as
+JSON beside the answers (<answers>_scores.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from mage_fast.bench import mmbench, mme, runner, seed
+from mage_fast.bench.common import read_answers
+
+
+def _questions(a: argparse.Namespace) -> tuple[list, callable, callable]:
+    """(questions, score(answers) -> dict, report(dict) -> str) of the chosen benchmark."""
+    if a.bench == "mme":
+        qs = mme.load(a.data)
+        return qs, lambda ans: mme.score(qs, ans), mme.report
+    if a.bench == "mmbench":
+        qs = mmbench.load(a.data, rotate=not a.no_rotate)
+        return qs, lambda ans: mmbench.score(qs, ans), mmbench.report
+    qs, names = seed.load(a.data, a.image_root)
+    return qs, lambda ans: seed.score(qs, ans, names), seed.report
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="mage_fast.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("bench", choices=("mme", "mmbench", "seed"))
+    p.add_argument("--data", required=True, help="MME folder, MMBench TSV, or SEED-Bench JSON")
+    p.add_argument("--model", default=None, help="an exported model folder; without it, only score --answers")
+    p.add_argument("--answers", default=None, help="answers JSONL to score (and, with --model, to resume)")
+    p.add_argument("--out", default=None, help="answers JSONL to write (default: runs/bench/<bench>_<model>.jsonl)")
+    p.add_argument("--image-root", default=None, help="SEED-Bench image folder (default: beside the JSON)")
+    p.add_argument("--mode", choices=("generate", "likelihood"), default="generate",
+                   help="seed: answer by generation or by ranking the options' likelihoods")  # fmt: skip
+    p.add_argument("--no-rotate", action="store_true", help="mmbench: no CircularEval rotations of a plain TSV")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    a = p.parse_args(argv)
+    if a.model is None and a.answers is None:
+        p.error("give --model (answer, then score) or --answers (score an existing file)")
+    if a.mode == "likelihood" and a.bench != "seed":
+        p.error("--mode likelihood is SEED-Bench's; MME and MMBench are scored on generated answers")
+    return a
+
+
+def main(argv: list[str] | None = None) -> dict:
+    a = parse(argv)
+    questions, score, report = _questions(a)
+    path = a.out or a.answers
+    if a.model is not None:
+        name = os.path.basename(os.path.normpath(a.model))
+        path = path or os.path.join("runs", "bench", f"{a.bench}_{name}.jsonl")
+        bench = runner.load(a.model)
+        fn = runner.rank_choices if a.mode == "likelihood" else runner.max_new_tokens(a.max_new_tokens)
+        runner.run(bench, questions, path, fn, a.batch_size)
+    result = score(read_answers(path))
+    print(report(result))
+    with open(os.path.splitext(path)[0] + "_scores.json", "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()
