@@ -61,6 +61,10 @@ def build_aligner(cfg: AlignerConfig, in_dim: int, out_dim: int, grid: int, kern
     """The one factory: `model.aligner.type` switches the ablation."""
     if cfg.type == "ian":
         return IANAligner(cfg, in_dim, out_dim, grid, kernels)
+    if cfg.type == "sam":
+        from mage_fast.model.sam import SAMAligner  # sam.py builds on IANAligner: import at use
+
+        return SAMAligner(cfg, in_dim, out_dim, grid, kernels)
     if cfg.type == "pool_mlp":
         return PoolMLPAligner(cfg, in_dim, out_dim, grid, kernels)
     if cfg.type == "mlp2x_gelu":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-ALIGNER_TYPES = ("ian", "mlp2x_gelu", "linear", "pool_mlp")
+ALIGNER_TYPES = ("ian", "mlp2x_gelu", "linear", "pool_mlp", "sam")
 VISION_TYPES = ("clip", "siglip")
 BACKENDS = ("auto", "torch", "cpp", "triton", "cuda")
 
@@ -51,6 +51,9 @@ class AlignerConfig:
     # so "where is X?" needs the cell in the token's content; the tower's own position embedding
     # reaches the tokens only weakly after pooling.
     pos_embed: bool = True
+    # sam: the context of each image is a softmax over all the sample's images (the SAM authors'
+    # code) or over the other images only (their paper); see mage_fast/model/sam.py.
+    sam_include_self: bool = True
 
     def __post_init__(self) -> None:
         if self.type not in ALIGNER_TYPES:
@@ -60,7 +63,7 @@ class AlignerConfig:
 
     def num_tokens(self, grid: int) -> int:
         """Visual tokens per image for a g×g patch grid."""
-        if self.type in ("ian", "pool_mlp"):
+        if self.type in ("ian", "pool_mlp", "sam"):
             return math.ceil(grid / self.pool_k) ** 2
         return grid * grid
 
