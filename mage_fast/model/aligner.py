@@ -87,7 +87,14 @@ ALIGNERS: dict[str, Aligner] = {
     "pool_mlp": Aligner(PoolMLPAligner, pooled_tokens),
     "mlp2x_gelu": Aligner(lambda cfg, i, o, g, k: MLP(i, o, o), patch_tokens),
     "linear": Aligner(lambda cfg, i, o, g, k: nn.Linear(i, o), patch_tokens),
+    "sam": Aligner(lambda *args: _sam_aligner(*args), pooled_tokens),
 }
+
+
+def _sam_aligner(cfg: AlignerConfig, in_dim: int, out_dim: int, grid: int, kernels: KernelConfig) -> nn.Module:
+    from mage_fast.model.sam import SAMAligner  # sam.py builds on IANAligner: import at use
+
+    return SAMAligner(cfg, in_dim, out_dim, grid, kernels)
 
 
 def _entry(cfg: AlignerConfig) -> Aligner:

@@ -61,6 +61,9 @@ class AlignerConfig:
     # so "where is X?" needs the cell in the token's content; the tower's own position embedding
     # reaches the tokens only weakly after pooling.
     pos_embed: bool = True
+    # sam: the context of each image is a softmax over all the sample's images (the SAM authors'
+    # code) or over the other images only (their paper); see mage_fast/model/sam.py.
+    sam_include_self: bool = True
 
     def __post_init__(self) -> None:
         if self.pool_k < 1:

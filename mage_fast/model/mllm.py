@@ -32,10 +32,14 @@ class MageModel(nn.Module):
         self.image_size = self.vision_tower.image_size
 
     # -- images -------------------------------------------------------------------------------
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """pixels (n_img, 3, S, S) → visual tokens Z (n_img, T, D)."""
+    def encode_images(self, pixel_values: torch.Tensor, image_counts: torch.Tensor | None = None) -> torch.Tensor:
+        """pixels (n_img, 3, S, S) → visual tokens Z (n_img, T, D). image_counts (B,): images per
+        sample, for aligners that align a sample's images together (`takes_image_counts`)."""
         dtype = next(self.aligner.parameters()).dtype
-        return self.aligner(self.vision_tower(pixel_values.to(dtype)))
+        v = self.vision_tower(pixel_values.to(dtype))
+        if getattr(self.aligner, "takes_image_counts", False):
+            return self.aligner(v, image_counts)
+        return self.aligner(v)
 
     def embed(
         self,
@@ -67,7 +71,7 @@ class MageModel(nn.Module):
             s = self.image_size
             z = self.encode_images(pixel_values.new_zeros(1, 3, s, s))
             return embeds + 0.0 * z.sum().to(embeds.dtype), z[:0]
-        z = self.encode_images(pixel_values)
+        z = self.encode_images(pixel_values, image_counts)
         embeds = embeds.masked_scatter(is_img.unsqueeze(-1), z.to(embeds.dtype).reshape(-1, z.shape[-1]))
         return embeds, z
 
