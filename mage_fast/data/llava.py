@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..tools.format import TOOL_REASONS, RowError, check_turns, is_tool_row, load_tools
 from .config import DataConfig
 from .image import ImageTransform, load_image
 from .template import ConversationTemplate, to_messages
@@ -20,7 +21,8 @@ from .tokens import IMAGE_TOKEN
 
 log = logging.getLogger(__name__)
 
-REASONS = ("malformed", "missing_image", "corrupt_image", "placeholder_mismatch", "over_length", "no_labels")
+REASONS = ("malformed", "missing_image", "corrupt_image", "placeholder_mismatch", "over_length", "no_labels",
+           *TOOL_REASONS)  # fmt: skip
 
 
 class DataError(ValueError):
@@ -113,6 +115,18 @@ def _parse_media(row: Mapping[str, Any]) -> tuple[list[str], list[str | None]]:
     return images, captions
 
 
+def _check_tools(row: Mapping[str, Any]) -> list[dict] | None:
+    """The tool checks of ``python -m mage_fast.tools.validate`` (RowError) for a tool row; its tools."""
+    if not is_tool_row(row):
+        return None
+    tools = load_tools(row.get("tools"))
+    turns = row.get("conversations")
+    if not isinstance(turns, list) or not turns or not all(isinstance(x, Mapping) for x in turns):
+        raise RowError("malformed", "conversations must be a non-empty list of objects")
+    check_turns(turns, tools)
+    return tools or None
+
+
 class LlavaDataset(Dataset):
     """LLaVA rows → samples. Every row is validated once here (identical on every rank), bad ones
     are skipped by reason (see :data:`REASONS` and :attr:`stats`), and a :class:`DataError` is
@@ -156,7 +170,7 @@ class LlavaDataset(Dataset):
     def _validate(self, rows: list[Any], cache_tokens: bool) -> None:
         st, t = self.stats, self.template
         st.total = len(rows)
-        parsed = []  # (sid, messages, images, captions, rendered): rows that pass the cheap checks
+        parsed = []  # (sid, (turns, tools), images, captions, rendered): rows that pass the cheap checks
         for i, row in enumerate(rows):
             if isinstance(row, _BadLine):
                 st.add("malformed", row.id, row.error)
@@ -165,26 +179,31 @@ class LlavaDataset(Dataset):
             try:
                 if not isinstance(row, dict):
                     raise ValueError("row is not an object")
+                tools = _check_tools(row)
                 messages = to_messages(row.get("conversations"))
                 images, captions = _parse_media(row)
+            except RowError as e:  # tool rows: the validator's reasons
+                st.add(e.reason, sid, e.detail)
+                continue
             except ValueError as e:
                 st.add("malformed", sid, str(e))
                 continue
-            n_user = sum(m["content"].count(IMAGE_TOKEN) for m in messages if m["role"] == "user")
+            # images come in human turns and, for tool results, in observation turns
+            n_user = sum(m["content"].count(IMAGE_TOKEN) for m in messages if m["role"] in ("user", "tool"))
             n_all = sum(m["content"].count(IMAGE_TOKEN) for m in messages)
             if n_user != len(images) or n_all != n_user:
                 st.add(
                     "placeholder_mismatch",
                     sid,
-                    f"{n_all} {IMAGE_TOKEN} ({n_user} in human turns) for {len(images)} images",
+                    f"{n_all} {IMAGE_TOKEN} ({n_user} in human/observation turns) for {len(images)} images",
                 )
                 continue
             try:
-                rendered = t.render(messages)
+                rendered = t.render(messages, tools=tools)
             except Exception as e:  # e.g. a chat template raising on the turn order
                 st.add("malformed", sid, f"template: {type(e).__name__}: {e}")
                 continue
-            parsed.append((sid, messages, images, captions, rendered))
+            parsed.append((sid, (row["conversations"], tools), images, captions, rendered))
         image_ok: dict[str, tuple[str, str] | None] = {}  # path -> (reason, detail) | None; paths repeat
         tok_ids, tok_mask, offsets = [], [], [0]
         for b in range(0, len(parsed), 1024):  # tokenize in blocks: one tokenizer call each
@@ -260,7 +279,7 @@ class LlavaDataset(Dataset):
             a, b = self._offsets[i], self._offsets[i + 1]
             ids, mask = self._tok_ids[a:b].astype(np.int64), self._tok_mask[a:b]
         else:
-            ids, mask = self.template.encode_compact(self._convs[i])
+            ids, mask = self.template.encode_compact(*self._convs[i])
         input_ids, labels = self.template.expand(ids, mask)
         pixels = []
         for p in self.images[i]:

@@ -43,8 +43,9 @@ POSITIONS = (
 )  # fmt: skip
 COUNT_WORDS = ("zero", "one", "two", "three", "four")
 MAX_OBJECTS = 4
+CANONICAL_HALF = 0.37  # half-size of a shape drawn without jitter, in cells
 # Words the chat templates add around the text; the word tokenizer must know them.
-TEMPLATE_WORDS = ("USER", "ASSISTANT", "SYSTEM", ":", "\n")
+TEMPLATE_WORDS = ("USER", "ASSISTANT", "SYSTEM", "TOOL", ":", "\n")
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "<image>")
 
 
@@ -59,24 +60,34 @@ class Obj:
         return POSITIONS[self.cell]
 
 
-def draw_scene(objs: list[Obj], size: int, rng: random.Random) -> Image.Image:
-    """Render objects on a black canvas; each shape jitters a little inside its cell."""
+def draw_shape(
+    d: ImageDraw.ImageDraw, shape: str, fill: tuple[int, int, int], cx: float, cy: float, half: float
+) -> None:
+    """One shape of half-size ``half`` centred on (cx, cy)."""
+    box = (cx - half, cy - half, cx + half, cy + half)
+    if shape == "circle":
+        d.ellipse(box, fill=fill)
+    elif shape == "square":
+        d.rectangle(box, fill=fill)
+    else:
+        d.polygon([(cx, cy - half), (cx - half, cy + half), (cx + half, cy + half)], fill=fill)
+
+
+def draw_scene(objs: list[Obj], size: int, rng: random.Random | None) -> Image.Image:
+    """Render objects on a black canvas; each shape jitters a little inside its cell. Without
+    ``rng`` every shape sits at its cell's centre with one size (the tools' canonical drawing)."""
     img = Image.new("RGB", (size, size), (0, 0, 0))
     d = ImageDraw.Draw(img)
     cell = size / 3
     for o in objs:
         r, c = divmod(o.cell, 3)
-        half = cell * rng.uniform(0.32, 0.42)
-        cx = (c + 0.5) * cell + rng.uniform(-0.08, 0.08) * cell
-        cy = (r + 0.5) * cell + rng.uniform(-0.08, 0.08) * cell
-        box = (cx - half, cy - half, cx + half, cy + half)
-        fill = COLOURS[o.colour]
-        if o.shape == "circle":
-            d.ellipse(box, fill=fill)
-        elif o.shape == "square":
-            d.rectangle(box, fill=fill)
+        if rng is None:
+            half, cx, cy = cell * CANONICAL_HALF, (c + 0.5) * cell, (r + 0.5) * cell
         else:
-            d.polygon([(cx, cy - half), (cx - half, cy + half), (cx + half, cy + half)], fill=fill)
+            half = cell * rng.uniform(0.32, 0.42)
+            cx = (c + 0.5) * cell + rng.uniform(-0.08, 0.08) * cell
+            cy = (r + 0.5) * cell + rng.uniform(-0.08, 0.08) * cell
+        draw_shape(d, o.shape, COLOURS[o.colour], cx, cy, half)
     return img
 
 
@@ -157,6 +168,9 @@ def generate(out: str, n: int, seed: int, size: int = 48, eval_fraction: float =
         else:
             evals.extend(_row(f"{i:05d}-{t}", rel, q, a, cap, t) for t, q, a in qs)
     texts.append("describe the image .")
+    from .shapes_tools import tool_corpus  # the tool rows' words and JSON punctuation (stage 3)
+
+    texts.extend(tool_corpus())
     for name, rows in (("stage1", stage1), ("stage2", stage2 + stage1), ("eval", evals)):
         with open(os.path.join(out, f"{name}.json"), "w") as f:
             json.dump(rows, f)

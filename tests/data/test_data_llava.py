@@ -9,6 +9,7 @@ import torch
 from _data_helpers import make_tokenizer, qa, write_png, write_rows, write_truncated
 
 from mage_fast.data import IGNORE_INDEX, DataConfig, DataError, ImageTransform, LlavaDataset
+from mage_fast.tools.format import TOOL_REASONS
 
 K, S = 4, 8
 
@@ -104,6 +105,7 @@ def test_every_skip_reason(root, tok):
         "placeholder_mismatch": ["two_ph", "no_ph", "ph_in_answer", "ph_text_only"],
         "over_length": ["too_long"],
         "no_labels": ["no_answer"],
+        **{r: [] for r in TOOL_REASONS},  # tool rows: tests/tools/test_tools_validate.py
     }
     assert st.counts["malformed"] == 4 and st.total == len(rows) + 1 and st.kept == len(ds) == 4
     assert "missing_image=1" in st.summary() and "\n" not in st.summary()
