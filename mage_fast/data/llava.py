@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,13 +16,22 @@ from torch.utils.data import Dataset
 from ..tools.format import TOOL_REASONS, RowError, check_turns, is_tool_row, load_tools
 from .config import DataConfig
 from .image import ImageTransform, load_image
+from .scan import Result, scan_images
 from .template import ConversationTemplate, to_messages
 from .tokens import IMAGE_TOKEN
 
 log = logging.getLogger(__name__)
 
-REASONS = ("malformed", "missing_image", "corrupt_image", "placeholder_mismatch", "over_length", "no_labels",
-           *TOOL_REASONS)  # fmt: skip
+MAX_LATE_TRIES = 16  # consecutive samples tried before a decode failure stops the run
+REASONS = (
+    "malformed",
+    "missing_image",
+    "corrupt_image",
+    "placeholder_mismatch",
+    "over_length",
+    "no_labels",
+    *TOOL_REASONS,
+)
 
 
 class DataError(ValueError):
@@ -148,8 +157,13 @@ class LlavaDataset(Dataset):
         max_bad_fraction: float,
         template: ConversationTemplate | None = None,
         cache_tokens: bool = True,
+        image_check: Callable[[list[str]], dict[str, Result]] | None = None,
+        late_log: str | None = None,
     ):
         self.path, self.tokenizer, self.transform = str(path), tokenizer, transform
+        self.image_check = image_check or scan_images
+        self.late_log = late_log  # a JSONL file: one line per image that failed to decode in the loader
+        self.late: list[dict] = []  # those failures, in this process
         self.image_root, self.max_length = str(image_root), int(max_length)
         self.template = template or ConversationTemplate(tokenizer, num_image_tokens=num_image_tokens)
         if self.template.num_image_tokens != num_image_tokens:
@@ -204,7 +218,8 @@ class LlavaDataset(Dataset):
                 st.add("malformed", sid, f"template: {type(e).__name__}: {e}")
                 continue
             parsed.append((sid, (row["conversations"], tools), images, captions, rendered))
-        image_ok: dict[str, tuple[str, str] | None] = {}  # path -> (reason, detail) | None; paths repeat
+        # Existence and structure of every distinct image, once (split over ranks, cached).
+        image_ok = self.image_check([os.path.join(self.image_root, x) for p in parsed for x in p[2]])
         tok_ids, tok_mask, offsets = [], [], [0]
         for b in range(0, len(parsed), 1024):  # tokenize in blocks: one tokenizer call each
             block = parsed[b : b + 1024]
@@ -221,7 +236,7 @@ class LlavaDataset(Dataset):
                     st.add("no_labels", sid, "no assistant token")
                     continue
                 paths = [os.path.join(self.image_root, p) for p in images]
-                bad = next(filter(None, (self._check_image(p, image_ok) for p in paths)), None)
+                bad = next(filter(None, (image_ok[p] for p in paths)), None)
                 if bad:
                     st.add(bad[0], sid, bad[1])
                     continue
@@ -239,19 +254,6 @@ class LlavaDataset(Dataset):
             self._tok_ids = np.concatenate(tok_ids) if tok_ids else np.zeros(0, np.int32)
             self._tok_mask = np.concatenate(tok_mask) if tok_mask else np.zeros(0, bool)
             self._offsets = np.asarray(offsets, dtype=np.int64)
-
-    @staticmethod
-    def _check_image(path: str, cache: dict[str, tuple[str, str] | None]) -> tuple[str, str] | None:
-        if path not in cache:
-            if not os.path.isfile(path):
-                cache[path] = ("missing_image", f"no such file {path}")
-            else:
-                try:
-                    load_image(path)
-                    cache[path] = None
-                except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... on bad files
-                    cache[path] = ("corrupt_image", f"{path}: {type(e).__name__}: {e}")
-        return cache[path]
 
     def _check_threshold(self, max_bad_fraction: float) -> None:
         st = self.stats
@@ -274,24 +276,58 @@ class LlavaDataset(Dataset):
         return len(self.ids)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        sid = self.ids[i]
+        """Sample `i`; when one of its images fails to decode (it passed the structure check), the
+        next sample whose images decode stands in for it, and a line naming both is appended to
+        `late_log` (never a silent substitute). The same failure gives the same replacement."""
+        failed: list[tuple[int, str]] = []
+        for k in range(min(MAX_LATE_TRIES, len(self.ids))):
+            j = (i + k) % len(self.ids)
+            pixels, error = self._decode(j)
+            if error:
+                failed.append((j, error))
+                continue
+            for bad, detail in failed:
+                self._record_late(bad, detail, self.ids[j])
+            return self._sample(j, pixels)
+        raise DataError(
+            f"sample {self.ids[i]!r} and the {len(failed) - 1} after it have an image that fails to decode "
+            f"(first: {failed[0][1]}): check the image folder"
+        )
+
+    def _decode(self, j: int) -> tuple[list[torch.Tensor], str | None]:
+        """Sample j's images, each decoded once, or (partial, "<path>: <error>") at the first failure."""
+        pixels = []
+        for p in self.images[j]:
+            try:
+                pixels.append(self.transform(load_image(p)))
+            except Exception as e:  # PIL raises OSError, SyntaxError, ValueError ... on a bad file
+                return pixels, f"{p}: {type(e).__name__}: {e}"
+        return pixels, None
+
+    def _record_late(self, j: int, detail: str, replacement: str) -> None:
+        """Count the failure (this process) and append it to `late_log` (one JSON line, one write)."""
+        rec = {"id": self.ids[j], "reason": "corrupt_image", "detail": detail, "replaced_by": replacement}
+        self.late.append(rec)
+        log.warning("sample %r: an image fails to decode (%s); sample %r stands in", rec["id"], detail, replacement)
+        if self.late_log:
+            fd = os.open(self.late_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, (json.dumps(rec) + "\n").encode())
+            finally:
+                os.close(fd)
+
+    def _sample(self, i: int, pixels: list[torch.Tensor]) -> dict[str, Any]:
         if self._convs is None:
             a, b = self._offsets[i], self._offsets[i + 1]
             ids, mask = self._tok_ids[a:b].astype(np.int64), self._tok_mask[a:b]
         else:
             ids, mask = self.template.encode_compact(*self._convs[i])
         input_ids, labels = self.template.expand(ids, mask)
-        pixels = []
-        for p in self.images[i]:
-            try:
-                pixels.append(self.transform(load_image(p)))
-            except Exception as e:  # never substitute a blank image silently
-                raise DataError(f"sample {sid!r}: cannot load image {p}: {type(e).__name__}: {e}") from e
         s = self.transform.size
         pixel_values = torch.stack(pixels) if pixels else torch.zeros(0, 3, s, s)
         caption_ids = [torch.tensor(self._tokens(c), dtype=torch.long) for c in self.captions[i]]
         return {
-            "id": sid,
+            "id": self.ids[i],
             "input_ids": input_ids,
             "labels": labels,
             "pixel_values": pixel_values,
@@ -311,6 +347,8 @@ class LlavaDataset(Dataset):
         num_image_tokens: int,
         split: str = "train",
         template: ConversationTemplate | None = None,
+        image_check: Callable[[list[str]], dict[str, Result]] | None = None,
+        late_log: str | None = None,
     ) -> LlavaDataset:
         """Dataset for ``split`` ("train" | "eval"), paths resolved against ``cfg.root``."""
         rel = {"train": cfg.train, "eval": cfg.eval}.get(split, "")
@@ -325,4 +363,21 @@ class LlavaDataset(Dataset):
             max_length=cfg.max_length,
             max_bad_fraction=cfg.max_bad_fraction,
             template=template,
+            image_check=image_check,
+            late_log=late_log,
         )
+
+
+def read_late_logs(paths: list[str]) -> dict[str, dict[str, list[str]]]:
+    """Decode failures found in the loader (the `late_log` files of all ranks), by reason:
+    {"corrupt_image": {"ids": [...], "replaced_by": [...]}}, in file order."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for path in paths:
+        if not os.path.isfile(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            for rec in map(json.loads, filter(str.strip, f)):
+                entry = out.setdefault(rec["reason"], {"ids": [], "replaced_by": []})
+                entry["ids"].append(rec["id"])
+                entry["replaced_by"].append(rec["replaced_by"])
+    return out

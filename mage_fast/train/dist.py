@@ -31,12 +31,44 @@ def init_distributed() -> tuple[int, int, int]:
     return rank, world, local
 
 
-def set_threads(requested: int) -> None:
-    """Split the cores between the ranks on this machine (oversubscription halves CPU speed)."""
+# Ranks on this machine, by launcher: deepspeed's sets LOCAL_SIZE, torchrun LOCAL_WORLD_SIZE,
+# Open MPI (deepspeed --launcher openmpi) OMPI_COMM_WORLD_LOCAL_SIZE. WORLD_SIZE counts every
+# machine's ranks, so dividing by it starves each rank of a multi-node job.
+LOCAL_SIZE_VARS = ("LOCAL_SIZE", "LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE")
+
+
+def local_world_size(env: dict[str, str] | None = None) -> tuple[int, str]:
+    """(ranks on this machine, where the number came from). Without a launcher variable: the
+    visible CUDA devices (one rank each), else 1."""
+    env = os.environ if env is None else env
+    for var in LOCAL_SIZE_VARS:
+        if env.get(var, "").strip().isdigit() and int(env[var]) > 0:
+            return int(env[var]), var
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        return torch.cuda.device_count(), "CUDA device count"
+    return 1, "no launcher variable (set threads=N to choose)"
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (a cgroup or `taskset` limit counts, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def set_threads(requested: int) -> int:
+    """Split the cores between the ranks on this machine (oversubscription halves CPU speed);
+    `requested` > 0 wins. Prints the choice once per rank; returns the thread count."""
+    why = "threads in the config"
     if requested <= 0:
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))
-        requested = max(1, (os.cpu_count() or 1) // max(1, local_world))
+        local, source = local_world_size()
+        cores = usable_cores()
+        requested = max(1, cores // local)
+        why = f"{cores} cores / {local} local ranks from {source}"
     torch.set_num_threads(requested)
+    print(f"rank {os.environ.get('RANK', '0')}: {requested} torch threads ({why})", flush=True)
+    return requested
 
 
 def barrier() -> None:

@@ -133,12 +133,20 @@ def test_nothing_usable_raises(root, tok):
         make_ds(root / "broken.json", tok, root / "img")
 
 
-def test_image_failing_after_validation_raises_with_id_and_path(root, tok):
-    ds = make_ds(write_rows(str(root / "train.json"), [qa("s1", "a.png")]), tok, root / "img")
+def test_image_failing_after_validation_is_replaced_and_recorded(root, tok):
+    # The structure check passed; the decode in the loader fails: the next good sample stands in,
+    # the same one every time, and the log names both. With no good sample left: a DataError.
+    late = str(root / "late.jsonl")
+    ds = make_ds(write_rows(str(root / "train.json"), [qa("s1", "a.png"), qa("s2", "b.png")]), tok, root / "img",
+                 late_log=late)  # fmt: skip
     write_truncated(str(root / "img" / "a.png"), "PNG")
-    with pytest.raises(DataError, match=r"'s1'.*a\.png"):
-        ds[0]
-    os.remove(root / "img" / "a.png")
+    assert ds[0]["id"] == "s2" and ds[0]["id"] == "s2" and ds[1]["id"] == "s2"
+    assert [(r["id"], r["replaced_by"]) for r in ds.late] == [("s1", "s2"), ("s1", "s2")]
+    assert "a.png" in ds.late[0]["detail"]
+    from mage_fast.data.llava import read_late_logs
+
+    assert read_late_logs([late]) == {"corrupt_image": {"ids": ["s1", "s1"], "replaced_by": ["s2", "s2"]}}
+    os.remove(root / "img" / "b.png")
     with pytest.raises(DataError, match=r"'s1'.*a\.png"):
         ds[0]
 
