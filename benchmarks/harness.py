@@ -102,15 +102,11 @@ def backend_available(op: str, backend: str) -> Callable[[torch.device], str | N
     """Availability of `mage_fast.ops` backend `backend` of `op` as a performance provider."""
 
     def check(device: torch.device) -> str | None:
-        from mage_fast.ops import _backend, available
+        from mage_fast.ops._backend import unavailable_reason
 
         if backend == "triton" and device.type != "cuda":
             return "the Triton interpreter on CPU checks correctness; it is no performance provider"
-        if backend not in _backend._REGISTRY.get(op, {}):
-            return f"mage_fast.ops has no {backend!r} backend for {op} yet"
-        if backend not in available(op, device):
-            return _backend._REGISTRY[op][backend][0](device) or f"unavailable on {device}"
-        return None
+        return unavailable_reason(op, backend, device)
 
     return check
 
