@@ -168,19 +168,20 @@ def pow2_divisor(n: int, cap: int) -> int:
     return d
 
 
-def pool_settings(c: int, wo: int, elem_bytes: int) -> tuple[int, int, int]:
+def pool_settings(c: int, wo: int, elem_bytes: int, interpret: bool = INTERPRET) -> tuple[int, int, int]:
     """(BLOCK_W, BLOCK_C, num_warps) of patch_pool: a program covers BLOCK_W output cells of one
     output row and BLOCK_C channels, about 4 KiB of output (interpreter: small tiles, so test
     shapes walk several). Both block sizes divide their extent where a power of two does, so no
-    lane is masked off; 16 bytes per thread along C (vectorised loads)."""
+    lane is masked off; 16 bytes per thread along C (vectorised loads). `interpret=False` gives
+    the GPU's choice wherever this runs (the traffic model)."""
     vec = max(1, 16 // elem_bytes)
-    cap_w = 4 if INTERPRET else 8
+    cap_w = 4 if interpret else 8
     block_w = pow2_divisor(wo, cap_w)
-    if INTERPRET and block_w == 1:  # the interpreter pays per program: fewer, masked ones
+    if interpret and block_w == 1:  # the interpreter pays per program: fewer, masked ones
         block_w = min(next_pow2(wo), cap_w)
-    cap_c = 64 if INTERPRET else max(vec, (4096 // elem_bytes) // block_w)
+    cap_c = 64 if interpret else max(vec, (4096 // elem_bytes) // block_w)
     block_c = pow2_divisor(c, cap_c)
-    if block_c < min(vec, next_pow2(c), cap_c) or (INTERPRET and block_c < 16):  # mask the tail instead
+    if block_c < min(vec, next_pow2(c), cap_c) or (interpret and block_c < 16):  # mask the tail instead
         block_c = min(next_pow2(c), cap_c)
     warps = max(1, min(8, block_w * block_c * elem_bytes // (16 * 32)))
     return block_w, block_c, warps
