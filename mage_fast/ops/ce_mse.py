@@ -112,16 +112,19 @@ def _fwd_kernel(hidden, weight, labels, img, img_target, img_mask, lam, ignore_i
     )  # fmt: skip
 
 
-# backend -> forward (the backward is backend-independent scaling). The Triton forward
+# The backward is backend-independent scaling, so the rows carry forwards only. The Triton forward
 # (kernels/ce_mse.py) and the C++/CUDA ones follow the torch one: same chunks (fp32 logits plus a
 # gradient buffer fit the same budget), same stored gradients.
-_IMPLS = {"torch": _fwd_torch, "triton": _fwd_triton, "cpp": _fwd_kernel, "cuda": _fwd_kernel}
-_backend.register(OP, "torch")
-_backend.register(OP, "triton", _triton.unavailable_reason, auto=_triton.auto_ok)
 # auto=False for cpp: at N=256, H=256, V=8192 (fwd+bwd, 2 threads) the C++ twin's scalar exp loops
 # took ~1.5x the torch backend's (vectorised) time; the twin is the CI check of the C++ path.
-_backend.register(OP, "cpp", _ext.cpu_kernel_reason("ce_mse_fwd"), auto=False)
-_backend.register(OP, "cuda", _ext.cuda_kernel_reason("ce_mse_fwd"))
+TABLE = _backend.register(
+    OP,
+    (
+        _backend.Backend("torch", _fwd_torch),
+        _backend.Backend("triton", _fwd_triton, None, _triton.unavailable_reason, auto=_triton.auto_ok),
+        *_ext.native_rows("ce_mse_fwd", _fwd_kernel, cpu_auto=False),
+    ),
+)
 
 _Out = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -144,7 +147,7 @@ def _ce_mse_op(
 ) -> _Out:
     """-> (loss, ce, mse) 0-dim fp32, then d ce/d hidden (N, H), d ce/d weight (V, H),
     d mse/d img (M, D) in their input's dtype, each empty (0,) when its flag is False."""
-    return _IMPLS[backend](hidden, weight, labels, img, img_target, img_mask, lam, ignore_index,
+    return TABLE[backend].forward(hidden, weight, labels, img, img_target, img_mask, lam, ignore_index,
                            num_items, need_hidden_grad, need_weight_grad, need_img_grad)  # fmt: skip
 
 
