@@ -20,7 +20,7 @@ from mage_fast.data.llava import LlavaDataset
 from mage_fast.data.tokens import ensure_special_tokens
 from mage_fast.eval import write_answers
 from mage_fast.model import pretrained
-from mage_fast.train import checkpoint
+from mage_fast.train import checkpoint, resize, startup
 from mage_fast.train.accuracy import AccuracyEval
 from mage_fast.train.config import TrainConfig
 from mage_fast.train.dist import (
@@ -44,6 +44,7 @@ from mage_fast.train.engine import (
     optimizer_updates,
     param_shapes,
     skip_step,
+    step_probe,
     zero_stage,
 )
 from mage_fast.train.sampler import ResumableBatches
@@ -173,6 +174,7 @@ def train(cfg: TrainConfig) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer)
     image_id = ensure_special_tokens(tokenizer)
     ds = build_ds_config(cfg, world)
+    universal = resize.prepare(cfg.run_dir, ds, world, rank, cfg.resume_resize) if cfg.resume else None
     model, _hf_ds = build_model(cfg, ds, len(tokenizer), image_id)
     if cfg.init_from:
         load_part(model.aligner, pretrained.aligner_state(cfg.init_from), "aligner")
@@ -180,7 +182,9 @@ def train(cfg: TrainConfig) -> dict:
     engine = initialize(model, cfg, ds)
 
     transform = ImageTransform.from_pretrained_dir(cfg.model.vision.path, model.image_size)
-    data = LlavaDataset.from_config(cfg.data, tokenizer, transform=transform, num_image_tokens=model.num_image_tokens)
+    hooks = startup.dataset_hooks(cfg.run_dir, rank, world, cfg.data.num_workers)
+    data = LlavaDataset.from_config(cfg.data, tokenizer, transform=transform, num_image_tokens=model.num_image_tokens,
+                                    **hooks)  # fmt: skip
     if rank == 0:
         print(data.stats.summary(), flush=True)
     collate = Collator(tokenizer.pad_token_id, model.image_size)
@@ -199,8 +203,11 @@ def train(cfg: TrainConfig) -> dict:
         barrier()
         tag = checkpoint.newest(cfg.run_dir)
     if tag:
-        checkpoint.check_compatible(cfg.run_dir, tag, param_shapes(engine.module), world)
-        client = checkpoint.load(engine, cfg.run_dir, tag)
+        checkpoint.check_compatible(cfg.run_dir, tag, param_shapes(engine.module), world, resized=bool(universal))
+        if universal:
+            client = resize.load(engine, cfg.run_dir, tag, universal, cfg.seed, rank)
+        else:
+            client = checkpoint.load(engine, cfg.run_dir, tag)
         step, consumed = int(client["step"]), batches.check_state(client["data"])
         nonfinite, bad_run = int(client.get("nonfinite", 0)), list(client.get("bad_run", []))
         torch.set_rng_state(client["rng"]["torch"])
@@ -284,6 +291,8 @@ def train(cfg: TrainConfig) -> dict:
             bad_run = []
             tok_since += red[4]
         rec["updates"] = optimizer_updates(engine)
+        if os.environ.get("MAGE_FAST_PROBE") == "1":
+            rec.update(step_probe(engine))
         history.append(rec)
         if rank == 0:
             hist.write(json.dumps(rec) + "\n")
@@ -330,13 +339,19 @@ def train(cfg: TrainConfig) -> dict:
                      "accuracy": accuracy,
                      "data": st.summary(),
                      "data_skipped": skipped, "nonfinite_steps": nonfinite}  # fmt: skip
+    barrier()  # every rank's late decode failures are in its log
+    summary["data_late"] = startup.late_failures(cfg.run_dir)
     if rank == 0:
         print(f"done: {step} steps, {nonfinite} non-finite skipped; data {st.summary()}", flush=True)
         for r, v in skipped.items():
             print(f"skipped {r}: {v['count']}, ids {v['ids']}", flush=True)
+        for r, v in summary["data_late"].items():
+            print(f"failed to decode in the loader ({r}): {len(v['ids'])}, ids {v['ids']}, replaced by "
+                  f"{v['replaced_by']}", flush=True)  # fmt: skip
     if cfg.data.eval:
         ev = LlavaDataset.from_config(cfg.data, tokenizer, transform=transform,
-                                      num_image_tokens=model.num_image_tokens, split="eval")  # fmt: skip
+                                      num_image_tokens=model.num_image_tokens, split="eval",
+                                      image_check=hooks["image_check"])  # fmt: skip
         idx = list(range(rank, len(ev) - len(ev) % world, world))
         ev_loader = DataLoader(torch.utils.data.Subset(ev, idx), batch_size=cfg.micro_batch_size, collate_fn=collate)
         summary["eval_loss"] = eval_loss(engine, ev_loader)
