@@ -9,8 +9,8 @@ it exists on CPU). `kernels_off`: every op with backend "torch" (the ops' pure-t
 implementations, which already chunk the loss: the model has no path that builds full logits).
 Each setting runs in its own process (world of one; `deepspeed.initialize` on the real engine
 glue of mage_fast.train.engine), `warmup` steps, then `steps` timed steps on one synthetic
-batch, as mage_fast.train.loop does a step (num_items, engine.backward(..., scale_wrt_gas=False),
-engine.step()).
+batch, each the training loop's own `mage_fast.train.step.train_step` (normalisers, forward, the
+op's loss backpropagated, the step's all-reduce and gradient norm, update).
 
 MFU = model FLOPs per step / step time / the matmul peak measured in the same run (bf16 on
 GPUs). Model FLOPs (PaLM's count, training = 3 x forward): 6 x (matmul parameters) per token
@@ -34,6 +34,8 @@ import torch
 import yaml
 
 from benchmarks import common
+from mage_fast.labels import IGNORE_INDEX, loss_tokens
+from mage_fast.train.engine import zero_stage
 
 OPS = ("patch_pool", "ian_projection", "ce_mse")
 SETTINGS = {"kernels_on": "auto", "kernels_off": "torch"}
@@ -74,7 +76,7 @@ def make_batch(model, sb: StepBench, batch: int, device: torch.device) -> dict:
     ids = torch.randint(1, V - 1, (batch, L))
     ids[:, 1 : 1 + T] = model.image_token_id
     labels = ids.clone()
-    labels[:, : 1 + T] = -100
+    labels[:, : 1 + T] = IGNORE_INDEX
     s = model.image_size
     b = {
         "input_ids": ids,
@@ -109,40 +111,31 @@ def model_flops(model, batch: int, seq_len: int, labelled: int) -> float:
     return float(f)
 
 
-def run_setting(cfg, sb: StepBench, setting: str, device: torch.device, peaks: common.Peaks | None) -> dict:
-    """Build the engine with the setting's backends, run warmup + timed steps; one CSV row."""
+def _engine(cfg, sb: StepBench, setting: str):
+    """(engine, model, ds config, world) with the setting's backends (a world of one)."""
     import logging
 
     from mage_fast.model.config import KernelConfig
-    from mage_fast.ops import resolve
     from mage_fast.train.dist import init_distributed, quiet_warnings
     from mage_fast.train.engine import apply_freeze, build_ds_config, build_model, initialize
 
-    t0 = time.time()
     quiet_warnings()
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     _, world, _ = init_distributed()
     torch.manual_seed(0)
-    backend = SETTINGS[setting]
-    cfg.model.kernels = KernelConfig(**{op: backend for op in OPS})
+    cfg.model.kernels = KernelConfig(**{op: SETTINGS[setting] for op in OPS})
     ds = build_ds_config(cfg, world)
-    model, _hf = build_model(cfg, ds, sb.vocab_size, image_token_id=sb.vocab_size - 1)
+    model, hf = build_model(cfg, ds, sb.vocab_size, image_token_id=sb.vocab_size - 1)
     apply_freeze(model, cfg)
-    engine = initialize(model, cfg, ds)
-    batch = make_batch(model, sb, cfg.micro_batch_size, engine.device)
-    labelled = int((batch["labels"][:, 1:] != -100).sum())
-    lam = cfg.model.mse_lambda
+    return initialize(model, cfg, ds), model, ds, world, hf
 
-    def step() -> None:
-        engine.set_gradient_accumulation_boundary(True)  # one micro-batch per step
-        out = engine(**batch, num_items=labelled * world)
-        engine.backward(out["ce"] * world + lam * out["mse"], scale_wrt_gas=False)
-        engine.step()
 
-    t1 = time.time()
+def _timed_steps(step, sb: StepBench, device: torch.device) -> tuple[list[float], int, float]:
+    """Warm-up, then `sb.steps` timed steps -> (ms per step, peak memory bytes, warm-up seconds)."""
+    t0 = time.time()
     for _ in range(sb.warmup):
         step()
-    t2 = time.time()
+    warm = time.time() - t0
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -150,18 +143,45 @@ def run_setting(cfg, sb: StepBench, setting: str, device: torch.device, peaks: c
         common.cpu_rss_reset()
     samples = [common.timed(step, device) for _ in range(sb.steps)]
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else common.cpu_peak_rss()
+    return samples, peak, warm
+
+
+def run_setting(cfg, sb: StepBench, setting: str, device: torch.device, peaks: common.Peaks | None) -> dict:
+    """Build the engine with the setting's backends, run warmup + timed steps of the training
+    loop's own `train_step`; one CSV row."""
+    from mage_fast.ops import resolve
+    from mage_fast.train.step import train_step
+
+    t0 = time.time()
+    engine, model, ds, world, _hf = _engine(cfg, sb, setting)
+    batch = make_batch(model, sb, cfg.micro_batch_size, engine.device)
+    t1 = time.time()
+    samples, peak, warm = _timed_steps(lambda: train_step(engine, [batch], 0, world), sb, device)
     t = common.summarize(samples)
-    print(f"[step] {setting}: engine built in {t1 - t0:.1f} s, {sb.warmup} warm-up step(s) {t2 - t1:.1f} s, "
-          f"{sb.steps} timed step(s) {sum(samples) / 1e3:.1f} s", file=sys.stderr, flush=True)  # fmt: skip
-    flops = model_flops(model, cfg.micro_batch_size, sb.seq_len, labelled)
+    print(
+        f"[step] {setting}: engine built in {t1 - t0:.1f} s, {sb.warmup} warm-up step(s) {warm:.1f} s, "
+        f"{sb.steps} timed step(s) {sum(samples) / 1e3:.1f} s",
+        file=sys.stderr,
+        flush=True,
+    )
+    flops = model_flops(model, cfg.micro_batch_size, sb.seq_len, loss_tokens(batch["labels"]))
     tokens = cfg.micro_batch_size * sb.seq_len * world
-    dtype = "bfloat16" if cfg.bf16 else "float32"
-    used = ",".join(f"{op}={resolve(op, backend, device)}" for op in OPS)
-    row = {"op": "step", "provider": setting, "mode": "full", "dtype": dtype,
-           "ms_median": round(t.median, 3), "ms_p20": round(t.p20, 3), "ms_p80": round(t.p80, 3), "reps": t.reps,
-           "peak_mem_mb": common.fmt_mb(peak), "mem_method": common.memory_method(device) + "_total",
-           "tokens_per_s": round(tokens / (t.median / 1e3), 1), "status": "ok",
-           "note": f"backends {used}; zero stage {ds.get('zero_optimization', {}).get('stage', 0)}; world {world}"}  # fmt: skip
+    used = ",".join(f"{op}={resolve(op, SETTINGS[setting], device)}" for op in OPS)
+    row = {
+        "op": "step",
+        "provider": setting,
+        "mode": "full",
+        "dtype": "bfloat16" if cfg.bf16 else "float32",
+        "ms_median": round(t.median, 3),
+        "ms_p20": round(t.p20, 3),
+        "ms_p80": round(t.p80, 3),
+        "reps": t.reps,
+        "peak_mem_mb": common.fmt_mb(peak),
+        "mem_method": common.memory_method(device) + "_total",
+        "tokens_per_s": round(tokens / (t.median / 1e3), 1),
+        "status": "ok",
+        "note": f"backends {used}; zero stage {zero_stage(ds)}; world {world}",
+    }
     row.update(common.roofline(flops, 0, t.median, "compute", peaks))
     row.pop("gbps", None)
     return row
@@ -169,8 +189,19 @@ def run_setting(cfg, sb: StepBench, setting: str, device: torch.device, peaks: c
 
 def _spawn(args: argparse.Namespace, setting: str, peaks: common.Peaks, dtype: str) -> dict:
     """Run one setting in a child process; its row, or an error row."""
-    cmd = [sys.executable, "-m", "benchmarks.bench_step", "--config", args.config, "--device", args.device,
-           "--child", setting, *(["--threads", str(args.threads)] if args.threads else []), *args.override]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.bench_step",
+        "--config",
+        args.config,
+        "--device",
+        args.device,
+        "--child",
+        setting,
+        *(["--threads", str(args.threads)] if args.threads else []),
+        *args.override,
+    ]
     env = dict(os.environ, BENCH_PEAKS=json.dumps(peaks.__dict__))
     env.setdefault("PYTHONWARNINGS", "ignore")
     proc = subprocess.run(cmd, cwd=common.ROOT, env=env, capture_output=True, text=True)
@@ -179,23 +210,54 @@ def _spawn(args: argparse.Namespace, setting: str, peaks: common.Peaks, dtype: s
         sys.stderr.write("".join(ln + "\n" for ln in proc.stderr.splitlines() if ln.startswith("[step]")))
         return json.loads(found[-1][len(ROW_TAG) :])
     sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
-    return {"op": "step", "provider": setting, "mode": "full", "dtype": dtype, "status": "error",
-            "note": f"child exited with {proc.returncode}"}  # fmt: skip
+    return {
+        "op": "step",
+        "provider": setting,
+        "mode": "full",
+        "dtype": dtype,
+        "status": "error",
+        "note": f"child exited with {proc.returncode}",
+    }
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Benchmark one training step, kernels on and off.")
     p.add_argument("--config", default=None, help="default: configs/step_1b.yaml on CUDA, step_tiny.yaml on CPU")
     p.add_argument("--kernels", default="on,off", help="on, off or on,off")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--csv", default=common.RESULTS_CSV, help="where the rows are appended ('' for nowhere)")
-    p.add_argument("--isolate", choices=("setting", "none"), default="setting",
-                   help="a process per setting (default: its own peak memory) or all in this one")  # fmt: skip
+    p.add_argument(
+        "--isolate",
+        choices=("setting", "none"),
+        default="setting",
+        help="a process per setting (default: its own peak memory) or all in this one",
+    )
     p.add_argument("--strict", action="store_true", help="exit 1 if a setting errored (the smoke run)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("override", nargs="*", help="train.x=y or bench.x=y, e.g. bench.steps=2")
-    args = p.parse_args(argv)
+    return p
+
+
+def _report(rows: list[dict], ident: dict, args: argparse.Namespace) -> None:
+    """Identify, print and append the rows."""
+    for r in rows:
+        r.update(ident)
+        if args.override:
+            r["note"] = (r.get("note", "") + "; overrides " + " ".join(args.override)).lstrip("; ")
+        if r["status"] == "ok":
+            print(
+                f"[step] {r['provider']:>11}: {r['ms_median']:.1f} ms/step ({r['ms_p20']:.1f}-{r['ms_p80']:.1f}), "
+                f"{r['tokens_per_s']:.0f} tokens/s, MFU {r.get('pct_peak', '-')} % of the measured matmul peak, "
+                f"peak memory {r['peak_mem_mb']} MB; {r['note']}",
+                flush=True,
+            )
+    if args.csv:
+        common.append_rows(rows, args.csv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     device = torch.device(args.device)
     if args.config is None:
         args.config = os.path.join(CONFIGS, "step_1b.yaml" if device.type == "cuda" else "step_tiny.yaml")
@@ -212,8 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     peaks = common.measure_peaks(device, dtype, small=sb.steps <= 2)
     name = os.path.splitext(os.path.basename(args.config))[0].removeprefix("step_")
     shape = f"{name},B={cfg.micro_batch_size},L={sb.seq_len}"
-    print(f"[step] {shape} on {common.device_name(device)}; peaks: copy {peaks.gbps:.1f} GB/s, matmul "
-          f"({peaks.matmul_dtype}) {peaks.tflops:.3f} TFLOP/s", flush=True)  # fmt: skip
+    print(
+        f"[step] {shape} on {common.device_name(device)}; peaks: copy {peaks.gbps:.1f} GB/s, matmul "
+        f"({peaks.matmul_dtype}) {peaks.tflops:.3f} TFLOP/s",
+        flush=True,
+    )
     rows = []
     for flag in [k for k in args.kernels.split(",") if k]:
         setting = f"kernels_{flag}"
@@ -224,18 +289,14 @@ def main(argv: list[str] | None = None) -> int:
             cfg, sb = load(args.config, args.override)  # run_setting sets cfg.model.kernels
         else:
             rows.append(_spawn(args, setting, peaks, str(dtype).replace("torch.", "")))
-    ident = {"shape": shape, "device": common.device_class(device), "commit": common.git_commit(),
-             "date": common.run_date(), "device_name": common.device_name(device)}  # fmt: skip
-    for r in rows:
-        r.update(ident)
-        if args.override:
-            r["note"] = (r.get("note", "") + "; overrides " + " ".join(args.override)).lstrip("; ")
-        if r["status"] == "ok":
-            print(f"[step] {r['provider']:>11}: {r['ms_median']:.1f} ms/step ({r['ms_p20']:.1f}-{r['ms_p80']:.1f}), "
-                  f"{r['tokens_per_s']:.0f} tokens/s, MFU {r.get('pct_peak', '-')} % of the measured matmul peak, "
-                  f"peak memory {r['peak_mem_mb']} MB; {r['note']}", flush=True)  # fmt: skip
-    if args.csv:
-        common.append_rows(rows, args.csv)
+    ident = {
+        "shape": shape,
+        "device": common.device_class(device),
+        "commit": common.git_commit(),
+        "date": common.run_date(),
+        "device_name": common.device_name(device),
+    }
+    _report(rows, ident, args)
     print(f"[step] {len(rows)} row(s) -> {args.csv or '(not written)'} in {time.time() - t0:.0f} s", flush=True)
     errors = sum(r["status"] != "ok" for r in rows)
     if errors:

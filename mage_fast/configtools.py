@@ -1,7 +1,8 @@
 """Typed dataclass configs from YAML/JSON dicts and `a.b.c=value` overrides.
 
 Unknown keys and wrong types fail with one line naming the key; nothing is coerced silently
-beyond int → float and numeric strings for numeric fields.
+beyond int → float and numeric strings for numeric fields. A `Literal[...]` field takes one of
+its values.
 """
 
 from __future__ import annotations
@@ -20,21 +21,77 @@ class ConfigError(ValueError):
     """A config key that does not exist, or a value of the wrong type."""
 
 
+def _union(value: Any, tp: Any, key: str) -> Any:
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return _coerce(value, a, key)
+        except ConfigError as e:
+            errors.append(str(e))
+    raise ConfigError(errors[0] if errors else f"{key}: cannot be {value!r}")
+
+
+def _sequence(value: Any, tp: Any, key: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key}: expected a list, got {value!r}")
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(args) != len(value):
+            raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    inner = args[0] if args else Any
+    return origin(_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value))
+
+
+def _literal(value: Any, tp: Any, key: str) -> Any:
+    if value in typing.get_args(tp):
+        return value
+    raise ConfigError(f"{key} must be one of {typing.get_args(tp)}, got {value!r}")
+
+
+def _float(value: Any, key: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return _fail(key, "a number", value)
+
+
+def _fail(key: str, what: str, value: Any) -> Any:
+    raise ConfigError(f"{key}: expected {what}, got {value!r}")
+
+
+def _exact(value: Any, key: str, types_: tuple[type, ...], what: str) -> Any:
+    """`value` itself when it is one of `types_` (bool is never an int here)."""
+    if isinstance(value, types_) and not (isinstance(value, bool) and bool not in types_):
+        return value
+    return _fail(key, what, value)
+
+
+_SCALARS = {
+    bool: lambda v, k: _exact(v, k, (bool,), "true/false"),
+    int: lambda v, k: _exact(v, k, (int,), "an integer"),
+    str: lambda v, k: _exact(v, k, (str,), "a string"),
+    float: _float,
+    dict: lambda v, k: _exact(v, k, (dict,), "a mapping"),
+}
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """`value` as config type `tp`, or a ConfigError naming `key`."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{key}: cannot be {value!r}")
+        return _union(value, tp, key)
+    if origin is typing.Literal:
+        return _literal(value, tp, key)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -42,43 +99,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
         return from_dict(tp, value, prefix=f"{key}.")
     if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        args = typing.get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
-            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-        inner = args[0] if args else Any
-        return origin(_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value))
+        return _sequence(value, tp, key)
     if tp is Any:
         return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    if tp is dict or origin is dict:
-        if isinstance(value, dict):
-            return value
-        raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-    raise ConfigError(f"{key}: unsupported config type {tp!r}")
+    scalar = _SCALARS.get(dict if origin is dict else tp)
+    if scalar is None:
+        raise ConfigError(f"{key}: unsupported config type {tp!r}")
+    return scalar(value, key)
 
 
 def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from mage_fast.labels import IGNORE_INDEX
+
 from .tokens import IMAGE_TOKEN, image_token_id
 
-IGNORE_INDEX = -100
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 Span = tuple[int, int]
 

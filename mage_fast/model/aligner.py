@@ -1,10 +1,15 @@
-"""Aligners from one factory: ian (MAGE), mlp2x_gelu (LLaVA-1.5), linear, pool_mlp.
+"""Aligners from one registry: ian (MAGE), mlp2x_gelu (LLaVA-1.5), linear, pool_mlp.
 
 All map vision features V (B_img, g·g, C) to visual tokens Z (B_img, T, D) in the LLM's
-embedding space; T = aligner.num_tokens(g).
+embedding space; T = `num_tokens(cfg, g)`. A new aligner is one `ALIGNERS` entry: its builder
+and its token count; `model.aligner.type` names the entry.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -35,7 +40,7 @@ class IANAligner(nn.Module):
         self.attn = CrossAttention(out_dim, cfg.num_heads)
         self.norm_mlp = nn.LayerNorm(out_dim)
         self.mlp = MLP(out_dim, int(cfg.mlp_ratio * out_dim), out_dim, zero_last=True)
-        self.pos = nn.Parameter(torch.zeros(cfg.num_tokens(grid), out_dim)) if cfg.pos_embed else None
+        self.pos = nn.Parameter(torch.zeros(pooled_tokens(cfg, grid), out_dim)) if cfg.pos_embed else None
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         a = self.vab(v)
@@ -57,14 +62,45 @@ class PoolMLPAligner(nn.Module):
         return self.mlp(self.pool(v))
 
 
+def pooled_tokens(cfg: AlignerConfig, grid: int) -> int:
+    """⌈g/k⌉² tokens: one per pooled k×k patch cell."""
+    return math.ceil(grid / cfg.pool_k) ** 2
+
+
+def patch_tokens(cfg: AlignerConfig, grid: int) -> int:
+    """g·g tokens: one per patch."""
+    return grid * grid
+
+
+Builder = Callable[[AlignerConfig, int, int, int, KernelConfig], nn.Module]
+
+
+class Aligner(NamedTuple):
+    """A registry entry: build(cfg, in_dim, out_dim, grid, kernels), and T for a g×g grid."""
+
+    build: Builder
+    num_tokens: Callable[[AlignerConfig, int], int]
+
+
+ALIGNERS: dict[str, Aligner] = {
+    "ian": Aligner(IANAligner, pooled_tokens),
+    "pool_mlp": Aligner(PoolMLPAligner, pooled_tokens),
+    "mlp2x_gelu": Aligner(lambda cfg, i, o, g, k: MLP(i, o, o), patch_tokens),
+    "linear": Aligner(lambda cfg, i, o, g, k: nn.Linear(i, o), patch_tokens),
+}
+
+
+def _entry(cfg: AlignerConfig) -> Aligner:
+    if cfg.type not in ALIGNERS:
+        raise ValueError(f"model.aligner.type must be one of {tuple(ALIGNERS)}, got {cfg.type!r}")
+    return ALIGNERS[cfg.type]
+
+
+def num_tokens(cfg: AlignerConfig, grid: int) -> int:
+    """Visual tokens per image for a g×g patch grid."""
+    return _entry(cfg).num_tokens(cfg, grid)
+
+
 def build_aligner(cfg: AlignerConfig, in_dim: int, out_dim: int, grid: int, kernels: KernelConfig) -> nn.Module:
     """The one factory: `model.aligner.type` switches the ablation."""
-    if cfg.type == "ian":
-        return IANAligner(cfg, in_dim, out_dim, grid, kernels)
-    if cfg.type == "pool_mlp":
-        return PoolMLPAligner(cfg, in_dim, out_dim, grid, kernels)
-    if cfg.type == "mlp2x_gelu":
-        return MLP(in_dim, out_dim, out_dim)
-    if cfg.type == "linear":
-        return nn.Linear(in_dim, out_dim)
-    raise ValueError(f"unknown aligner type {cfg.type!r}")
+    return _entry(cfg).build(cfg, in_dim, out_dim, grid, kernels)

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
-ALIGNER_TYPES = ("ian", "mlp2x_gelu", "linear", "pool_mlp")
-VISION_TYPES = ("clip", "siglip")
-BACKENDS = ("auto", "torch", "cpp", "triton", "cuda")
+VisionType = Literal["clip", "siglip"]
+LLMArch = Literal["llama", "qwen2"]
+Backend = Literal["auto", "torch", "cpp", "triton", "cuda"]
+AttnImpl = Literal["auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"]
+
+
+def check_choice(key: str, value: str, choices: object) -> None:
+    """A ValueError naming the key unless `value` is one of the `Literal` type `choices`."""
+    if value not in get_args(choices):
+        raise ValueError(f"{key} must be one of {get_args(choices)}, got {value!r}")
 
 
 @dataclass
 class VisionConfig:
     """Vision tower: a local HF folder (`path`) or a small random-init config from the fields below."""
 
-    type: str = "clip"  # clip | siglip (ignored when `path` has a config.json: its model_type wins)
+    type: VisionType = "clip"  # ignored when `path` has a config.json: its model_type wins
     path: str | None = None
     image_size: int = 48
     patch_size: int = 8
@@ -26,8 +33,7 @@ class VisionConfig:
     select_layer: int = -2
 
     def __post_init__(self) -> None:
-        if self.type not in VISION_TYPES:
-            raise ValueError(f"model.vision.type must be one of {VISION_TYPES}, got {self.type!r}")
+        check_choice("model.vision.type", self.type, VisionType)
         if self.path is None and self.image_size % self.patch_size:
             raise ValueError(
                 f"model.vision.image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
@@ -42,6 +48,8 @@ class VisionConfig:
 class AlignerConfig:
     """The aligner (LLaVA's mm_projector). `ian` is MAGE's Intelligent Alignment Network."""
 
+    # A name in mage_fast.model.aligner.ALIGNERS: the registry is the enumeration, so a new
+    # aligner is one entry there and no Literal here to keep in step with it.
     type: str = "ian"
     pool_k: int = 2  # patch pooling factor of ian / pool_mlp
     num_heads: int = 4  # cross-attention heads of the semantic enhancement block
@@ -53,16 +61,15 @@ class AlignerConfig:
     pos_embed: bool = True
 
     def __post_init__(self) -> None:
-        if self.type not in ALIGNER_TYPES:
-            raise ValueError(f"model.aligner.type must be one of {ALIGNER_TYPES}, got {self.type!r}")
         if self.pool_k < 1:
             raise ValueError(f"model.aligner.pool_k must be >= 1, got {self.pool_k}")
+        self.num_tokens(1)  # an unknown type fails at config time, naming the key
 
     def num_tokens(self, grid: int) -> int:
-        """Visual tokens per image for a g×g patch grid."""
-        if self.type in ("ian", "pool_mlp"):
-            return math.ceil(grid / self.pool_k) ** 2
-        return grid * grid
+        """Visual tokens per image for a g×g patch grid (the registry entry's count)."""
+        from mage_fast.model.aligner import num_tokens  # the aligner module imports this one
+
+        return num_tokens(self, grid)
 
 
 @dataclass
@@ -70,7 +77,7 @@ class LLMConfig:
     """Causal LLM: a local HF folder (`path`) or a small random-init Llama/Qwen2 config."""
 
     path: str | None = None
-    arch: str = "llama"  # llama | qwen2, for random init
+    arch: LLMArch = "llama"  # for random init
     hidden_size: int = 128
     intermediate_size: int = 256
     num_layers: int = 2
@@ -78,25 +85,24 @@ class LLMConfig:
     num_kv_heads: int = 4
     max_position_embeddings: int = 512
     # auto: flash_attention_2 if flash-attn is importable (and on CUDA), else sdpa.
-    attn_implementation: str = "auto"
+    attn_implementation: AttnImpl = "auto"
 
     def __post_init__(self) -> None:
-        if self.arch not in ("llama", "qwen2"):
-            raise ValueError(f"model.llm.arch must be llama or qwen2, got {self.arch!r}")
+        check_choice("model.llm.arch", self.arch, LLMArch)
+        check_choice("model.llm.attn_implementation", self.attn_implementation, AttnImpl)
 
 
 @dataclass
 class KernelConfig:
     """Which backend each fused op runs on (auto picks the fastest correct one for the device)."""
 
-    patch_pool: str = "auto"
-    ian_projection: str = "auto"
-    ce_mse: str = "auto"
+    patch_pool: Backend = "auto"
+    ian_projection: Backend = "auto"
+    ce_mse: Backend = "auto"
 
     def __post_init__(self) -> None:
         for name in ("patch_pool", "ian_projection", "ce_mse"):
-            if getattr(self, name) not in BACKENDS:
-                raise ValueError(f"model.kernels.{name} must be one of {BACKENDS}, got {getattr(self, name)!r}")
+            check_choice(f"model.kernels.{name}", getattr(self, name), Backend)
 
 
 @dataclass

@@ -10,13 +10,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from mage_fast.labels import IGNORE_INDEX, next_token_targets
 from mage_fast.model.aligner import build_aligner
 from mage_fast.model.config import ModelConfig
 from mage_fast.model.llm import build_llm
 from mage_fast.model.vision import VisionTower
 from mage_fast.ops import ce_mse
-
-IGNORE_INDEX = -100
 
 
 class MageModel(nn.Module):
@@ -103,21 +102,25 @@ class MageModel(nn.Module):
         caption_mask: torch.Tensor | None = None,
         ids: list[str] | None = None,
         num_items: int | None = None,
+        mse_share: float = 1.0,
     ) -> dict[str, torch.Tensor]:
         """CE on next tokens (labelled positions only) + λ·MSE(d_img, d_txt).
 
         num_items: labelled tokens in the whole accumulated (and data-parallel) batch, for exact
         gradient accumulation; None divides by this micro-batch's count.
-        Returns loss, ce, mse (0-dim fp32) and n_tokens (this micro-batch's labelled tokens).
+        mse_share: this micro-batch's captioned images / the whole step's. The MSE is the mean over
+        this micro-batch's captioned images; scaled by its share it becomes this micro-batch's part
+        of the step's mean, as `num_items` makes the CE, so the parts of a step add up.
+        Returns loss = ce + λ·mse (the op's own sum), ce, mse (0-dim fp32, mse already scaled by
+        mse_share) and n_tokens (this micro-batch's labelled tokens).
         """
         embeds, z = self.embed(input_ids, pixel_values, image_counts, ids)
         hidden = self.llm.base_model(
             inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False
         ).last_hidden_state
-        shifted = labels[:, 1:]
-        sel = shifted != IGNORE_INDEX
+        targets, sel = next_token_targets(labels)
         h = hidden[:, :-1][sel]
-        y = shifted[sel]
+        y = targets[sel]
         d_img = z.mean(1)
         if caption_ids is not None and caption_mask is not None and z.shape[0] > 0:
             d_txt = self.caption_targets(caption_ids, caption_mask).to(d_img.dtype)
@@ -130,11 +133,20 @@ class MageModel(nn.Module):
             d_txt = torch.zeros_like(d_img)
             img_mask = torch.zeros(d_img.shape[0], dtype=torch.bool, device=d_img.device)
         weight = self.llm.get_output_embeddings().weight
+        lam = self.cfg.mse_lambda * mse_share
         loss, ce, mse = ce_mse(
-            h, weight, y, d_img, d_txt, img_mask, self.cfg.mse_lambda,
-            ignore_index=IGNORE_INDEX, num_items=num_items, backend=self.cfg.kernels.ce_mse,
-        )  # fmt: skip
-        return {"loss": loss, "ce": ce, "mse": mse, "n_tokens": sel.sum()}
+            h,
+            weight,
+            y,
+            d_img,
+            d_txt,
+            img_mask,
+            lam,
+            ignore_index=IGNORE_INDEX,
+            num_items=num_items,
+            backend=self.cfg.kernels.ce_mse,
+        )
+        return {"loss": loss, "ce": ce, "mse": mse * mse_share, "n_tokens": sel.sum()}
 
     # -- inference ----------------------------------------------------------------------------
     @torch.no_grad()

@@ -2,6 +2,9 @@
 
 deepspeed --num_gpus N --module mage_fast.train --config configs/train/X.yaml [key=value ...]
 python -m mage_fast.train --config configs/train/X.yaml [key=value ...]     (one process)
+
+Exit status: 0 done; 1 a config, data, resume or non-finite error (one line); 75 stopped by one of
+`stop_signals` after committing a checkpoint of the last step (run the same command to resume).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     from mage_fast.data.llava import DataError
     from mage_fast.train.checkpoint import ResumeError
     from mage_fast.train.loop import NonFiniteError, check_paths, train
+    from mage_fast.train.preempt import EXIT_PREEMPTED
 
     try:
         cfg = load_config(TrainConfig, args.config, args.overrides)
@@ -30,11 +34,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"config error: {e}")
 
     try:
-        train(cfg)
+        summary = train(cfg)
     except (ConfigError, DataError, ResumeError, NonFiniteError) as e:
         # One clear line per rank instead of a traceback; the launcher then stops the others.
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
+    if summary["preempted"]:
+        sys.exit(EXIT_PREEMPTED)  # a checkpoint of the last step is committed: run again to resume
 
 
 if __name__ == "__main__":

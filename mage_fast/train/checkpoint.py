@@ -1,10 +1,16 @@
-"""Checkpoints that are trusted only when complete.
+"""Checkpoints that are trusted only when complete and intact.
 
 `run_dir/checkpoints/stepNNNNNNNN/` is written by every rank through DeepSpeed (its `latest` file
-is never written: it would name a folder before all ranks finish); each rank fsyncs its files,
-and after a barrier rank 0 writes `mage_meta.json` (world size, parameter shapes) and then
-`COMMITTED` (fsynced) last. Resume takes the newest folder that has the marker; folders without
-it (a kill mid-save) are ignored and removed. The last `keep_last` complete ones are kept.
+is never written: it would name a folder before all ranks finish). After a barrier each rank
+fsyncs and hashes the files it owns (`owner`: the rank in DeepSpeed's `zero_pp_rank_R_` name,
+rank 0 for the rest), reading them back; rank 0 writes `mage_meta.json` (world size, parameter
+shapes) and then `COMMITTED` last, which lists every file with its size and blake2b hash.
+
+Resume takes the newest committed folder whose files match its marker: every rank checks its own
+files, the ranks gather their verdicts, and a damaged checkpoint is reported in one line naming the
+file, renamed to `stepNNNNNNNN.damaged` (kept for inspection, never loaded) and the next older one
+is tried. Folders without the marker (a kill mid-save) are ignored and removed. The newest
+`keep_last` committed checkpoints whose files have their recorded sizes are kept.
 
 Fault injection (tests): MAGE_FAST_KILL_IN_SAVE=N makes every rank SIGKILL itself while saving
 step N, after DeepSpeed wrote its files and before the marker.
@@ -12,6 +18,7 @@ step N, after DeepSpeed wrote its files and before the marker.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -19,15 +26,18 @@ import shutil
 import signal
 import time
 
-from mage_fast.train.dist import barrier
+from mage_fast.train.dist import all_gather_objects, barrier
 
 MARKER = "COMMITTED"
 META = "mage_meta.json"
+DAMAGED = ".damaged"
 _TAG = re.compile(r"^step(\d{8})$")
+_OWNER = re.compile(r"zero_pp_rank_(\d+)_")
+_CHUNK = 1 << 20
 
 
 class ResumeError(RuntimeError):
-    """The newest checkpoint cannot be resumed by this run (other model config or world size)."""
+    """No checkpoint can be resumed by this run (other model config or world size, or all damaged)."""
 
 
 def ckpt_root(run_dir: str) -> str:
@@ -38,39 +48,47 @@ def tag_of(step: int) -> str:
     return f"step{step:08d}"
 
 
-def complete_tags(run_dir: str) -> list[str]:
-    """Complete checkpoint tags, oldest first."""
+def tags(run_dir: str, committed: bool) -> list[str]:
+    """Checkpoint tags of `run_dir` with (or without) the marker, oldest first."""
     root = ckpt_root(run_dir)
     if not os.path.isdir(root):
         return []
-    tags = [t for t in os.listdir(root) if _TAG.match(t) and os.path.isfile(os.path.join(root, t, MARKER))]
-    return sorted(tags)
+    found = (t for t in os.listdir(root) if _TAG.match(t))
+    return sorted(t for t in found if os.path.isfile(os.path.join(root, t, MARKER)) == committed)
 
 
-def newest(run_dir: str) -> str | None:
-    tags = complete_tags(run_dir)
-    return tags[-1] if tags else None
+def complete_tags(run_dir: str) -> list[str]:
+    """Committed checkpoint tags (not yet verified), oldest first."""
+    return tags(run_dir, committed=True)
 
 
 def remove_incomplete(run_dir: str) -> list[str]:
     """Delete checkpoint folders without a marker (rank 0 only, before training); returns their tags."""
-    root = ckpt_root(run_dir)
-    if not os.path.isdir(root):
-        return []
-    gone = [t for t in sorted(os.listdir(root)) if _TAG.match(t) and not os.path.isfile(os.path.join(root, t, MARKER))]
+    gone = tags(run_dir, committed=False)
     for t in gone:
-        shutil.rmtree(os.path.join(root, t), ignore_errors=True)
+        shutil.rmtree(os.path.join(ckpt_root(run_dir), t), ignore_errors=True)
     return gone
 
 
-def _fsync_tree(path: str) -> None:
-    for dirpath, _, files in os.walk(path):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+def owner(name: str, world: int) -> int:
+    """The rank that writes, hashes and verifies the checkpoint file `name`."""
+    m = _OWNER.search(name)
+    return int(m.group(1)) % world if m else 0
+
+
+def file_record(path: str) -> dict:
+    """{"size", "blake2b"} of a file, read back in 1 MiB chunks and fsynced."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+        os.fsync(f.fileno())
+    return {"size": os.path.getsize(path), "blake2b": h.hexdigest()}
+
+
+def _own_records(folder: str, rank: int, world: int) -> dict[str, dict]:
+    names = sorted(n for n in os.listdir(folder) if n not in (MARKER, META) and not n.endswith(".tmp"))
+    return {n: file_record(os.path.join(folder, n)) for n in names if owner(n, world) == rank}
 
 
 def _write_synced(path: str, obj: dict) -> None:
@@ -81,9 +99,21 @@ def _write_synced(path: str, obj: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
-def save(engine, run_dir: str, step: int, client_state: dict, keep_last: int, rank: int, meta: dict) -> str:
-    tag = tag_of(step)
-    root = ckpt_root(run_dir)
+def _fsync_dir(path: str) -> None:
+    dfd = os.open(path, os.O_RDONLY)  # the directory entries too
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def save(engine, run_dir: str, step: int, client_state: dict, keep_last: int, rank: int, world: int, meta: dict) -> str:
+    """Write, hash and commit checkpoint `step` (call on every rank); prunes to `keep_last`."""
+    tag, root = tag_of(step), ckpt_root(run_dir)
+    folder = os.path.join(root, tag)
+    if rank == 0 and os.path.exists(os.path.join(folder, MARKER)):
+        os.remove(os.path.join(folder, MARKER))  # rewritten below once the new files are hashed
+    barrier()
     from deepspeed.checkpoint.constants import (
         UNIVERSAL_CHECKPOINT_INFO,
         UNIVERSAL_CHECKPOINT_VERSION_KEY,
@@ -93,42 +123,103 @@ def save(engine, run_dir: str, step: int, client_state: dict, keep_last: int, ra
     # DeepSpeed's universal converter needs this key to convert ZeRO-1/2 checkpoints (resize).
     info = {UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
     engine.save_checkpoint(root, tag=tag, client_state={**client_state, **info}, save_latest=False)
-    _fsync_tree(os.path.join(root, tag))  # each rank its own files (same tree on one machine)
     if os.environ.get("MAGE_FAST_KILL_IN_SAVE") == str(step):
         print(f"fault injection: rank {rank} SIGKILLs itself while saving {tag}", flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
-    barrier()
+    barrier()  # every rank's files are written
+    records = all_gather_objects(_own_records(folder, rank, world), world)
     if rank == 0:
-        _write_synced(os.path.join(root, tag, META), meta)
-        _write_synced(os.path.join(root, tag, MARKER), {"step": step, "time": time.time()})
-        dfd = os.open(os.path.join(root, tag), os.O_RDONLY)  # the directory entries too
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-        _prune(root, keep_last)
+        files = {n: r for part in records for n, r in part.items()}
+        _write_synced(os.path.join(folder, META), meta)
+        files[META] = file_record(os.path.join(folder, META))
+        _write_synced(os.path.join(folder, MARKER), {"step": step, "time": time.time(), "files": files})
+        _fsync_dir(folder)
+        _prune(run_dir, keep_last)
     barrier()
     return tag
 
 
-def _prune(root: str, keep_last: int) -> None:
-    done = sorted(t for t in os.listdir(root) if _TAG.match(t) and os.path.isfile(os.path.join(root, t, MARKER)))
-    newest_done = done[-1] if done else ""
-    for t in os.listdir(root):
-        if not _TAG.match(t):
+def check_files(folder: str, rank: int | None = None, world: int = 1) -> str | None:
+    """Compare the files of a committed checkpoint with its marker; the first problem, or None.
+    `rank` checks only that rank's files (`owner`); None checks them all (offline verify)."""
+    with open(os.path.join(folder, MARKER)) as f:
+        files: dict[str, dict] = json.load(f).get("files", {})
+    if not files:
+        return f"{MARKER} lists no files"
+    for name, want in sorted(files.items()):
+        if rank is not None and owner(name, world) != rank:
             continue
-        incomplete_and_old = not os.path.isfile(os.path.join(root, t, MARKER)) and t < newest_done
-        if t in done[:-keep_last] or incomplete_and_old:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            return f"{name} is missing"
+        size = os.path.getsize(path)
+        if size != want["size"]:
+            return f"{name} has {size} bytes, {want['size']} recorded"
+        if file_record(path)["blake2b"] != want["blake2b"]:
+            return f"{name} has another content than recorded (blake2b {want['blake2b']})"
+    return None
+
+
+def _sizes_ok(folder: str) -> bool:
+    """Every file the marker lists exists with its recorded size (a cheap check: no hashing)."""
+    try:
+        with open(os.path.join(folder, MARKER)) as f:
+            files = json.load(f).get("files", {})
+        return bool(files) and all(os.path.getsize(os.path.join(folder, n)) == r["size"] for n, r in files.items())
+    except (OSError, ValueError):
+        return False
+
+
+def _prune(run_dir: str, keep_last: int) -> None:
+    """Keep the newest `keep_last` committed checkpoints whose sizes check out; delete older ones,
+    and incomplete folders older than the newest kept one. A checkpoint whose files fail the check
+    does not count, so the last good one is never deleted in favour of a damaged one."""
+    root = ckpt_root(run_dir)
+    good = [t for t in complete_tags(run_dir) if _sizes_ok(os.path.join(root, t))]
+    if not good:
+        return
+    keep = set(good[-keep_last:])
+    oldest_kept = min(keep)
+    for t in complete_tags(run_dir) + tags(run_dir, committed=False):
+        if t not in keep and t < oldest_kept:
             shutil.rmtree(os.path.join(root, t), ignore_errors=True)
+
+
+def resume_tag(run_dir: str, rank: int, world: int) -> str | None:
+    """The newest committed checkpoint that every rank verified, or None when there is none
+    (a fresh start). Damaged ones are reported, set aside and the next older one tried; when
+    committed checkpoints exist but all are damaged, a ResumeError says so."""
+    if rank == 0:
+        for gone in remove_incomplete(run_dir):
+            print(f"removed incomplete checkpoint {gone} (no {MARKER} marker)", flush=True)
+    barrier()
+    committed, problems = complete_tags(run_dir), []
+    for tag in reversed(committed):
+        folder = os.path.join(ckpt_root(run_dir), tag)
+        found = [p for p in all_gather_objects(check_files(folder, rank, world), world) if p]
+        if not found:
+            return tag
+        problems.append(f"{tag}: {found[0]}")
+        if rank == 0:
+            print(
+                f"checkpoint {tag} is damaged ({found[0]}): set aside as {tag}{DAMAGED}, trying an older one",
+                flush=True,
+            )
+            shutil.rmtree(folder + DAMAGED, ignore_errors=True)
+            os.rename(folder, folder + DAMAGED)
+        barrier()
+    if committed:
+        raise ResumeError(
+            f"no intact checkpoint in {ckpt_root(run_dir)}: {'; '.join(problems)}. Restore the files from a "
+            f"copy, or start over with resume=false or a new run_dir"
+        )
+    return None
 
 
 def check_compatible(run_dir: str, tag: str, shapes: dict[str, list[int]], world: int, resized: bool = False) -> None:
     """Fail before loading when the checkpoint's parameters or world size differ from this run's
     (`resized`: it is loaded through its universal copy, any world size will do)."""
-    path = os.path.join(ckpt_root(run_dir), tag, META)
-    if not os.path.isfile(path):
-        return  # written before metadata existed: DeepSpeed's own checks apply
-    with open(path) as f:
+    with open(os.path.join(ckpt_root(run_dir), tag, META)) as f:
         meta = json.load(f)
     theirs: dict[str, list[int]] = meta["shapes"]
     for name in sorted(set(theirs) | set(shapes)):

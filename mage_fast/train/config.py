@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from mage_fast.data.config import DataConfig
 from mage_fast.model.config import ModelConfig
+
+Schedule = Literal["cosine", "constant"]
+# Signals that ask for a checkpoint and a clean exit (mage_fast.train.preempt).
+StopSignal = Literal["SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP"]
 
 
 @dataclass
@@ -19,13 +24,13 @@ class OptimConfig:
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 50
-    schedule: str = "cosine"  # cosine | constant
+    schedule: Schedule = "cosine"
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"optim.schedule must be cosine or constant, got {self.schedule!r}")
+        if self.schedule not in get_args(Schedule):
+            raise ValueError(f"optim.schedule must be one of {get_args(Schedule)}, got {self.schedule!r}")
         for name in ("lr", "lr_vision", "lr_aligner", "lr_llm"):
             v = getattr(self, name)
             if v is not None and v <= 0:
@@ -70,6 +75,8 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads per rank; 0: cores / local ranks
     deterministic: bool = False
     max_bad_steps: int = 5  # abort after this many non-finite steps (loss or grad norm) in a row
+    # Any of these on any rank: finish the step, save a checkpoint, exit 75 (mage_fast.train.preempt).
+    stop_signals: list[StopSignal] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "micro_batch_size", "grad_accum", "keep_last", "log_every", "max_bad_steps"):
@@ -79,6 +86,9 @@ class TrainConfig:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
         if self.eval_every and not self.data.answers:
             raise ValueError(f"eval_every={self.eval_every} needs data.answers (held-out rows with reference answers)")
+        bad = [s for s in self.stop_signals if s not in get_args(StopSignal)]
+        if bad:
+            raise ValueError(f"stop_signals: {bad[0]!r} is not one of {get_args(StopSignal)}")
         if self.save_every < 0:
             raise ValueError(f"save_every must be >= 0, got {self.save_every}")
         for part in ("vision", "aligner", "llm"):

@@ -1,13 +1,17 @@
-"""The training run: config → data → model under ZeRO-3 → steps → checkpoints → export."""
+"""The training run: config → data → model under ZeRO-3 → steps → checkpoints → export.
+
+`train()` is the outline; the step itself (forward, loss, backward, non-finite skip) lives in
+`mage_fast.train.step`, which benchmarks/bench_step.py times.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import random
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -26,7 +30,6 @@ from mage_fast.train.config import TrainConfig
 from mage_fast.train.dist import (
     all_gather_objects,
     all_reduce_sum,
-    all_reduce_vec,
     barrier,
     init_distributed,
     quiet_warnings,
@@ -37,17 +40,16 @@ from mage_fast.train.engine import (
     build_ds_config,
     build_model,
     export_state,
-    grad_sumsq,
     initialize,
     load_part,
-    local_grads,
     optimizer_updates,
     param_shapes,
-    skip_step,
     step_probe,
     zero_stage,
 )
+from mage_fast.train.preempt import EXIT_PREEMPTED, StopRequest
 from mage_fast.train.sampler import ResumableBatches
+from mage_fast.train.step import StepResult, to_device, train_step
 
 
 class NonFiniteError(RuntimeError):
@@ -110,8 +112,12 @@ def check_paths(cfg: TrainConfig) -> None:
         need.append(("data.eval", os.path.join(d.root, d.eval), os.path.isfile))
     if d.answers:
         need.append(("data.answers", os.path.join(d.root, d.answers), os.path.isfile))
-    for key, value in (("init_from", cfg.init_from), ("model.vision.path", cfg.model.vision.path),
-                       ("model.llm.path", cfg.model.llm.path), ("model.tokenizer", cfg.model.tokenizer)):  # fmt: skip
+    for key, value in (
+        ("init_from", cfg.init_from),
+        ("model.vision.path", cfg.model.vision.path),
+        ("model.llm.path", cfg.model.llm.path),
+        ("model.tokenizer", cfg.model.tokenizer),
+    ):
         if value:
             need.append((key, value, os.path.isdir))
     for key, path, exists in need:
@@ -128,26 +134,13 @@ def seed_everything(seed: int, rank: int, deterministic: bool) -> None:
         torch.use_deterministic_algorithms(True)
 
 
-def _to(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-def _label_tokens(batch: dict) -> int:
-    return int((batch["labels"][:, 1:] != -100).sum())
-
-
-def _captioned(batch: dict) -> int:
-    """Images of the batch with a caption (the ones the MSE term averages over)."""
-    return int(batch["caption_mask"].any(1).sum())
-
-
 @torch.no_grad()
 def eval_loss(engine, loader) -> float:
     """Token-weighted CE over a loader (every rank runs every batch: ZeRO-3 gathers per module)."""
     engine.eval()
     total, count = 0.0, 0
     for batch in loader:
-        out = engine(**_to(batch, engine.device))
+        out = engine(**to_device(batch, engine.device))
         n = int(out["n_tokens"])
         total += float(out["ce"]) * n
         count += n
@@ -156,215 +149,333 @@ def eval_loss(engine, loader) -> float:
     return total / max(count, 1.0)
 
 
-def train(cfg: TrainConfig) -> dict:
-    quiet_warnings()
+@dataclass
+class Run:
+    """What a run builds once, before its first step."""
+
+    cfg: TrainConfig
+    rank: int
+    world: int
+    ds: dict
+    engine: object
+    tokenizer: object
+    transform: ImageTransform
+    data: LlavaDataset
+    collate: Collator
+    batches: ResumableBatches
+    acc_eval: AccuracyEval | None
+    hf_ds: object  # transformers' HfDeepSpeedConfig under ZeRO-3: it must outlive the engine
+    resume_tag: str | None = None  # the verified checkpoint to resume, chosen before the engine exists
+    universal: str | None = None  # its universal copy's folder when it has another world size
+
+
+@dataclass
+class Progress:
+    """The run's position and non-finite counters: what a checkpoint carries besides the engine."""
+
+    step: int = 0
+    consumed: int = 0  # micro-batches taken from this rank's data order
+    nonfinite: int = 0
+    bad_run: list[int] = field(default_factory=list)  # the current run of skipped steps
+    resumed_from: str | None = None
+
+    def client_state(self, batches: ResumableBatches) -> dict:
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+        data = batches.state(self.consumed)
+        return {"step": self.step, "data": data, "nonfinite": self.nonfinite, "bad_run": self.bad_run, "rng": rng}
+
+    def restore(self, client: dict, batches: ResumableBatches) -> None:
+        self.step, self.consumed = int(client["step"]), batches.check_state(client["data"])
+        self.nonfinite, self.bad_run = int(client["nonfinite"]), list(client["bad_run"])
+        torch.set_rng_state(client["rng"]["torch"])
+        random.setstate(client["rng"]["python"])
+        np.random.set_state(client["rng"]["numpy"])
+
+
+def _write_config(cfg: TrainConfig, world: int) -> None:
+    text = dump_yaml(cfg)
+    print(f"# resolved config ({world} rank(s))\n{text}", flush=True)
+    with open(os.path.join(cfg.run_dir, "config.yaml"), "w") as f:
+        f.write(text)
+
+
+def build_run(cfg: TrainConfig) -> Run:
+    """Process group, seeds, tokenizer, the ZeRO engine, the data and its resumable order."""
+    from transformers import AutoTokenizer
+
     rank, world, _ = init_distributed()
     set_threads(cfg.threads)
     seed_everything(cfg.seed, rank, cfg.deterministic)
     resolve_model_config(cfg)
     os.makedirs(cfg.run_dir, exist_ok=True)
     if rank == 0:
-        text = dump_yaml(cfg)
-        print(f"# resolved config ({world} rank(s))\n{text}", flush=True)
-        with open(os.path.join(cfg.run_dir, "config.yaml"), "w") as f:
-            f.write(text)
-
-    from transformers import AutoTokenizer
-
+        _write_config(cfg, world)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer)
     image_id = ensure_special_tokens(tokenizer)
     ds = build_ds_config(cfg, world)
-    universal = resize.prepare(cfg.run_dir, ds, world, rank, cfg.resume_resize) if cfg.resume else None
-    model, _hf_ds = build_model(cfg, ds, len(tokenizer), image_id)
+    tag = checkpoint.resume_tag(cfg.run_dir, rank, world) if cfg.resume else None
+    universal = resize.prepare(cfg.run_dir, tag, ds, world, rank, cfg.resume_resize)  # before initialize
+    model, hf_ds = build_model(cfg, ds, len(tokenizer), image_id)
     if cfg.init_from:
         load_part(model.aligner, pretrained.aligner_state(cfg.init_from), "aligner")
     apply_freeze(model, cfg)
     engine = initialize(model, cfg, ds)
-
     transform = ImageTransform.from_pretrained_dir(cfg.model.vision.path, model.image_size)
     hooks = startup.dataset_hooks(cfg.run_dir, rank, world, cfg.data.num_workers)
     data = LlavaDataset.from_config(cfg.data, tokenizer, transform=transform, num_image_tokens=model.num_image_tokens,
                                     **hooks)  # fmt: skip
     if rank == 0:
         print(data.stats.summary(), flush=True)
-    collate = Collator(tokenizer.pad_token_id, model.image_size)
     acc_eval = None
     if cfg.data.answers:
-        acc_eval = AccuracyEval(os.path.join(cfg.data.root, cfg.data.answers), model, tokenizer, transform,
-                                limit=cfg.data.answers_limit)  # fmt: skip
+        path = os.path.join(cfg.data.root, cfg.data.answers)
+        acc_eval = AccuracyEval(path, model, tokenizer, transform, limit=cfg.data.answers_limit)
     batches = ResumableBatches(len(data), cfg.micro_batch_size, rank, world, cfg.seed)
+    collate = Collator(tokenizer.pad_token_id, model.image_size)
+    return Run(cfg, rank, world, ds, engine, tokenizer, transform, data, collate, batches, acc_eval, hf_ds, tag,
+               universal)  # fmt: skip
 
-    step, consumed, nonfinite, bad_run = 0, 0, 0, []
-    tag = None
-    if cfg.resume:
-        if rank == 0:
-            for gone in checkpoint.remove_incomplete(cfg.run_dir):
-                print(f"removed incomplete checkpoint {gone} (no {checkpoint.MARKER} marker)", flush=True)
-        barrier()
-        tag = checkpoint.newest(cfg.run_dir)
+
+def resume(run: Run) -> Progress:
+    """The newest verified checkpoint's progress (engine state loaded), or a fresh start."""
+    prog = Progress()
+    tag = run.resume_tag
     if tag:
-        checkpoint.check_compatible(cfg.run_dir, tag, param_shapes(engine.module), world, resized=bool(universal))
-        if universal:
-            client = resize.load(engine, cfg.run_dir, tag, universal, cfg.seed, rank)
+        checkpoint.check_compatible(run.cfg.run_dir, tag, param_shapes(run.engine.module), run.world,
+                                    resized=bool(run.universal))  # fmt: skip
+        if run.universal:
+            client = resize.load(run.engine, run.cfg.run_dir, tag, run.universal, run.cfg.seed, run.rank)
         else:
-            client = checkpoint.load(engine, cfg.run_dir, tag)
-        step, consumed = int(client["step"]), batches.check_state(client["data"])
-        nonfinite, bad_run = int(client.get("nonfinite", 0)), list(client.get("bad_run", []))
-        torch.set_rng_state(client["rng"]["torch"])
-        random.setstate(client["rng"]["python"])
-        if "numpy" in client["rng"]:
-            np.random.set_state(client["rng"]["numpy"])
-        if rank == 0:
-            print(f"resumed from {tag}: step {step}", flush=True)
+            client = checkpoint.load(run.engine, run.cfg.run_dir, tag)
+        prog.restore(client, run.batches)
+        prog.resumed_from = tag
+        if run.rank == 0:
+            print(f"resumed from {tag}: step {prog.step}", flush=True)
+    return prog
 
-    loader = DataLoader(data, batch_sampler=batches.iter_from(consumed), collate_fn=collate,
-                        num_workers=cfg.data.num_workers)  # fmt: skip
-    it = iter(loader)
-    writer = bar = hist = None
-    if rank == 0:
+
+class Logs:
+    """Rank 0's sinks: history.jsonl (every step), TensorBoard and the progress bar (every
+    `log_every` steps). Other ranks hold an inert instance."""
+
+    def __init__(self, run: Run, prog: Progress) -> None:
+        self.cfg, self.on = run.cfg, run.rank == 0
+        self.t_last, self.tok_since = time.time(), 0.0
+        if not self.on:
+            return
         from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
-        writer = SummaryWriter(os.path.join(cfg.run_dir, "tb"))
-        bar = tqdm(total=cfg.max_steps, initial=step, desc="train", dynamic_ncols=True, mininterval=2.0)
-        hist = open(os.path.join(cfg.run_dir, "history.jsonl"), "a", buffering=1)  # noqa: SIM115
-        hist.write(json.dumps({"start": step, "resumed_from": tag, "world_size": world}) + "\n")
+        d = run.cfg.run_dir
+        self.writer = SummaryWriter(os.path.join(d, "tb"))
+        self.bar = tqdm(total=run.cfg.max_steps, initial=prog.step, desc="train", dynamic_ncols=True, mininterval=2.0)
+        self.hist = open(os.path.join(d, "history.jsonl"), "a", buffering=1)  # noqa: SIM115
+        self.hist.write(json.dumps({"start": prog.step, "resumed_from": prog.resumed_from, "world_size": run.world}))
+        self.hist.write("\n")
 
-    lam, gas = cfg.model.mse_lambda, cfg.grad_accum
-    inject, inject_rank = _injections(world)
-    history: list[dict] = []
-    accuracy: list[dict] = []  # held-out exact match per qtype (data.answers), also in accuracy.jsonl
-    t_last, tok_since = time.time(), 0.0
-    while step < cfg.max_steps:
-        micro = [next(it) for _ in range(gas)]
-        consumed += gas
-        # Exact accumulation: every micro-batch's CE is divided by the labelled tokens of the whole
-        # step on all ranks; ×world undoes DeepSpeed's average over ranks, and no /gas (below).
-        # The MSE likewise: each micro-batch's mean over its captioned images is weighted by its
-        # share of the step's captioned images, so the step optimises the mean over all of them
-        # (a rank or micro-batch without captions does not dilute λ).
-        caps = [_captioned(b) for b in micro]
-        num_items, num_caps = all_reduce_vec([sum(_label_tokens(b) for b in micro), sum(caps)])
-        num_caps = max(num_caps, 1.0)
-        fault = inject.get(step + 1) if rank == inject_rank else None
-        ce_sum = mse_sum = 0.0
-        loss_bad = False
-        for i, b in enumerate(micro):
-            engine.set_gradient_accumulation_boundary(i == gas - 1)
-            out = engine(**_to(b, engine.device), num_items=max(int(num_items), 1))
-            ce_t, mse_t = out["ce"], out["mse"]
-            if fault == "loss":
-                ce_t = ce_t * float("nan")
-            loss_bad |= not bool(torch.isfinite(ce_t) and torch.isfinite(mse_t))
-            share = caps[i] / num_caps
-            engine.backward(ce_t * world + lam * mse_t * (share * world), scale_wrt_gas=False)
-            ce_sum += float(ce_t.detach())
-            mse_sum += float(mse_t.detach()) * share
-        if fault == "grad":
-            with torch.no_grad():
-                local_grads(engine)[0].view(-1)[0] = float("inf")
-        # One collective for the step's decision and its logs, so every rank decides the same.
-        images = [0.0] * world
-        images[rank] = float(sum(int(b["image_counts"].sum()) for b in micro))
-        tokens = float(sum(int(b["attention_mask"].sum()) for b in micro))
-        red = all_reduce_vec([grad_sumsq(engine), float(loss_bad), ce_sum, mse_sum, tokens, *images])
-        grad_norm, ce, mse = math.sqrt(red[0]) if red[0] >= 0 else math.nan, red[2], red[3]
-        step += 1
-        loss = ce + lam * mse
-        rec = {"step": step, "loss": loss, "ce": ce, "mse": mse, "grad_norm": grad_norm,
-               "images_per_rank": [int(x) for x in red[5:]]}  # fmt: skip
-        if red[1] > 0 or not math.isfinite(grad_norm):
-            ids = _gather_ids(micro, world)
-            skip_step(engine)
-            nonfinite += 1
-            bad_run.append(step)
-            what = "loss" if red[1] > 0 else "gradient norm"
-            rec.update(skipped=True, nonfinite=what, ids=ids)
-            if rank == 0:
-                print(
-                    f"non-finite {what} at step {step} (loss {loss}, grad norm {grad_norm}): step skipped on all "
-                    f"ranks, no update ({len(bad_run)} in a row, {nonfinite} in all); sample ids {ids}",
-                    flush=True,
-                )
-        else:
-            engine.step()
-            bad_run = []
-            tok_since += red[4]
-        rec["updates"] = optimizer_updates(engine)
-        if os.environ.get("MAGE_FAST_PROBE") == "1":
-            rec.update(step_probe(engine))
-        history.append(rec)
-        if rank == 0:
-            hist.write(json.dumps(rec) + "\n")
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == cfg.max_steps:
-                dt = time.time() - t_last
-                tps = tok_since / max(dt, 1e-9)
-                bar.set_postfix(loss=f"{loss:.4f}", ce=f"{ce:.4f}", mse=f"{mse:.4f}", tok_s=f"{tps:.0f}")
-                for k, v in (("loss", loss), ("ce", ce), ("mse", mse), ("tokens_per_s", tps), ("grad_norm", grad_norm)):
-                    writer.add_scalar(f"train/{k}", v, step)
-                writer.add_scalar("train/nonfinite_steps", nonfinite, step)
-                for g in engine.optimizer.param_groups:
-                    writer.add_scalar(f"lr/{g.get('name', 'group')}", g["lr"], step)
-                t_last, tok_since = time.time(), 0.0
-        if len(bad_run) >= cfg.max_bad_steps:
-            raise NonFiniteError(
-                f"aborting: {len(bad_run)} non-finite steps in a row (steps {bad_run[0]}-{bad_run[-1]}, "
-                f"max_bad_steps={cfg.max_bad_steps}); last sample ids {rec['ids']}. Lower optim.lr, check the data "
-                f"of those ids, or resume from the last checkpoint"
-            )
-        if acc_eval is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps):
-            acc, answered = acc_eval.run(engine.module, rank, world)
-            accuracy.append({"step": step, "accuracy": acc})
-            if rank == 0:
-                write_answers(answered, os.path.join(cfg.run_dir, "answers_eval.jsonl"), f"step{step}")
-                with open(os.path.join(cfg.run_dir, "accuracy.jsonl"), "a") as f:
-                    f.write(json.dumps(accuracy[-1]) + "\n")
-                for k, v in acc.items():
-                    writer.add_scalar(f"eval/accuracy_{k}", v, step)
-                bar.write(f"step {step} held-out accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
-        if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps:
-            client = {"step": step, "data": batches.state(consumed), "nonfinite": nonfinite, "bad_run": bad_run,
-                      "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
-                              "numpy": np.random.get_state()}}  # fmt: skip
-            meta = {"step": step, "world_size": world, "shapes": param_shapes(engine.module)}
-            checkpoint.save(engine, cfg.run_dir, step, client, cfg.keep_last, rank, meta)
-    if bar is not None:
-        bar.close()
-        hist.close()
+    def step(self, rec: dict, res: StepResult, prog: Progress, engine) -> None:
+        self.tok_since += 0.0 if res.nonfinite else res.tokens
+        if not self.on:
+            return
+        self.hist.write(json.dumps(rec) + "\n")
+        self.bar.update(1)
+        if rec["step"] % self.cfg.log_every and rec["step"] != self.cfg.max_steps:
+            return
+        tps = self.tok_since / max(time.time() - self.t_last, 1e-9)
+        self.bar.set_postfix(loss=f"{res.loss:.4f}", ce=f"{res.ce:.4f}", mse=f"{res.mse:.4f}", tok_s=f"{tps:.0f}")
+        for k, v in (("loss", res.loss), ("ce", res.ce), ("mse", res.mse), ("tokens_per_s", tps)):
+            self.writer.add_scalar(f"train/{k}", v, rec["step"])
+        self.writer.add_scalar("train/grad_norm", res.grad_norm, rec["step"])
+        self.writer.add_scalar("train/nonfinite_steps", prog.nonfinite, rec["step"])
+        for g in engine.optimizer.param_groups:
+            self.writer.add_scalar(f"lr/{g.get('name', 'group')}", g["lr"], rec["step"])
+        self.t_last, self.tok_since = time.time(), 0.0
 
-    st = data.stats
-    skipped = {r: {"count": st.counts[r], "ids": st.ids[r]} for r in st.counts if st.counts[r]}
-    summary: dict = {"step": step, "world_size": world, "zero_stage": zero_stage(ds), "history": history,
-                     "accuracy": accuracy,
-                     "data": st.summary(),
-                     "data_skipped": skipped, "nonfinite_steps": nonfinite}  # fmt: skip
-    barrier()  # every rank's late decode failures are in its log
-    summary["data_late"] = startup.late_failures(cfg.run_dir)
-    if rank == 0:
-        print(f"done: {step} steps, {nonfinite} non-finite skipped; data {st.summary()}", flush=True)
-        for r, v in skipped.items():
-            print(f"skipped {r}: {v['count']}, ids {v['ids']}", flush=True)
-        for r, v in summary["data_late"].items():
-            print(f"failed to decode in the loader ({r}): {len(v['ids'])}, ids {v['ids']}, replaced by "
-                  f"{v['replaced_by']}", flush=True)  # fmt: skip
+    def accuracy(self, step: int, acc: dict[str, float]) -> None:
+        for k, v in acc.items():
+            self.writer.add_scalar(f"eval/accuracy_{k}", v, step)
+        self.bar.write(f"step {step} held-out accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
+
+    def close(self) -> None:
+        if self.on:
+            self.bar.close()
+            self.hist.close()
+            self.writer.close()
+
+
+def _record(run: Run, prog: Progress, res: StepResult, micro: list[dict]) -> dict:
+    """The step's history record; on a skipped step also the sample ids of every rank, and the
+    non-finite counters move (an abort past `max_bad_steps` in a row)."""
+    rec = {
+        "step": prog.step,
+        "loss": res.loss,
+        "ce": res.ce,
+        "mse": res.mse,
+        "grad_norm": res.grad_norm,
+        "images_per_rank": res.images_per_rank,
+    }
+    if not res.nonfinite:
+        prog.bad_run = []
+        rec["updates"] = optimizer_updates(run.engine)
+        return rec
+    ids = _gather_ids(micro, run.world)
+    prog.nonfinite += 1
+    prog.bad_run.append(prog.step)
+    rec.update(skipped=True, nonfinite=res.nonfinite, ids=ids, updates=optimizer_updates(run.engine))
+    if run.rank == 0:
+        print(
+            f"non-finite {res.nonfinite} at step {prog.step} (loss {res.loss}, grad norm {res.grad_norm}): step "
+            f"skipped on all ranks, no update ({len(prog.bad_run)} in a row, {prog.nonfinite} in all); "
+            f"sample ids {ids}",
+            flush=True,
+        )
+    bad = prog.bad_run
+    if len(bad) >= run.cfg.max_bad_steps:
+        raise NonFiniteError(
+            f"aborting: {len(bad)} non-finite steps in a row (steps {bad[0]}-{bad[-1]}, "
+            f"max_bad_steps={run.cfg.max_bad_steps}); last sample ids {ids}. Lower optim.lr, check the data "
+            f"of those ids, or resume from the last checkpoint"
+        )
+    return rec
+
+
+def _accuracy(run: Run, step: int, logs: Logs) -> dict:
+    """Held-out exact match per qtype on data.answers (both ranks generate); appended to accuracy.jsonl."""
+    acc, answered = run.acc_eval.run(run.engine.module, run.rank, run.world)
+    point = {"step": step, "accuracy": acc}
+    if run.rank == 0:
+        write_answers(answered, os.path.join(run.cfg.run_dir, "answers_eval.jsonl"), f"step{step}")
+        with open(os.path.join(run.cfg.run_dir, "accuracy.jsonl"), "a") as f:
+            f.write(json.dumps(point) + "\n")
+        logs.accuracy(step, acc)
+    return point
+
+
+def _save(run: Run, prog: Progress) -> None:
+    meta = {"step": prog.step, "world_size": run.world, "shapes": param_shapes(run.engine.module)}
+    client = prog.client_state(run.batches)
+    checkpoint.save(run.engine, run.cfg.run_dir, prog.step, client, run.cfg.keep_last, run.rank, run.world, meta)
+
+
+def _due(every: int, step: int, last: int) -> bool:
+    return (every > 0 and step % every == 0) or step == last
+
+
+def _loop(run: Run, prog: Progress, stop: StopRequest) -> tuple[list[dict], list[dict], bool]:
+    """Steps until max_steps or a stop signal -> (history, accuracy points, stopped early)."""
+    cfg = run.cfg
+    logs, inject, inject_rank = Logs(run, prog), *_injections(run.world)
+    loader = DataLoader(
+        run.data,
+        batch_sampler=run.batches.iter_from(prog.consumed),
+        collate_fn=run.collate,
+        num_workers=cfg.data.num_workers,
+    )
+    it, history, accuracy = iter(loader), [], []
+    try:
+        while prog.step < cfg.max_steps:
+            micro = [next(it) for _ in range(cfg.grad_accum)]
+            prog.consumed += cfg.grad_accum
+            fault = inject.get(prog.step + 1) if run.rank == inject_rank else None
+            res = train_step(run.engine, micro, run.rank, run.world, fault=fault, stop=stop.requested)
+            prog.step += 1
+            history.append(_record(run, prog, res, micro))
+            if os.environ.get("MAGE_FAST_PROBE") == "1":
+                history[-1].update(step_probe(run.engine))
+            logs.step(history[-1], res, prog, run.engine)
+            if run.acc_eval is not None and _due(cfg.eval_every, prog.step, cfg.max_steps):
+                accuracy.append(_accuracy(run, prog.step, logs))
+            if _due(cfg.save_every, prog.step, cfg.max_steps) or res.stop:
+                _save(run, prog)
+            if res.stop and prog.step < cfg.max_steps:
+                return history, accuracy, True
+    finally:
+        logs.close()
+    return history, accuracy, False
+
+
+def _stopped(run: Run, prog: Progress, stop: StopRequest) -> None:
+    if run.rank == 0:
+        got = stop.signal or "a signal on another rank"
+        print(
+            f"stopping on {got}: checkpoint {checkpoint.tag_of(prog.step)} committed; exit {EXIT_PREEMPTED} "
+            f"(run the same command to resume)",
+            flush=True,
+        )
+
+
+def _eval_and_export(run: Run, summary: dict) -> None:
+    cfg, rank, world = run.cfg, run.rank, run.world
     if cfg.data.eval:
-        ev = LlavaDataset.from_config(cfg.data, tokenizer, transform=transform,
-                                      num_image_tokens=model.num_image_tokens, split="eval",
-                                      image_check=hooks["image_check"])  # fmt: skip
+        ev = LlavaDataset.from_config(
+            cfg.data,
+            run.tokenizer,
+            transform=run.transform,
+            num_image_tokens=run.engine.module.num_image_tokens,
+            split="eval",
+            image_check=startup.dataset_hooks(cfg.run_dir, rank, world, cfg.data.num_workers)["image_check"],
+        )
         idx = list(range(rank, len(ev) - len(ev) % world, world))
-        ev_loader = DataLoader(torch.utils.data.Subset(ev, idx), batch_size=cfg.micro_batch_size, collate_fn=collate)
-        summary["eval_loss"] = eval_loss(engine, ev_loader)
+        ev_loader = DataLoader(
+            torch.utils.data.Subset(ev, idx), batch_size=cfg.micro_batch_size, collate_fn=run.collate
+        )
+        summary["eval_loss"] = eval_loss(run.engine, ev_loader)
         if rank == 0:
             print(f"eval loss {summary['eval_loss']:.6f}", flush=True)
     if cfg.export:
-        state = export_state(engine.module)
+        state = export_state(run.engine.module)
         if rank == 0:
-            pretrained.write_export(os.path.join(cfg.run_dir, "export"), engine.module, tokenizer, state, transform)
-            print(f"exported to {os.path.join(cfg.run_dir, 'export')}", flush=True)
-    if rank == 0:
-        with open(os.path.join(cfg.run_dir, "summary.json"), "w") as f:
-            json.dump(summary, f)
-        writer.close()
-    barrier()
-    return summary
+            out = os.path.join(cfg.run_dir, "export")
+            pretrained.write_export(out, run.engine.module, run.tokenizer, state, run.transform)
+            print(f"exported to {out}", flush=True)
+
+
+def _summary(run: Run, prog: Progress, history: list[dict], accuracy: list[dict]) -> dict:
+    st = run.data.stats
+    skipped = {r: {"count": st.counts[r], "ids": st.ids[r]} for r in st.counts if st.counts[r]}
+    if run.rank == 0:
+        print(f"done: {prog.step} steps, {prog.nonfinite} non-finite skipped; data {st.summary()}", flush=True)
+        for r, v in skipped.items():
+            print(f"skipped {r}: {v['count']}, ids {v['ids']}", flush=True)
+    barrier()  # every rank's late decode failures are in its log
+    late = startup.late_failures(run.cfg.run_dir)
+    for r, v in late.items() if run.rank == 0 else ():
+        print(f"failed to decode in the loader ({r}): {len(v['ids'])}, ids {v['ids']}, replaced by "
+              f"{v['replaced_by']}", flush=True)  # fmt: skip
+    return {
+        "step": prog.step,
+        "world_size": run.world,
+        "zero_stage": zero_stage(run.ds),
+        "history": history,
+        "accuracy": accuracy,
+        "data": st.summary(),
+        "data_skipped": skipped,
+        "nonfinite_steps": prog.nonfinite,
+        "preempted": None,
+        "data_late": late,
+    }
+
+
+def train(cfg: TrainConfig) -> dict:
+    """The whole run; returns its summary (also run_dir/summary.json). After a stop signal the
+    summary's `preempted` names it and there is no final eval or export (the entry point exits
+    with EXIT_PREEMPTED)."""
+    quiet_warnings()
+    stop = StopRequest(cfg.stop_signals)
+    try:
+        run = build_run(cfg)
+        prog = resume(run)
+        history, accuracy, stopped = _loop(run, prog, stop)
+        summary = _summary(run, prog, history, accuracy)
+        if stopped:
+            _stopped(run, prog, stop)
+            summary["preempted"] = stop.signal or "another rank"
+        else:
+            _eval_and_export(run, summary)
+        if run.rank == 0:
+            with open(os.path.join(cfg.run_dir, "summary.json"), "w") as f:
+                json.dump(summary, f)
+        barrier()
+        return summary
+    finally:
+        stop.restore()

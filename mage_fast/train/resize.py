@@ -42,11 +42,10 @@ def saved_world(run_dir: str, tag: str) -> int | None:
         return int(json.load(f)["world_size"])
 
 
-def prepare(run_dir: str, ds: dict, world: int, rank: int, enabled: bool) -> str | None:
-    """Before `deepspeed.initialize`: when the newest checkpoint has another world size (and
-    `enabled`), convert it on rank 0 and switch `ds` to universal loading. Returns the folder to
-    load from, or None for an ordinary resume."""
-    tag = checkpoint.newest(run_dir)
+def prepare(run_dir: str, tag: str | None, ds: dict, world: int, rank: int, enabled: bool) -> str | None:
+    """Before `deepspeed.initialize`: when checkpoint `tag` (the verified one the run resumes) has
+    another world size (and `enabled`), convert it on rank 0 and switch `ds` to universal loading.
+    Returns the folder to load from, or None for an ordinary resume (or none)."""
     old = saved_world(run_dir, tag) if tag else None
     if old is None or old == world or not enabled:
         return None

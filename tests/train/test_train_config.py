@@ -37,6 +37,10 @@ def test_overrides_are_typed():
         (["max_steps"], "not of the form key=value"),
         (["eval_every=100"], "eval_every=100 needs data.answers"),
         (["data.answers_limit=-1"], "answers_limit must be an int >= 0"),
+        (["optim.schedule=linear"], r"optim.schedule must be one of \('cosine', 'constant'\), got 'linear'"),
+        (["model.kernels.ce_mse=fast"], r"model.kernels.ce_mse must be one of \('auto', 'torch'"),
+        (["model.llm.arch=gpt2"], "model.llm.arch must be one of"),
+        (["stop_signals=[SIGKILL]"], r"stop_signals\[0\] must be one of \('SIGTERM', 'SIGUSR1'"),
     ],
 )
 def test_bad_config_fails_clearly(overrides, match):
@@ -92,3 +96,19 @@ def test_missing_paths_fail_in_one_line(shapes_dir, overrides, match):
             check_paths(cfg)
     finally:
         os.chdir(cwd)
+
+
+def test_every_registered_aligner_builds_with_its_token_count():
+    """The registry is the enumeration: each entry builds from the config and gives T tokens."""
+    import torch
+
+    from mage_fast.model.aligner import ALIGNERS, build_aligner
+    from mage_fast.model.config import AlignerConfig, KernelConfig
+
+    assert {"ian", "mlp2x_gelu", "linear", "pool_mlp"} <= set(ALIGNERS)
+    for name in ALIGNERS:
+        cfg = load_config(TrainConfig, None, [f"model.aligner.type={name}", "model.aligner.num_heads=2"]).model.aligner
+        assert isinstance(cfg, AlignerConfig)
+        aligner = build_aligner(cfg, 16, 8, 5, KernelConfig(patch_pool="torch", ian_projection="torch"))
+        z = aligner(torch.randn(3, 25, 16))
+        assert z.shape == (3, cfg.num_tokens(5), 8), name

@@ -21,7 +21,7 @@ import sys
 
 import pytest
 from test_train_zero3 import TINY, strict_zero3  # noqa: F401  (fixture)
-from testutil import ROOT
+from testutil import ROOT, uneven_captions_world
 
 pytestmark = pytest.mark.slow
 
@@ -78,15 +78,7 @@ def same_steps(got: dict[int, dict], want: dict[int, dict], steps, rel: float) -
 
 @pytest.fixture(scope="module")
 def cap_data(shapes_dir, tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("capdata")
-    for name in ("images", "tokenizer"):
-        os.symlink(os.path.join(shapes_dir, name), root / name)
-    with open(os.path.join(shapes_dir, "stage1.json")) as f:
-        rows = json.load(f)
-    for r in rows[::3]:
-        del r["caption"]
-    (root / "stage1.json").write_text(json.dumps(rows))
-    return str(root)
+    return uneven_captions_world(shapes_dir, tmp_path_factory.mktemp("capdata"))
 
 
 @pytest.fixture(scope="module")

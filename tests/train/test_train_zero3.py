@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import pytest
-from testutil import ROOT
+from testutil import ROOT, uneven_captions_world
 
 pytestmark = pytest.mark.slow
 
@@ -65,83 +67,130 @@ def strict_zero3(tmp_path_factory) -> str:
     return str(path)
 
 
-def test_two_rank_zero3_trains_saves_and_reloads(shapes_dir, strict_zero3, tmp_path):
-    run = str(tmp_path / "run")
+@dataclass
+class TrainedRun:
+    """One 40-step run (held-out accuracy at steps 20 and 40), then a second launch that resumes
+    its final checkpoint with no steps left; every property below reads these two."""
+
+    run: str
+    first: dict  # summary.json of the training launch
+    second: dict  # summary.json of the reload launch
+    reload_stdout: str
+    rows: list[dict]  # the 21 held-out rows the accuracy eval used
+    data_root: str
+    tmp: pathlib.Path
+
+
+@pytest.fixture(scope="module")
+def trained(shapes_dir, strict_zero3, tmp_path_factory) -> TrainedRun:
+    tmp = tmp_path_factory.mktemp("zero3")
+    run = str(tmp / "run")
     common = [f"run_dir={run}", f"data.root={shapes_dir}", f"deepspeed={strict_zero3}", *TINY]
     # The held-out accuracy eval runs with both ranks generating (21 rows: uneven shares, padded).
     launch(common + ["max_steps=40", "data.answers=eval.json", "data.answers_limit=21", "eval_every=20"])
-    with open(os.path.join(run, "summary.json")) as f:
-        first = json.load(f)
-    assert first["world_size"] == 2
-    losses = [h["ce"] for h in first["history"]]
+    first = _read_json(os.path.join(run, "summary.json"))
+    p = launch(common + ["max_steps=40", "export=false"])  # a new engine in new processes
+    with open(os.path.join(shapes_dir, "eval.json")) as f:
+        rows = json.load(f)[:21]
+    return TrainedRun(run, first, _read_json(os.path.join(run, "summary.json")), p.stdout, rows, shapes_dir, tmp)
+
+
+def _read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_two_ranks_train_and_the_loss_falls(trained):
+    assert trained.first["world_size"] == 2
+    losses = [h["ce"] for h in trained.first["history"]]
     head, tail = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     print(f"ce first 5 steps {head:.4f}, last 5 {tail:.4f}")
     assert tail < 0.6 * head, f"loss did not fall: {head:.4f} -> {tail:.4f}"
-    assert os.path.isfile(os.path.join(run, "checkpoints", "step00000040", "COMMITTED"))
-    assert os.path.isfile(os.path.join(run, "export", "mage_config.json"))
 
-    # A new engine (new processes) loads the checkpoint: no steps left, same eval loss.
-    p = launch(common + ["max_steps=40", "export=false"])
-    assert "resumed from step00000040" in p.stdout
-    with open(os.path.join(run, "summary.json")) as f:
-        second = json.load(f)
-    assert second["history"] == []
+
+def test_final_checkpoint_is_committed_and_export_written(trained):
+    assert os.path.isfile(os.path.join(trained.run, "checkpoints", "step00000040", "COMMITTED"))
+    assert os.path.isfile(os.path.join(trained.run, "export", "mage_config.json"))
+
+
+def test_reloaded_engine_gives_the_same_eval_loss(trained):
+    first, second = trained.first, trained.second
+    assert "resumed from step00000040" in trained.reload_stdout
+    assert second["history"] == []  # no steps left
     print(f"eval loss saved run {first['eval_loss']:.6f}, reloaded {second['eval_loss']:.6f}")
     assert abs(first["eval_loss"] - second["eval_loss"]) < 1e-5
 
-    # The HF-style export reads back outside DeepSpeed and gives the same eval loss too.
+
+def test_export_loads_outside_deepspeed(trained):
     from mage_fast.model.pretrained import load_pretrained
 
-    model, tok = load_pretrained(os.path.join(run, "export"))
+    model, tok = load_pretrained(os.path.join(trained.run, "export"))
     assert model.num_image_tokens == 4 and tok.convert_tokens_to_ids("<image>") == model.image_token_id
 
-    # The accuracy curve: steps 20 and 40, and the last point equals the single-process eval CLI's.
+
+@pytest.fixture(scope="module")
+def cli_eval(trained) -> dict:
+    """The single-process eval CLI on the same 21 rows, from the export."""
     from mage_fast.eval import evaluate
 
-    assert [a["step"] for a in first["accuracy"]] == [20, 40]
-    with open(os.path.join(run, "accuracy.jsonl")) as f:
-        assert [json.loads(line) for line in f] == first["accuracy"]
-    with open(os.path.join(shapes_dir, "eval.json")) as f:
-        rows = json.load(f)[:21]
-    sub = tmp_path / "sub.json"
-    sub.write_text(json.dumps(rows))
-    ref = evaluate(
-        os.path.join(run, "export"), str(sub), str(tmp_path / "cli.jsonl"), max_new_tokens=8, image_root=shapes_dir
-    )
-    assert sum(ref["n"].values()) == 21
-    assert first["accuracy"][-1]["accuracy"] == ref["accuracy"]
-    texts = {}
-    for name in ("answers_eval.jsonl", "cli.jsonl"):
-        with open(os.path.join(run, name) if name.startswith("answers") else tmp_path / name) as f:
-            texts[name] = [(r["question_id"], r["text"]) for r in map(json.loads, f)]
-    print("answers at step 40:", texts["cli.jsonl"][:4])
-    assert texts["answers_eval.jsonl"] == texts["cli.jsonl"]
-    assert any(t for _, t in texts["cli.jsonl"])  # it answered something
+    sub = trained.tmp / "sub.json"
+    sub.write_text(json.dumps(trained.rows))
+    export, out = os.path.join(trained.run, "export"), str(trained.tmp / "cli.jsonl")
+    return evaluate(export, str(sub), out, max_new_tokens=8, image_root=trained.data_root)
 
-    # The export carries the training pixel transform, and eval/chat read it back.
+
+def test_accuracy_curve_at_eval_every(trained):
+    assert [a["step"] for a in trained.first["accuracy"]] == [20, 40]
+    with open(os.path.join(trained.run, "accuracy.jsonl")) as f:
+        assert [json.loads(line) for line in f] == trained.first["accuracy"]
+
+
+def test_distributed_accuracy_equals_the_eval_cli(trained, cli_eval):
+    assert sum(cli_eval["n"].values()) == 21
+    assert trained.first["accuracy"][-1]["accuracy"] == cli_eval["accuracy"]
+    texts = {}
+    for name, path in (("train", os.path.join(trained.run, "answers_eval.jsonl")), ("cli", trained.tmp / "cli.jsonl")):
+        with open(path) as f:
+            texts[name] = [(r["question_id"], r["text"]) for r in map(json.loads, f)]
+    print("answers at step 40:", texts["cli"][:4])
+    assert texts["train"] == texts["cli"]
+    assert any(t for _, t in texts["cli"])  # it answered something
+
+
+def test_export_carries_the_training_pixel_transform(trained):
     from mage_fast.model.pretrained import image_transform
 
-    assert os.path.isfile(os.path.join(run, "export", "vision_tower", "preprocessor_config.json"))
-    t = image_transform(os.path.join(run, "export"), 999)
+    assert os.path.isfile(os.path.join(trained.run, "export", "vision_tower", "preprocessor_config.json"))
+    t = image_transform(os.path.join(trained.run, "export"), 999)
     assert (t.size, t.mean) == (48, (0.48145466, 0.4578275, 0.40821073))
 
-    # The chat CLI answers one row exactly as the eval CLI does on a one-row file (same greedy path).
+
+def test_chat_answers_as_the_eval_cli(trained):
+    """The chat CLI answers one row exactly as the eval CLI does on a one-row file (same greedy path)."""
     import contextlib
     import io
 
     from mage_fast import chat
+    from mage_fast.eval import evaluate
 
-    row = rows[3]
-    one = tmp_path / "one.json"
+    export, row, root = os.path.join(trained.run, "export"), trained.rows[3], trained.data_root
+    one = trained.tmp / "one.json"
     one.write_text(json.dumps([row]))
-    evaluate(os.path.join(run, "export"), str(one), str(tmp_path / "one.jsonl"), max_new_tokens=8,
-             image_root=shapes_dir)  # fmt: skip
-    with open(tmp_path / "one.jsonl") as f:
-        want = json.loads(f.readline())["text"]
+    evaluate(export, str(one), str(trained.tmp / "one.jsonl"), max_new_tokens=8, image_root=root)
+    want = json.loads((trained.tmp / "one.jsonl").read_text().splitlines()[0])["text"]
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        chat.main(["--model", os.path.join(run, "export"), "--image", os.path.join(shapes_dir, row["image"]),
-                   "--max-new-tokens", "8", row["conversations"][0]["value"]])  # fmt: skip
+        chat.main(
+            [
+                "--model",
+                export,
+                "--image",
+                os.path.join(root, row["image"]),
+                "--max-new-tokens",
+                "8",
+                row["conversations"][0]["value"],
+            ]
+        )
     print(f"chat: {row['conversations'][0]['value']!r} -> {buf.getvalue().strip()!r} (eval: {want!r})")
     assert buf.getvalue().strip() == want
 
@@ -152,20 +201,22 @@ def test_gradient_accumulation_is_exact(shapes_dir, strict_zero3, tmp_path):
     # the labelled tokens of the whole step on both ranks (num_items) and each micro-batch's MSE
     # is weighted by its share of the step's captioned images; every third row has no caption, so
     # micro-batches differ in caption count and a per-micro-batch mean would not match.
-    root = tmp_path / "data"
-    root.mkdir()
-    for name in ("images", "tokenizer"):
-        os.symlink(os.path.join(shapes_dir, name), root / name)
-    with open(os.path.join(shapes_dir, "stage1.json")) as f:
-        rows = json.load(f)
-    for r in rows[::3]:
-        del r["caption"]
-    (root / "stage1.json").write_text(json.dumps(rows))
+    root = uneven_captions_world(shapes_dir, tmp_path / "data")
     losses = {}
     for name, extra in (("accum", ["micro_batch_size=4", "grad_accum=2"]), ("big", ["micro_batch_size=8"])):
         run = str(tmp_path / name)
-        launch([f"run_dir={run}", f"data.root={root}", f"deepspeed={strict_zero3}", *TINY, *extra,
-                "max_steps=3", "export=false", "data.eval=null"])  # fmt: skip
+        launch(
+            [
+                f"run_dir={run}",
+                f"data.root={root}",
+                f"deepspeed={strict_zero3}",
+                *TINY,
+                *extra,
+                "max_steps=3",
+                "export=false",
+                "data.eval=null",
+            ]
+        )
         with open(os.path.join(run, "summary.json")) as f:
             losses[name] = [(h["loss"], h["mse"], h["grad_norm"]) for h in json.load(f)["history"]]
     print("grad_accum=2 x 4:", losses["accum"], "\n1 x 8:", losses["big"])
@@ -177,8 +228,18 @@ def test_gradient_accumulation_is_exact(shapes_dir, strict_zero3, tmp_path):
 
 def test_bf16_training_runs_and_learns(shapes_dir, strict_zero3, tmp_path):
     run = str(tmp_path / "run")
-    p = launch([f"run_dir={run}", f"data.root={shapes_dir}", f"deepspeed={strict_zero3}", *TINY, "bf16=true",
-                "max_steps=30", "export=false", "data.eval=null"])  # fmt: skip
+    p = launch(
+        [
+            f"run_dir={run}",
+            f"data.root={shapes_dir}",
+            f"deepspeed={strict_zero3}",
+            *TINY,
+            "bf16=true",
+            "max_steps=30",
+            "export=false",
+            "data.eval=null",
+        ]
+    )
     with open(os.path.join(run, "summary.json")) as f:
         s = json.load(f)
     with open(os.path.join(run, "config.yaml")) as f:

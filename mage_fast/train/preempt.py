@@ -1,0 +1,44 @@
+"""Pre-emption notices: a signal asks the run to stop after the current step, save and exit.
+
+Schedulers announce a pre-emption with a signal and a grace period (SLURM, Kubernetes and spot
+instances send SIGTERM; SLURM's `--signal` sends SIGUSR1 ahead of time). The handler only sets a
+flag: the step in flight finishes, the flag joins the step's all-reduce so every rank stops after
+the same step, a checkpoint is saved and committed, and the entry point exits with
+`EXIT_PREEMPTED`. A second signal while saving only sets the flag again, so it cannot interrupt
+the save; a SIGKILL after the grace period leaves a folder without its marker, which resume ignores.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+# sysexits.h EX_TEMPFAIL: a temporary failure; the same command again resumes from the checkpoint.
+EXIT_PREEMPTED = 75
+
+
+class StopRequest:
+    """Handlers for `names` (e.g. ["SIGTERM", "SIGUSR1"]) that record the first signal's name."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.signal: str | None = None
+        self._previous: dict[int, object] = {}
+        if threading.current_thread() is not threading.main_thread():
+            return  # Python delivers signals to the main thread only; a run in a thread keeps the defaults
+        for name in names:
+            num = getattr(signal, name)
+            self._previous[num] = signal.signal(num, self._handle)
+
+    def _handle(self, signum: int, frame) -> None:
+        # No printing here: the signal may land inside a print of the main thread.
+        if self.signal is None:
+            self.signal = signal.Signals(signum).name
+
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def restore(self) -> None:
+        """Put the previous handlers back (the run is over)."""
+        for num, handler in self._previous.items():
+            signal.signal(num, handler)
+        self._previous.clear()
