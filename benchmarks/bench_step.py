@@ -156,6 +156,9 @@ def run_setting(cfg, sb: StepBench, setting: str, device: torch.device, peaks: c
     engine, model, ds, world, _hf = _engine(cfg, sb, setting)
     batch = make_batch(model, sb, cfg.micro_batch_size, engine.device)
     t1 = time.time()
+    from mage_fast.train.engine import OptimizerTimer
+
+    opt = OptimizerTimer(engine)  # the optimizer's share, reported apart (mean over all steps run)
     samples, peak, warm = _timed_steps(lambda: train_step(engine, [batch], 0, world), sb, device)
     t = common.summarize(samples)
     print(
@@ -180,7 +183,8 @@ def run_setting(cfg, sb: StepBench, setting: str, device: torch.device, peaks: c
         "mem_method": common.memory_method(device) + "_total",
         "tokens_per_s": round(tokens / (t.median / 1e3), 1),
         "status": "ok",
-        "note": f"backends {used}; zero stage {zero_stage(ds)}; world {world}",
+        "note": f"backends {used}; zero stage {zero_stage(ds)}; world {world}; "
+        f"optimizer {opt.kind} {opt.ms / (sb.warmup + sb.steps):.2f} ms/step",
     }
     row.update(common.roofline(flops, 0, t.median, "compute", peaks))
     row.pop("gbps", None)

@@ -19,3 +19,21 @@ def tiny_model_config(aligner: str = "ian") -> ModelConfig:
             hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=2, max_position_embeddings=128
         ),
     )
+
+
+def uneven_captions_world(shapes_dir: str, root) -> str:
+    """`root` (created) with the shapes world's images and tokenizer linked and a stage1.json whose
+    every third row has no caption, so ranks and micro-batches differ in captioned images."""
+    import json
+    from pathlib import Path
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("images", "tokenizer"):
+        os.symlink(os.path.join(shapes_dir, name), root / name)
+    with open(os.path.join(shapes_dir, "stage1.json")) as f:
+        rows = json.load(f)
+    for r in rows[::3]:
+        del r["caption"]
+    (root / "stage1.json").write_text(json.dumps(rows))
+    return str(root)

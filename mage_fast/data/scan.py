@@ -114,8 +114,12 @@ def scan_images(
             raise ValueError("scan_images: world > 1 needs a gather function")
         for part in gather(found):
             found.update(part)
-    results = {**done, **{p: (tuple(r) if r else None) for p, r in found.items()}}
-    results = {p: (tuple(r) if r else None) for p, r in results.items()}
-    if cache and rank == 0 and todo:
-        _write_cache(cache, {p: [stamps[p], results[p]] for p in stamps if stamps[p] is not None})
+    results = {p: (tuple(r) if r else None) for p, r in {**done, **found}.items()}
+    # Ranks that read the cache before and after rank 0 rewrote it split `todo` differently;
+    # whatever fell between the splits is checked here.
+    gap = [p for p in stamps if p not in results]
+    results.update(zip(gap, _check_many(gap)))
+    if cache and rank == 0 and todo:  # other calls' entries (the eval split's) stay
+        known.update({p: [stamps[p], results[p]] for p in stamps if stamps[p] is not None})
+        _write_cache(cache, known)
     return results

@@ -31,6 +31,18 @@ class MageModel(nn.Module):
         self.num_image_tokens = cfg.aligner.num_tokens(g)
         self.image_size = self.vision_tower.image_size
 
+    def set_gradient_checkpointing(self, llm: bool, vision: bool) -> None:
+        """Recompute the LLM's / the tower's layer activations in backward instead of keeping them
+        (HF's `gradient_checkpointing_enable`). Non-reentrant checkpointing: ZeRO-3 gathers a
+        layer's parameters again for the recomputation through its module hooks, which the
+        reentrant variant bypasses, and frozen parts need no input that requires grad."""
+        kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
+        for on, part in ((llm, self.llm), (vision, self.vision_tower.tower)):
+            if on:
+                part.gradient_checkpointing_enable(**kwargs)
+            elif part.is_gradient_checkpointing:
+                part.gradient_checkpointing_disable()
+
     # -- images -------------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor, image_counts: torch.Tensor | None = None) -> torch.Tensor:
         """pixels (n_img, 3, S, S) → visual tokens Z (n_img, T, D). image_counts (B,): images per
@@ -107,7 +119,9 @@ class MageModel(nn.Module):
         mse_share) and n_tokens (this micro-batch's labelled tokens).
         """
         embeds, z = self.embed(input_ids, pixel_values, image_counts, ids)
-        hidden = self.llm.base_model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+        hidden = self.llm.base_model(
+            inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
         targets, sel = next_token_targets(labels)
         h = hidden[:, :-1][sel]
         y = targets[sel]

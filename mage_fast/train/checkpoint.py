@@ -114,7 +114,15 @@ def save(engine, run_dir: str, step: int, client_state: dict, keep_last: int, ra
     if rank == 0 and os.path.exists(os.path.join(folder, MARKER)):
         os.remove(os.path.join(folder, MARKER))  # rewritten below once the new files are hashed
     barrier()
-    engine.save_checkpoint(root, tag=tag, client_state=client_state, save_latest=False)
+    from deepspeed.checkpoint.constants import (
+        UNIVERSAL_CHECKPOINT_INFO,
+        UNIVERSAL_CHECKPOINT_VERSION_KEY,
+        UNIVERSAL_CHECKPOINT_VERSION_VALUE,
+    )
+
+    # DeepSpeed's universal converter needs this key to convert ZeRO-1/2 checkpoints (resize).
+    info = {UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
+    engine.save_checkpoint(root, tag=tag, client_state={**client_state, **info}, save_latest=False)
     if os.environ.get("MAGE_FAST_KILL_IN_SAVE") == str(step):
         print(f"fault injection: rank {rank} SIGKILLs itself while saving {tag}", flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
@@ -208,8 +216,9 @@ def resume_tag(run_dir: str, rank: int, world: int) -> str | None:
     return None
 
 
-def check_compatible(run_dir: str, tag: str, shapes: dict[str, list[int]], world: int) -> None:
-    """Fail before loading when the checkpoint's parameters or world size differ from this run's."""
+def check_compatible(run_dir: str, tag: str, shapes: dict[str, list[int]], world: int, resized: bool = False) -> None:
+    """Fail before loading when the checkpoint's parameters or world size differ from this run's
+    (`resized`: it is loaded through its universal copy, any world size will do)."""
     with open(os.path.join(ckpt_root(run_dir), tag, META)) as f:
         meta = json.load(f)
     theirs: dict[str, list[int]] = meta["shapes"]
@@ -224,12 +233,14 @@ def check_compatible(run_dir: str, tag: str, shapes: dict[str, list[int]], world
                 f"checkpoint but {want} in this model config; use the checkpoint's model config "
                 f"({run_dir}/config.yaml) or a new run_dir (resume=false starts over)"
             )
-    if int(meta["world_size"]) != world:
+    if int(meta["world_size"]) != world and not resized:
         root = ckpt_root(run_dir)
         raise ResumeError(
             f"cannot resume {root}/{tag}: it was written by {meta['world_size']} ranks and this run has {world}; "
-            f"ZeRO-3 partitions are per rank. Resume with `deepspeed --num_gpus {meta['world_size']} ...` "
-            f"(same config); the fp32 weights alone (no optimizer state) can be consolidated with "
+            f"ZeRO partitions are per rank and resume_resize=false. Resume with "
+            f"`deepspeed --num_gpus {meta['world_size']} ...` (same config), or set resume_resize=true (or run "
+            f"`python -m mage_fast.train.convert {run_dir} --tag {tag}` first) to load it through DeepSpeed's "
+            f"universal checkpoint; the fp32 weights alone can be consolidated with "
             f"`python {root}/zero_to_fp32.py {root} {root}/{tag}_fp32 --tag {tag}`"
         )
 

@@ -38,12 +38,22 @@ class OptimConfig:
 
 
 @dataclass
+class GradientCheckpointing:
+    """Activation (gradient) checkpointing per part: recompute each layer in backward. LLaVA turns
+    it on for the LLM in every stage; a 13B model with 2048-token rows does not fit without it."""
+
+    llm: bool = False
+    vision: bool = False
+
+
+@dataclass
 class TrainConfig:
     run_dir: str = "runs/default"
     seed: int = 0
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    gradient_checkpointing: GradientCheckpointing = field(default_factory=GradientCheckpointing)
     # An exported model folder to start from (stage 2 from stage 1); its architecture must match.
     init_from: str | None = None
     freeze_vision: bool = False
@@ -57,6 +67,8 @@ class TrainConfig:
     save_every: int = 0  # steps between checkpoints; 0: only at the end
     keep_last: int = 2  # complete checkpoints kept
     resume: bool = True  # continue from the newest complete checkpoint in run_dir/checkpoints
+    # A checkpoint of another world size: convert it to DeepSpeed's universal format and load that.
+    resume_resize: bool = True
     export: bool = True  # write run_dir/export (HF-style parts) at the end
     log_every: int = 10
     eval_every: int = 0  # steps between held-out accuracy evals on data.answers; 0: only at the end

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import deepspeed
 import torch
@@ -75,6 +76,7 @@ def build_model(cfg: TrainConfig, ds: dict, vocab_size: int, image_token_id: int
         hf_ds = HfDeepSpeedConfig(ds)
     with deepspeed.zero.Init(config_dict_or_path=ds, enabled=zero3):
         model = MageModel(cfg.model, vocab_size, image_token_id)
+    model.set_gradient_checkpointing(cfg.gradient_checkpointing.llm, cfg.gradient_checkpointing.vision)
     if zero3:
         deepspeed.zero.register_external_parameter(model, model.llm.get_output_embeddings().weight)
     return model, hf_ds
@@ -122,8 +124,28 @@ def apply_freeze(model: MageModel, cfg: TrainConfig) -> None:
             getattr(model, part).requires_grad_(False)
 
 
-def build_optimizer(model: MageModel, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, object]:
-    """AdamW with one param group per trainable part, and warmup + cosine/constant schedule."""
+def offloads_optimizer(ds: dict | None) -> bool:
+    """ZeRO-Offload: the optimizer state and step live in CPU memory (`offload_optimizer.device`)."""
+    off = (ds or {}).get("zero_optimization", {}).get("offload_optimizer") or {}
+    return off.get("device", "none") == "cpu"
+
+
+def adamw(groups: list[dict], cfg: TrainConfig, ds: dict | None) -> torch.optim.Optimizer:
+    """The AdamW for where the step runs: DeepSpeed's CPU Adam (SIMD C++, adamw_mode) when ZeRO
+    offloads the optimizer to the CPU, torch's fused AdamW (one multi-tensor CUDA kernel) on a
+    GPU, torch's AdamW (foreach) on the CPU. The same math each time: decoupled weight decay,
+    bias-corrected moments; each param group keeps its own learning rate."""
+    o = cfg.optim
+    if offloads_optimizer(ds):
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, adamw_mode=True)
+    fused = torch.cuda.is_available()
+    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, fused=fused or None)
+
+
+def build_optimizer(model: MageModel, cfg: TrainConfig, ds: dict | None = None) -> tuple[torch.optim.Optimizer, object]:
+    """AdamW (see `adamw`) with one param group per trainable part, and warmup + cosine/constant schedule."""
     o = cfg.optim
     groups = []
     for part in PARTS:
@@ -132,7 +154,7 @@ def build_optimizer(model: MageModel, cfg: TrainConfig) -> tuple[torch.optim.Opt
         if params:
             lr = getattr(o, f"lr_{short}") or o.lr
             groups.append({"params": params, "lr": lr, "name": part})
-    opt = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
+    opt = adamw(groups, cfg, ds)
 
     def factor(step: int) -> float:
         if step < o.warmup_steps:
@@ -147,7 +169,11 @@ def build_optimizer(model: MageModel, cfg: TrainConfig) -> tuple[torch.optim.Opt
 
 def initialize(model: MageModel, cfg: TrainConfig, ds: dict):
     """deepspeed.initialize with our optimizer and scheduler; returns the engine."""
-    opt, sched = build_optimizer(model, cfg)
+    opt, sched = build_optimizer(model, cfg, ds)
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        fused = " (fused)" if opt.defaults.get("fused") else ""
+        lrs = ", ".join(f"{g['name']} {g.get('initial_lr', g['lr']):g}" for g in opt.param_groups)
+        print(f"optimizer: {type(opt).__name__}{fused}, learning rates {lrs}", flush=True)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=ds)
     return engine
 
@@ -247,3 +273,52 @@ def optimizer_updates(engine) -> int:
 def param_shapes(module: nn.Module) -> dict[str, list[int]]:
     """Full (unpartitioned) shape of every parameter, by name."""
     return {name: list(_shape(p)) for name, p in module.named_parameters()}
+
+
+def _fp32_partitions(engine) -> list[torch.Tensor]:
+    """This rank's fp32 master-weight partitions (ZeRO-3: flat groups; ZeRO-2: one per group)."""
+    opt = engine.optimizer
+    for name in ("fp32_partitioned_groups_flat", "single_partition_of_fp32_groups"):
+        parts = getattr(opt, name, None)
+        if parts is not None:
+            return list(parts)
+    raise NotImplementedError(f"fp32 partitions of {type(opt).__name__} are unknown: use ZeRO stage 2 or 3")
+
+
+def step_probe(engine) -> dict:
+    """Per-step facts for tests and logs (MAGE_FAST_PROBE=1): each group's learning rate, how often
+    the LR scheduler stepped, and a checksum (sum and sum of squares, fp64, over all ranks) of the
+    fp32 master weights, which an update changes and a skipped step must not."""
+    from mage_fast.train.dist import all_reduce_vec
+
+    s = s2 = 0.0
+    for p in _fp32_partitions(engine):
+        x = p.detach().double()
+        s, s2 = s + float(x.sum()), s2 + float((x * x).sum())
+    total, squares = all_reduce_vec([s, s2])
+    groups = engine.optimizer.param_groups
+    return {"lr": {g.get("name", str(i)): g["lr"] for i, g in enumerate(groups)},
+            "sched_steps": int(engine.lr_scheduler.last_epoch), "param_sum": [total, squares]}  # fmt: skip
+
+
+class OptimizerTimer:
+    """Wall time of the AdamW math inside `engine.step()` (the inner optimizer's `step`, called
+    once per ZeRO sub-group), for benchmarks: `ms` is the total since construction. On CUDA each
+    call is synchronised before and after, so it measures the kernels, not their launch."""
+
+    def __init__(self, engine) -> None:
+        self.ms, inner = 0.0, getattr(engine.optimizer, "optimizer", engine.optimizer)
+        real = inner.step
+
+        def timed(*args, **kwargs):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            out = real(*args, **kwargs)
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.ms += (time.perf_counter() - t0) * 1e3
+            return out
+
+        inner.step = timed
+        self.kind = f"{type(inner).__name__}{' fused' if inner.defaults.get('fused') else ''}"

@@ -25,7 +25,7 @@ from mage_fast.data.llava_conv import make_template
 from mage_fast.data.tokens import ensure_special_tokens
 from mage_fast.eval import write_answers
 from mage_fast.model import pretrained
-from mage_fast.train import checkpoint, llava_init
+from mage_fast.train import checkpoint, llava_init, resize, startup
 from mage_fast.train.accuracy import AccuracyEval
 from mage_fast.train.config import TrainConfig
 from mage_fast.train.dist import (
@@ -45,6 +45,7 @@ from mage_fast.train.engine import (
     load_part,
     optimizer_updates,
     param_shapes,
+    step_probe,
     zero_stage,
 )
 from mage_fast.train.preempt import EXIT_PREEMPTED, StopRequest
@@ -165,6 +166,8 @@ class Run:
     batches: ResumableBatches
     acc_eval: AccuracyEval | None
     hf_ds: object  # transformers' HfDeepSpeedConfig under ZeRO-3: it must outlive the engine
+    resume_tag: str | None = None  # the verified checkpoint to resume, chosen before the engine exists
+    universal: str | None = None  # its universal copy's folder when it has another world size
 
 
 @dataclass
@@ -213,6 +216,8 @@ def build_run(cfg: TrainConfig) -> Run:
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer)
     image_id = ensure_special_tokens(tokenizer)
     ds = build_ds_config(cfg, world)
+    tag = checkpoint.resume_tag(cfg.run_dir, rank, world) if cfg.resume else None
+    universal = resize.prepare(cfg.run_dir, tag, ds, world, rank, cfg.resume_resize)  # before initialize
     model, hf_ds = build_model(cfg, ds, len(tokenizer), image_id)
     if cfg.init_from:
         load_part(model.aligner, pretrained.aligner_state(cfg.init_from), "aligner")
@@ -220,8 +225,10 @@ def build_run(cfg: TrainConfig) -> Run:
     engine = initialize(model, cfg, ds)
     transform = ImageTransform.from_pretrained_dir(cfg.model.vision.path, model.image_size)
     template = make_template(tokenizer, model.num_image_tokens, cfg.model.template)
-    data = LlavaDataset.from_config(cfg.data, tokenizer, transform=transform, num_image_tokens=model.num_image_tokens,
-                                    template=template)  # fmt: skip
+    hooks = startup.dataset_hooks(cfg.run_dir, rank, world, cfg.data.num_workers)
+    data = LlavaDataset.from_config(
+        cfg.data, tokenizer, transform=transform, num_image_tokens=model.num_image_tokens, template=template, **hooks
+    )
     if rank == 0:
         print(data.stats.summary(), flush=True)
     acc_eval = None
@@ -230,16 +237,22 @@ def build_run(cfg: TrainConfig) -> Run:
         acc_eval = AccuracyEval(path, model, tokenizer, transform, limit=cfg.data.answers_limit)
     batches = ResumableBatches(len(data), cfg.micro_batch_size, rank, world, cfg.seed)
     collate = Collator(tokenizer.pad_token_id, model.image_size)
-    return Run(cfg, rank, world, ds, engine, tokenizer, transform, data, collate, batches, acc_eval, hf_ds)
+    return Run(cfg, rank, world, ds, engine, tokenizer, transform, data, collate, batches, acc_eval, hf_ds, tag,
+               universal)  # fmt: skip
 
 
 def resume(run: Run) -> Progress:
     """The newest verified checkpoint's progress (engine state loaded), or a fresh start."""
     prog = Progress()
-    tag = checkpoint.resume_tag(run.cfg.run_dir, run.rank, run.world) if run.cfg.resume else None
+    tag = run.resume_tag
     if tag:
-        checkpoint.check_compatible(run.cfg.run_dir, tag, param_shapes(run.engine.module), run.world)
-        prog.restore(checkpoint.load(run.engine, run.cfg.run_dir, tag), run.batches)
+        checkpoint.check_compatible(run.cfg.run_dir, tag, param_shapes(run.engine.module), run.world,
+                                    resized=bool(run.universal))  # fmt: skip
+        if run.universal:
+            client = resize.load(run.engine, run.cfg.run_dir, tag, run.universal, run.cfg.seed, run.rank)
+        else:
+            client = checkpoint.load(run.engine, run.cfg.run_dir, tag)
+        prog.restore(client, run.batches)
         prog.resumed_from = tag
         if run.rank == 0:
             print(f"resumed from {tag}: step {prog.step}", flush=True)
@@ -372,6 +385,8 @@ def _loop(run: Run, prog: Progress, stop: StopRequest) -> tuple[list[dict], list
             res = train_step(run.engine, micro, run.rank, run.world, fault=fault, stop=stop.requested)
             prog.step += 1
             history.append(_record(run, prog, res, micro))
+            if os.environ.get("MAGE_FAST_PROBE") == "1":
+                history[-1].update(step_probe(run.engine))
             logs.step(history[-1], res, prog, run.engine)
             if run.acc_eval is not None and _due(cfg.eval_every, prog.step, cfg.max_steps):
                 accuracy.append(_accuracy(run, prog.step, logs))
@@ -403,6 +418,7 @@ def _eval_and_export(run: Run, summary: dict) -> None:
             transform=run.transform,
             num_image_tokens=run.engine.module.num_image_tokens,
             split="eval",
+            image_check=startup.dataset_hooks(cfg.run_dir, rank, world, cfg.data.num_workers)["image_check"],
         )
         idx = list(range(rank, len(ev) - len(ev) % world, world))
         ev_loader = DataLoader(
@@ -426,6 +442,11 @@ def _summary(run: Run, prog: Progress, history: list[dict], accuracy: list[dict]
         print(f"done: {prog.step} steps, {prog.nonfinite} non-finite skipped; data {st.summary()}", flush=True)
         for r, v in skipped.items():
             print(f"skipped {r}: {v['count']}, ids {v['ids']}", flush=True)
+    barrier()  # every rank's late decode failures are in its log
+    late = startup.late_failures(run.cfg.run_dir)
+    for r, v in late.items() if run.rank == 0 else ():
+        print(f"failed to decode in the loader ({r}): {len(v['ids'])}, ids {v['ids']}, replaced by "
+              f"{v['replaced_by']}", flush=True)  # fmt: skip
     return {
         "step": prog.step,
         "world_size": run.world,
@@ -436,6 +457,7 @@ def _summary(run: Run, prog: Progress, history: list[dict], accuracy: list[dict]
         "data_skipped": skipped,
         "nonfinite_steps": prog.nonfinite,
         "preempted": None,
+        "data_late": late,
     }
 
 

@@ -45,7 +45,15 @@ class ResumableBatches:
             self.epoch, position = self.epoch + 1, 0
 
     def state(self, consumed: int) -> dict:
-        return {"consumed": consumed, "seed": self.seed, "n": self.n}
+        return {"consumed": consumed, "seed": self.seed, "n": self.n, "micro": self.micro, "world": self.world}
+
+    def _rescale(self, consumed: int, old_per_step: int) -> int:
+        """The same epoch and sample position (rounded down to a whole step of this world) for a
+        state written with `old_per_step` samples per micro-batch round: each step takes a
+        contiguous run of the epoch's permutation, so the rest of the epoch is unchanged."""
+        old_bpe = self.n // old_per_step
+        epoch, position = divmod(consumed, old_bpe)
+        return epoch * self.batches_per_epoch + min(position * old_per_step // self.per_step, self.batches_per_epoch)
 
     def check_state(self, s: dict) -> int:
         """The `consumed` count of a saved state, after checking it is for this data and seed."""
@@ -54,4 +62,7 @@ class ResumableBatches:
                 f"checkpoint data order was for {s.get('n')} samples / seed {s.get('seed')}, "
                 f"now {self.n} samples / seed {self.seed}: the data or seed changed; resume with the same data and seed, or use a new run_dir"
             )
+        old_per_step = int(s.get("micro", self.micro)) * int(s.get("world", self.world))
+        if old_per_step != self.per_step:  # resumed on another world size or micro-batch size
+            return self._rescale(int(s["consumed"]), old_per_step)
         return int(s["consumed"])

@@ -380,12 +380,12 @@ def test_stage2_from_stage1_aligner_over_bad_mixed_data(shapes_dir, strict_zero3
     assert line.startswith("error: ResumeError: cannot resume") and "step00000003" in line
     assert "module llm.model.layers.0.mlp.down_proj" in line
     assert "shape (32, 64) in the checkpoint but shape (32, 48) in this model config" in line
-    # ... and with another world size says what to run.
-    p = _single(_common(s1, shapes_dir, strict_zero3) + ["max_steps=5"])
+    # ... and with another world size and resizing switched off says what to run.
+    p = _single(_common(s1, shapes_dir, strict_zero3) + ["max_steps=5", "resume_resize=false"])
     assert p.returncode != 0
     line = p.stderr.strip().splitlines()[-1]
     assert "written by 2 ranks and this run has 1" in line and "deepspeed --num_gpus 2" in line
-    assert "zero_to_fp32.py" in line
+    assert "zero_to_fp32.py" in line and f"python -m mage_fast.train.convert {s1} --tag step00000003" in line
     assert len(_history(s1)) == n  # no step was taken
     shutil.rmtree(tmp_path / "data", ignore_errors=True)
 

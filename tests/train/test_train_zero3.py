@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 
 import pytest
-from testutil import ROOT
+from testutil import ROOT, uneven_captions_world
 
 pytestmark = pytest.mark.slow
 
@@ -201,15 +201,7 @@ def test_gradient_accumulation_is_exact(shapes_dir, strict_zero3, tmp_path):
     # the labelled tokens of the whole step on both ranks (num_items) and each micro-batch's MSE
     # is weighted by its share of the step's captioned images; every third row has no caption, so
     # micro-batches differ in caption count and a per-micro-batch mean would not match.
-    root = tmp_path / "data"
-    root.mkdir()
-    for name in ("images", "tokenizer"):
-        os.symlink(os.path.join(shapes_dir, name), root / name)
-    with open(os.path.join(shapes_dir, "stage1.json")) as f:
-        rows = json.load(f)
-    for r in rows[::3]:
-        del r["caption"]
-    (root / "stage1.json").write_text(json.dumps(rows))
+    root = uneven_captions_world(shapes_dir, tmp_path / "data")
     losses = {}
     for name, extra in (("accum", ["micro_batch_size=4", "grad_accum=2"]), ("big", ["micro_batch_size=8"])):
         run = str(tmp_path / name)

@@ -1,0 +1,78 @@
+"""Convert a run's checkpoint to DeepSpeed's universal format, so another number of ranks can load it.
+
+    python -m mage_fast.train.convert RUN_DIR [--tag stepNNNNNNNN]
+
+writes `RUN_DIR/checkpoints/universal/<tag>/` with DeepSpeed's own converter
+(`deepspeed.checkpoint.ds_to_universal`): one folder per parameter holding its full fp32 value
+and AdamW moments (`fp32.pt`, `exp_avg.pt`, `exp_avg_sq.pt`), the optimizer's common state and
+the model-state files (client state: step, data position, LR schedule). A resume with another
+world size does this on the fly (`resume_resize`, on by default); the command is for doing it
+ahead of time or when on-the-fly conversion is switched off. The folder counts only once its
+`COMMITTED` marker is written (a conversion killed midway is redone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from types import SimpleNamespace
+
+from mage_fast.train import checkpoint
+
+UNIVERSAL = "universal"
+
+
+def universal_root(run_dir: str) -> str:
+    return os.path.join(checkpoint.ckpt_root(run_dir), UNIVERSAL)
+
+
+def is_converted(run_dir: str, tag: str) -> bool:
+    return os.path.isfile(os.path.join(universal_root(run_dir), tag, checkpoint.MARKER))
+
+
+def convert(run_dir: str, tag: str, workers: int = 1) -> str:
+    """Universal copy of checkpoint `tag` (one process; reused when already complete). Returns its folder."""
+    from deepspeed.checkpoint import ds_to_universal
+
+    src = os.path.join(checkpoint.ckpt_root(run_dir), tag)
+    if not os.path.isfile(os.path.join(src, checkpoint.MARKER)):
+        raise checkpoint.ResumeError(f"{src} is not a complete checkpoint (no {checkpoint.MARKER} marker)")
+    out = os.path.join(universal_root(run_dir), tag)
+    if is_converted(run_dir, tag):
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.time()
+    # inject_missing_state: ZeRO-1/2 conversion needs `universal_checkpoint_info` in the client
+    # state; checkpoint.save writes it, and this covers checkpoints saved without it.
+    args = SimpleNamespace(input_folder=src, output_folder=out, num_extract_workers=workers,
+                           num_merge_workers=workers, keep_temp_folder=False, strict=True,
+                           inject_missing_state=True)  # fmt: skip
+    ds_to_universal.main(args)
+    with open(os.path.join(src, checkpoint.META)) as f:
+        meta = json.load(f)
+    meta["converted_s"] = round(time.time() - t0, 3)
+    with open(os.path.join(out, checkpoint.META), "w") as f:
+        json.dump(meta, f)
+    with open(os.path.join(out, checkpoint.MARKER), "w") as f:
+        json.dump({"step": meta.get("step"), "time": time.time()}, f)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="mage_fast.train.convert", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir")
+    p.add_argument("--tag", default=None, help="checkpoint folder name (default: the newest complete one)")
+    p.add_argument("--workers", type=int, default=1, help="processes that extract and merge the shards")
+    args = p.parse_args(argv)
+    tag = args.tag or checkpoint.newest(args.run_dir)
+    if tag is None:
+        sys.exit(f"no complete checkpoint in {checkpoint.ckpt_root(args.run_dir)}")
+    print(convert(args.run_dir, tag, args.workers))
+
+
+if __name__ == "__main__":
+    main()
