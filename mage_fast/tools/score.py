@@ -163,14 +163,14 @@ def prepare(rows: list[dict[str, Any]], root: str) -> list[dict[str, Any]]:
 
 
 def evaluate(model_dir: str, data: str, modules: list[str] = (), limit: int = 0, batch: int = 64,
-             max_steps: int = 4, image_root: str | None = None) -> dict[str, Any]:  # fmt: skip
+             max_steps: int = 4, image_root: str | None = None, timeout_s: float = 30.0) -> dict[str, Any]:  # fmt: skip
     """Scores overall and per row ``kind`` of the first ``limit`` rows (0: all)."""
     from mage_fast.data.llava import read_rows
 
     from .agent import load_agent
 
     t0 = time.time()
-    agent = load_agent(model_dir, list(modules), max_steps=max_steps)
+    agent = load_agent(model_dir, list(modules), timeout_s, max_steps=max_steps)
     rows = read_rows(data)
     rows = rows[:limit] if limit else rows
     recs = prepare(rows, image_root or os.path.dirname(os.path.abspath(data)))
@@ -183,17 +183,32 @@ def evaluate(model_dir: str, data: str, modules: list[str] = (), limit: int = 0,
     return out
 
 
+def tools_config(path: str | None):
+    """The ``tools`` section of a training YAML (defaults without one)."""
+    from .config import ToolsConfig
+
+    if not path:
+        return ToolsConfig()
+    from mage_fast.configtools import load_config
+    from mage_fast.train.config import TrainConfig
+
+    return load_config(TrainConfig, path).tools
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="mage_fast.tools.score", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="an exported model folder (run_dir/export)")
     p.add_argument("--data", required=True, help="held-out tool rows (JSON / JSONL)")
     p.add_argument("--tool-module", action="append", default=[], help="a module defining TOOLS; repeat")
     p.add_argument("--limit", type=int, default=0)
-    p.add_argument("--max-steps", type=int, default=4)
+    p.add_argument("--max-steps", type=int, default=None, help="model turns per row (default: config's, 4)")
+    p.add_argument("--config", default=None, help="a training YAML: its tools section (modules, timeout_s, max_steps)")
     p.add_argument("--image-root", default=None, help="image folder (default: the data file's folder)")
     p.add_argument("--out", default=None, help="write the scores as JSON here")
     a = p.parse_args(argv)
-    s = evaluate(a.model, a.data, a.tool_module, a.limit, max_steps=a.max_steps, image_root=a.image_root)
+    tc = tools_config(a.config)
+    s = evaluate(a.model, a.data, tc.modules + a.tool_module, a.limit, max_steps=a.max_steps or tc.max_steps,
+                 image_root=a.image_root, timeout_s=tc.timeout_s)  # fmt: skip
     keys = ["valid_call", "tool_name", "argument_match", "argument_f1", "over_call", "end_to_end", "answer"]
     print(f"{'split':<14}" + "".join(f"{k:>15}" for k in keys) + f"{'rows':>6}")
     for split, m in s.items():

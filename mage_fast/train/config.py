@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from mage_fast.data.config import DataConfig
 from mage_fast.model.config import ModelConfig
+from mage_fast.tools.config import ToolsConfig
 
 
 @dataclass
@@ -58,6 +59,7 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads per rank; 0: cores / local ranks
     deterministic: bool = False
     max_bad_steps: int = 5  # abort after this many non-finite steps (loss or grad norm) in a row
+    tools: ToolsConfig = field(default_factory=ToolsConfig)  # the executor's tools (tools.score, chat)
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "micro_batch_size", "grad_accum", "keep_last", "log_every", "max_bad_steps"):
