@@ -8,7 +8,7 @@ SOURCES := setup.py pyproject.toml requirements.txt $(wildcard csrc/*.cpp csrc/*
 NPROC   ?= 2
 DEMO    ?= runs/demo
 
-.PHONY: install demo test lint clean cuda-check bench bench-smoke
+.PHONY: install demo demo-tools test lint clean cuda-check bench bench-smoke
 
 install: $(STAMP)
 
@@ -64,3 +64,15 @@ lint: install
 
 clean:
 	rm -rf build *.egg-info mage_fast/_C*.so runs .venv-cuda
+
+# Stage 3: multimodal tool calling on top of the base demo (run first when its export is absent):
+# tool rows executed by the real render_scene / edit_scene, train from stage 2's export, then the
+# executor's scores on the held-out rows (valid-call, tool name, arguments, over-call, end-to-end).
+demo-tools: install
+	test -f $(DEMO)/stage2/export/mage_config.json || $(MAKE) demo
+	$(VENV)/bin/python -m mage_fast.data.shapes_tools --out $(DEMO)/tools --n 3000 --seed 1
+	PATH=$(abspath $(VENV))/bin:$$PATH deepspeed --num_gpus $(NPROC) --module mage_fast.train \
+	  --config configs/train/demo_tools.yaml run_dir=$(DEMO)/stage3 data.root=$(DEMO)/tools \
+	  init_from=$(DEMO)/stage2/export
+	$(VENV)/bin/python -m mage_fast.tools.score --model $(DEMO)/stage3/export --data $(DEMO)/tools/eval.json \
+	  --config configs/train/demo_tools.yaml --out $(DEMO)/tools_scores.json

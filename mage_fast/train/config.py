@@ -7,6 +7,7 @@ from typing import Literal, get_args
 
 from mage_fast.data.config import DataConfig
 from mage_fast.model.config import ModelConfig
+from mage_fast.tools.config import ToolsConfig
 
 Schedule = Literal["cosine", "constant"]
 # Signals that ask for a checkpoint and a clean exit (mage_fast.train.preempt).
@@ -77,6 +78,7 @@ class TrainConfig:
     max_bad_steps: int = 5  # abort after this many non-finite steps (loss or grad norm) in a row
     # Any of these on any rank: finish the step, save a checkpoint, exit 75 (mage_fast.train.preempt).
     stop_signals: list[StopSignal] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    tools: ToolsConfig = field(default_factory=ToolsConfig)  # the executor's tools (tools.score, chat)
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "micro_batch_size", "grad_accum", "keep_last", "log_every", "max_bad_steps"):
