@@ -17,5 +17,5 @@ def test_write_results(tmp_path):
     assert lines[2] == "| group | 2 | 1.00 | 1.00 | 2.00 | 2.00 | 3.00 | 4.50 |"
     assert "ratio sam/ian 1.50" in md and "steps per aligner: 7" in md
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["ratio"] == 1.5 and saved["scores"]["sam"]["group"]["CIDEr-D"] == 4.5
+    assert abs(saved["ratio"] - 1.5) < 1e-12 and saved["scores"]["sam"]["group"]["CIDEr-D"] == 4.5
     assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
