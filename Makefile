@@ -8,7 +8,7 @@ SOURCES := setup.py pyproject.toml requirements.txt $(wildcard csrc/*.cpp csrc/*
 NPROC   ?= 2
 DEMO    ?= runs/demo
 
-.PHONY: install demo demo-tools test lint clean cuda-check bench bench-smoke
+.PHONY: install demo demo-tools demo-multi test lint clean cuda-check bench bench-smoke
 
 install: $(STAMP)
 
@@ -76,3 +76,14 @@ demo-tools: install
 	  init_from=$(DEMO)/stage2/export
 	$(VENV)/bin/python -m mage_fast.tools.score --model $(DEMO)/stage3/export --data $(DEMO)/tools/eval.json \
 	  --config configs/train/demo_tools.yaml --out $(DEMO)/tools_scores.json
+
+# Multi-image demo (README "Multi-image: SAM"): the shapes world's group / change / story tasks,
+# `ian` and `sam` trained with the same config, seed and budget (one process each, CPU), then
+# BLEU-4 / ROUGE-L / CIDEr-D per task for both, the step-time ratio sam/ian and a PNG of the table
+# in $(DEMO_MULTI)/results.{md,json,png}. MULTI_ARGS: overrides for both runs, e.g. max_steps=100.
+DEMO_MULTI ?= runs/demo_multi
+MULTI_ARGS ?=
+demo-multi: install
+	$(VPY) -m mage_fast.data.shapes_multi --out $(DEMO_MULTI)/data --n 2000 --n-eval 50 --seed 0
+	$(VPY) -m mage_fast.demo_multi --data $(DEMO_MULTI)/data --out $(DEMO_MULTI) \
+	  --config configs/train/demo_multi.yaml $(MULTI_ARGS)
