@@ -115,7 +115,11 @@ class LlavaTemplate(ConversationTemplate):
             raise ValueError(f"unknown LLaVA template {name!r}; one of {LLAVA_TEMPLATES}")
         self.name = name
 
-    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> tuple[str, list[Span]]:
+    def render(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool = False, tools: list[dict] | None = None
+    ) -> tuple[str, list[Span]]:
+        if tools:  # LLaVA's conversations have no tool turns: a tool row needs the default template
+            raise ValueError(f"LLaVA template {self.name!r} renders no tools; use model.template=default for tool rows")
         text, spans = llava_prompt(self.name, messages, add_generation_prompt)
         bos = self.tokenizer.bos_token or ""
         return bos + text, [(a + len(bos), b + len(bos)) for a, b in spans]
