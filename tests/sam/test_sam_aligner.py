@@ -133,3 +133,21 @@ def test_mixed_counts_backward_and_errors():
     assert torch.isfinite(v.grad).all()
     with pytest.raises(ValueError, match="sum to"):
         sam(_v(), torch.tensor([1, 2]))
+
+
+def test_export_round_trip_keeps_the_switch_and_weights(tokenizer, tmp_path):
+    from mage_fast.model import pretrained
+    from mage_fast.train.engine import export_state
+
+    torch.manual_seed(0)
+    cfg = tiny_model_config("sam")
+    cfg.aligner.sam_include_self = False
+    model = MageModel(cfg, len(tokenizer), tokenizer.convert_tokens_to_ids("<image>")).eval()
+    _perturb(model.aligner)
+    pretrained.write_export(str(tmp_path / "e"), model, tokenizer, export_state(model))
+    back, _ = pretrained.load_pretrained(str(tmp_path / "e"))
+    assert isinstance(back.aligner, SAMAligner) and back.aligner.include_self is False
+    pix = torch.randn(3, 3, model.image_size, model.image_size)
+    with torch.no_grad():
+        counts = torch.tensor([1, 2])
+        torch.testing.assert_close(back.encode_images(pix, counts), model.encode_images(pix, counts))
