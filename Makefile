@@ -8,7 +8,7 @@ SOURCES := setup.py pyproject.toml requirements.txt $(wildcard csrc/*.cpp csrc/*
 NPROC   ?= 2
 DEMO    ?= runs/demo
 
-.PHONY: install demo test lint clean cuda-check bench bench-smoke
+.PHONY: install demo test lint clean cuda-check bench bench-smoke ablate
 
 install: $(STAMP)
 
@@ -64,3 +64,10 @@ lint: install
 
 clean:
 	rm -rf build *.egg-info mage_fast/_C*.so runs .venv-cuda
+
+# The projector ablation (mage_fast/ablate.py): 4 aligners and 3 MSE weights on the shapes world,
+# 3 seeds, one process per run; runs/ablate/{table.md,results.json,ablate.png}. Finished runs are
+# reused, so an interrupted `make ablate` continues. ABLATE_ARGS e.g. "--steps 50 --seeds 0".
+ABLATE_ARGS ?=
+ablate: install
+	$(VPY) -m mage_fast.ablate --out runs/ablate $(ABLATE_ARGS)

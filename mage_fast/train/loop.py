@@ -269,7 +269,7 @@ def train(cfg: TrainConfig) -> dict:
         grad_norm, ce, mse = math.sqrt(red[0]) if red[0] >= 0 else math.nan, red[2], red[3]
         step += 1
         loss = ce + lam * mse
-        rec = {"step": step, "loss": loss, "ce": ce, "mse": mse, "grad_norm": grad_norm,
+        rec = {"step": step, "loss": loss, "ce": ce, "mse": mse, "grad_norm": grad_norm, "wall": time.time(),
                "images_per_rank": [int(x) for x in red[5:]]}  # fmt: skip
         if red[1] > 0 or not math.isfinite(grad_norm):
             ids = _gather_ids(micro, world)
