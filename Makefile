@@ -8,7 +8,7 @@ SOURCES := setup.py pyproject.toml requirements.txt $(wildcard csrc/*.cpp csrc/*
 NPROC   ?= 2
 DEMO    ?= runs/demo
 
-.PHONY: install demo demo-tools demo-multi test lint clean cuda-check bench bench-smoke
+.PHONY: install demo demo-tools demo-multi ablate test lint clean cuda-check bench bench-smoke
 
 install: $(STAMP)
 
@@ -87,3 +87,10 @@ demo-multi: install
 	$(VPY) -m mage_fast.data.shapes_multi --out $(DEMO_MULTI)/data --n 2000 --n-eval 50 --seed 0
 	$(VPY) -m mage_fast.demo_multi --data $(DEMO_MULTI)/data --out $(DEMO_MULTI) \
 	  --config configs/train/demo_multi.yaml $(MULTI_ARGS)
+
+# The projector ablation (mage_fast/ablate.py): 4 aligners and 3 MSE weights on the shapes world,
+# 3 seeds, one process per run; runs/ablate/{table.md,results.json,ablate.png}. Finished runs are
+# reused, so an interrupted `make ablate` continues. ABLATE_ARGS e.g. "--steps 50 --seeds 0".
+ABLATE_ARGS ?=
+ablate: install
+	$(VPY) -m mage_fast.ablate --out runs/ablate $(ABLATE_ARGS)

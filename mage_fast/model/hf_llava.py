@@ -154,3 +154,20 @@ def export_llava(model_dir: str, out_dir: str) -> None:
         hf.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         image_transform(model_dir, model.image_size).save(tmp)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m mage_fast.model.hf_llava {import,export} SRC OUT"""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="mage_fast.model.hf_llava", description="LLaVA (transformers) folders in and out")
+    p.add_argument("direction", choices=("import", "export"), help="import: LLaVA -> mage-fast; export: the reverse")
+    p.add_argument("src")
+    p.add_argument("out")
+    a = p.parse_args(argv)
+    (import_llava if a.direction == "import" else export_llava)(a.src, a.out)
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

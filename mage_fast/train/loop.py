@@ -317,6 +317,7 @@ def _record(run: Run, prog: Progress, res: StepResult, micro: list[dict]) -> dic
         "ce": res.ce,
         "mse": res.mse,
         "grad_norm": res.grad_norm,
+        "wall": time.time(),
         "images_per_rank": res.images_per_rank,
     }
     if not res.nonfinite:
