@@ -8,7 +8,7 @@ SOURCES := setup.py pyproject.toml requirements.txt $(wildcard csrc/*.cpp csrc/*
 NPROC   ?= 2
 DEMO    ?= runs/demo
 
-.PHONY: install demo test lint clean cuda-check bench bench-smoke
+.PHONY: install demo test lint clean cuda-check bench bench-smoke sm90-report gpu-check
 
 install: $(STAMP)
 
@@ -64,3 +64,10 @@ lint: install
 
 clean:
 	rm -rf build *.egg-info mage_fast/_C*.so runs .venv-cuda
+
+# Without a GPU: every Triton kernel and launch configuration the ops can pick compiled for sm_90
+# with the GPU JIT's specialisations, and csrc/cuda with nvcc -Xptxas -v; prints registers,
+# spills and shared memory per kernel, fails on a spill or > 227 KiB (tests/ops/sm90_compile.py).
+sm90-report: install
+	@start=$$(date +%s); env -u TRITON_INTERPRET $(VPY) tests/ops/sm90_compile.py && \
+	  PY=$(PY) VPY=$(VPY) bash .ci/sm90_cuda.sh && echo "sm90-report: done in $$(( $$(date +%s) - start )) s"
