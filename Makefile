@@ -71,3 +71,9 @@ clean:
 sm90-report: install
 	@start=$$(date +%s); env -u TRITON_INTERPRET $(VPY) tests/ops/sm90_compile.py && \
 	  PY=$(PY) VPY=$(VPY) bash .ci/sm90_cuda.sh && echo "sm90-report: done in $$(( $$(date +%s) - start )) s"
+
+# On a CUDA machine (< 8 min): build with the CUDA kernels, cuda + compiled-Triton op tests,
+# compute-sanitizer memcheck, the GPU benchmark sweep (CSV rows, summary) and the validated
+# winners file that `auto` reads. `make gpu-check DRY=1` prints every step (any machine).
+gpu-check:
+	DRY=$(DRY) VPY=$(if $(wildcard $(VPY)),$(abspath $(VPY)),python) bash .ci/gpu_check.sh
