@@ -36,10 +36,21 @@ from mage_fast.kernels._launch import on_tensor_device, round_to
 
 @triton.jit
 def _ian_projection_ln_fwd_kernel(
-    z_ptr, b2_ptr, w_ptr, b_ptr, y_ptr, xhat_ptr, rstd_ptr, D, eps,
-    s_z, s_y, s_x,
-    SAVE: tl.constexpr, BLOCK_D: tl.constexpr,
-):  # fmt: skip
+    z_ptr,
+    b2_ptr,
+    w_ptr,
+    b_ptr,
+    y_ptr,
+    xhat_ptr,
+    rstd_ptr,
+    D,
+    eps,
+    s_z,
+    s_y,
+    s_x,
+    SAVE: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_D)
     m = cols < D
@@ -59,10 +70,27 @@ def _ian_projection_ln_fwd_kernel(
 
 @triton.jit
 def _ian_projection_ln_bwd_kernel(
-    dy_ptr, xhat_ptr, rstd_ptr, w_ptr, dz_ptr, part_ptr, z1_ptr, h_ptr, N, D, rows_per_prog,
-    s_dy, s_dyc, s_x, s_dz, s_z1, s_h,
-    NEED_DZ: tl.constexpr, NEED_H: tl.constexpr, BLOCK_D: tl.constexpr,
-):  # fmt: skip
+    dy_ptr,
+    xhat_ptr,
+    rstd_ptr,
+    w_ptr,
+    dz_ptr,
+    part_ptr,
+    z1_ptr,
+    h_ptr,
+    N,
+    D,
+    rows_per_prog,
+    s_dy,
+    s_dyc,
+    s_x,
+    s_dz,
+    s_z1,
+    s_h,
+    NEED_DZ: tl.constexpr,
+    NEED_H: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_D)
     m = cols < D
@@ -124,10 +152,22 @@ def ian_projection_fwd(
     if N > 0:
         block, warps = _launch.ln_settings(D)
         _ian_projection_ln_fwd_kernel[(N,)](
-            z2, b2, ln_w, ln_b, y, xhat if save else y, rstd if save else z2, D, float(eps),
-            z2.stride(0), y.stride(0), xhat.stride(0) if save else 0,
-            SAVE=save, BLOCK_D=block, num_warps=warps,
-        )  # fmt: skip
+            z2,
+            b2,
+            ln_w,
+            ln_b,
+            y,
+            xhat if save else y,
+            rstd if save else z2,
+            D,
+            float(eps),
+            z2.stride(0),
+            y.stride(0),
+            xhat.stride(0) if save else 0,
+            SAVE=save,
+            BLOCK_D=block,
+            num_warps=warps,
+        )
     return y, z1, xhat, rstd
 
 
@@ -143,10 +183,28 @@ def _ln_bwd_rows(dy, xhat, rstd, ln_w, z1, dz2, need_dz2: bool, nw2: bool):
         block, warps = _launch.ln_settings(D)
         dz_out, h_out = dz2 if need_dz2 else xhat, h if nw2 else xhat
         _ian_projection_ln_bwd_kernel[(progs,)](
-            dy, xhat, rstd, ln_w, dz_out, part, z1, h_out, N, D, rows_per,
-            dy.stride(0), dy.stride(1), xhat.stride(0), dz_out.stride(0), z1.stride(0), h_out.stride(0),
-            NEED_DZ=need_dz2, NEED_H=nw2, BLOCK_D=block, num_warps=warps,
-        )  # fmt: skip
+            dy,
+            xhat,
+            rstd,
+            ln_w,
+            dz_out,
+            part,
+            z1,
+            h_out,
+            N,
+            D,
+            rows_per,
+            dy.stride(0),
+            dy.stride(1),
+            xhat.stride(0),
+            dz_out.stride(0),
+            z1.stride(0),
+            h_out.stride(0),
+            NEED_DZ=need_dz2,
+            NEED_H=nw2,
+            BLOCK_D=block,
+            num_warps=warps,
+        )
     return part.sum(0), h
 
 

@@ -65,8 +65,12 @@ def _ptxas_usage(ptx: str) -> tuple[int, int]:
         path = os.path.join(d, "k.ptx")
         with open(path, "w") as f:
             f.write(ptx)
-        out = subprocess.run([triton.knobs.nvidia.ptxas.path, "-v", "--gpu-name", "sm_90a", path, "-o",
-                              os.path.join(d, "k.cubin")], capture_output=True, text=True, check=True)  # fmt: skip
+        out = subprocess.run(
+            [triton.knobs.nvidia.ptxas.path, "-v", "--gpu-name", "sm_90a", path, "-o", os.path.join(d, "k.cubin")],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     text = out.stderr + out.stdout
     regs = int(re.search(r"Used (\d+) registers", text).group(1))
     spill = sum(int(x) for x in re.findall(r"(\d+) bytes spill (?:stores|loads)", text))
@@ -83,14 +87,33 @@ def gemm_variants(smoke: bool) -> Iterator[Variant]:
                 # Forward GEMMs take b = w.t() (stride 1 along K), backward ones row-major b.
                 ones = {"s_ak": 1, "s_bk": 1} if epi in (0, 1) else {"s_ak": 1, "s_bn": 1}
                 out = "fp32" if epi in (0, 3) else dt
-                sig = {"a_ptr": f"*{dt}", "b_ptr": f"*{dt}", "c_ptr": f"*{out}", "bias_ptr": f"*{dt}",
-                       "aux_ptr": f"*{dt}", "part_ptr": "*fp32"}  # fmt: skip
+                sig = {
+                    "a_ptr": f"*{dt}",
+                    "b_ptr": f"*{dt}",
+                    "c_ptr": f"*{out}",
+                    "bias_ptr": f"*{dt}",
+                    "aux_ptr": f"*{dt}",
+                    "part_ptr": "*fp32",
+                }
                 prec = "ieee" if dt == "fp32" else "tf32"
-                consts = {"EPI": epi, "WRITE_AUX": epi == 1, "DOT_F32": False, "PREC": prec, "s_cn": 1, "s_xn": 1,
-                          **ones, **cfg.kwargs}  # fmt: skip
-                yield Variant(f"gemm[{tile},{_launch.EPILOGUES[epi]},{dt}]", _gemm._gemm_kernel, sig, consts,
-                              {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
-                              ("M", "N", "K", "s_am", "s_bn", "s_bk", "s_cm", "s_xm"))  # fmt: skip
+                consts = {
+                    "EPI": epi,
+                    "WRITE_AUX": epi == 1,
+                    "DOT_F32": False,
+                    "PREC": prec,
+                    "s_cn": 1,
+                    "s_xn": 1,
+                    **ones,
+                    **cfg.kwargs,
+                }
+                yield Variant(
+                    f"gemm[{tile},{_launch.EPILOGUES[epi]},{dt}]",
+                    _gemm._gemm_kernel,
+                    sig,
+                    consts,
+                    {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages},
+                    ("M", "N", "K", "s_am", "s_bn", "s_bk", "s_cm", "s_xm"),
+                )
                 if smoke:
                     return
 
@@ -103,12 +126,24 @@ def pool_variants(smoke: bool) -> Iterator[Variant]:
             masked = wo % bw != 0 or c % bc != 0
             consts = {"K": k, "BLOCK_W": bw, "BLOCK_C": bc, "EVEN_HW": even, "MASKED": masked, "s_xc": 1, "s_yc": 1}
             tag = f"{dt},C={c},Wo={wo},k={k}"
-            yield Variant(f"pool_fwd[{tag}]", patch_pool._patch_pool_fwd_kernel, {"x_ptr": f"*{dt}", "y_ptr": f"*{dt}"},
-                          consts, {"num_warps": warps}, ("C", "s_xb", "s_xt", "s_yb", "s_yt"))  # fmt: skip
+            yield Variant(
+                f"pool_fwd[{tag}]",
+                patch_pool._patch_pool_fwd_kernel,
+                {"x_ptr": f"*{dt}", "y_ptr": f"*{dt}"},
+                consts,
+                {"num_warps": warps},
+                ("C", "s_xb", "s_xt", "s_yb", "s_yt"),
+            )
             bconsts = {**consts, "s_gc": 1, "s_dc": 1}
             del bconsts["s_xc"], bconsts["s_yc"]
-            yield Variant(f"pool_bwd[{tag}]", patch_pool._patch_pool_bwd_kernel, {"g_ptr": f"*{dt}", "dx_ptr": f"*{dt}"},
-                          bconsts, {"num_warps": warps}, ("C", "s_gb", "s_gt", "s_db", "s_dt"))  # fmt: skip
+            yield Variant(
+                f"pool_bwd[{tag}]",
+                patch_pool._patch_pool_bwd_kernel,
+                {"g_ptr": f"*{dt}", "dx_ptr": f"*{dt}"},
+                bconsts,
+                {"num_warps": warps},
+                ("C", "s_gb", "s_gt", "s_db", "s_dt"),
+            )
             if smoke:
                 return
 
@@ -118,25 +153,65 @@ def row_variants(smoke: bool) -> Iterator[Variant]:
     kernels at their largest blocks (V tile 4096, D tile 2048)."""
     for dt, d in (("bf16", 4096),) if smoke else ((t, d) for t in DTYPES for d in (4096, 8192)):
         block, warps = _launch.ln_settings(d)
-        ln = {"z_ptr": "*fp32", "b2_ptr": f"*{dt}", "w_ptr": f"*{dt}", "b_ptr": f"*{dt}", "y_ptr": f"*{dt}",
-              "xhat_ptr": f"*{dt}", "rstd_ptr": "*fp32", "eps": "fp32"}  # fmt: skip
-        yield Variant(f"ln_fwd[{dt},D={d}]", ian_projection._ian_projection_ln_fwd_kernel, ln,
-                      {"SAVE": True, "BLOCK_D": block}, {"num_warps": warps}, ("D", "s_z", "s_y", "s_x"))  # fmt: skip
-        lnb = {"dy_ptr": f"*{dt}", "xhat_ptr": f"*{dt}", "rstd_ptr": "*fp32", "w_ptr": f"*{dt}", "dz_ptr": f"*{dt}",
-               "part_ptr": "*fp32", "z1_ptr": f"*{dt}", "h_ptr": f"*{dt}", "s_dyc": "i32"}  # fmt: skip
+        ln = {
+            "z_ptr": "*fp32",
+            "b2_ptr": f"*{dt}",
+            "w_ptr": f"*{dt}",
+            "b_ptr": f"*{dt}",
+            "y_ptr": f"*{dt}",
+            "xhat_ptr": f"*{dt}",
+            "rstd_ptr": "*fp32",
+            "eps": "fp32",
+        }
+        yield Variant(
+            f"ln_fwd[{dt},D={d}]",
+            ian_projection._ian_projection_ln_fwd_kernel,
+            ln,
+            {"SAVE": True, "BLOCK_D": block},
+            {"num_warps": warps},
+            ("D", "s_z", "s_y", "s_x"),
+        )
+        lnb = {
+            "dy_ptr": f"*{dt}",
+            "xhat_ptr": f"*{dt}",
+            "rstd_ptr": "*fp32",
+            "w_ptr": f"*{dt}",
+            "dz_ptr": f"*{dt}",
+            "part_ptr": "*fp32",
+            "z1_ptr": f"*{dt}",
+            "h_ptr": f"*{dt}",
+            "s_dyc": "i32",
+        }
         if d > _launch.LN_BWD_MAX_D:  # never launched: wider rows take the torch formulas
             continue
-        yield Variant(f"ln_bwd[{dt},D={d}]", ian_projection._ian_projection_ln_bwd_kernel, lnb,
-                      {"NEED_DZ": True, "NEED_H": True, "BLOCK_D": block}, {"num_warps": warps},
-                      ("D", "s_dy", "s_x", "s_dz", "s_z1", "s_h"))  # fmt: skip
+        yield Variant(
+            f"ln_bwd[{dt},D={d}]",
+            ian_projection._ian_projection_ln_bwd_kernel,
+            lnb,
+            {"NEED_DZ": True, "NEED_H": True, "BLOCK_D": block},
+            {"num_warps": warps},
+            ("D", "s_dy", "s_x", "s_dz", "s_z1", "s_h"),
+        )
         if d != 8192 and not smoke:
             continue
-        ce = {"logits_ptr": "*fp32", "grad_ptr": f"*{dt}", "labels_ptr": "*i64", "loss_ptr": "*fp32",
-              "inv_ptr": "*fp32", "ignore_index": "i64"}  # fmt: skip
+        ce = {
+            "logits_ptr": "*fp32",
+            "grad_ptr": f"*{dt}",
+            "labels_ptr": "*i64",
+            "loss_ptr": "*fp32",
+            "inv_ptr": "*fp32",
+            "ignore_index": "i64",
+        }
         bv, cw = _launch.ce_settings(128256)
         yield Variant(f"ce[{dt}]", ce_mse._ce_mse_ce_kernel, ce, {"NEED_GRAD": True, "BLOCK_V": bv}, {"num_warps": cw})
-        mse = {"img_ptr": f"*{dt}", "tgt_ptr": f"*{dt}", "mask_ptr": "*i1", "sq_ptr": "*fp32", "grad_ptr": f"*{dt}",
-               "cnt_ptr": "*fp32"}  # fmt: skip
+        mse = {
+            "img_ptr": f"*{dt}",
+            "tgt_ptr": f"*{dt}",
+            "mask_ptr": "*i1",
+            "sq_ptr": "*fp32",
+            "grad_ptr": f"*{dt}",
+            "cnt_ptr": "*fp32",
+        }
         bd, mw = _launch.mse_settings(4096)
         yield Variant(
             f"mse[{dt}]", ce_mse._ce_mse_mse_kernel, mse, {"NEED_GRAD": True, "BLOCK_D": bd}, {"num_warps": mw}
@@ -155,8 +230,10 @@ def ptxas_report(log: str) -> int:
             entries[-1]["regs"] = int(m.group(1))
             sm = re.search(r"(\d+) bytes smem", line)
             entries[-1]["smem"] = int(sm.group(1)) if sm else 0
-    names = [re.sub(r"^void |mage_fast::|cuda::|\(anonymous namespace\)::|c10::", "", n)
-             for n in _demangle([e["name"] for e in entries])]  # fmt: skip
+    names = [
+        re.sub(r"^void |mage_fast::|cuda::|\(anonymous namespace\)::|c10::", "", n)
+        for n in _demangle([e["name"] for e in entries])
+    ]
     bad = []
     print(f"{'CUDA kernel (sm_90)':<70} {'regs':>5} {'spill B':>8} {'smem KiB':>9}")
     for e, name in zip(entries, names):
@@ -200,8 +277,10 @@ def main(argv: list[str] | None = None) -> int:
             flag = "  <-- FAIL"
             bad.append(r["name"])
         print(f"ok {r['name']:<41} {r['regs']:>5} {r['spills']:>8} {r['smem'] / 1024:>9.1f} {r['s']:>5.1f}{flag}")
-    print(f"sm90-report: {len(results)} Triton variants in {time.time() - t0:.0f} s; "
-          f"{'FAILED: ' + ', '.join(bad) if bad else 'no spills, shared memory within 227 KiB'}")  # fmt: skip
+    print(
+        f"sm90-report: {len(results)} Triton variants in {time.time() - t0:.0f} s; "
+        f"{'FAILED: ' + ', '.join(bad) if bad else 'no spills, shared memory within 227 KiB'}"
+    )
     return 1 if bad else 0
 
 

@@ -20,8 +20,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def test_kernels_compile_for_sm90() -> None:
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    p = subprocess.run([sys.executable, os.path.join(HERE, "sm90_compile.py"), "--smoke"], env=env, capture_output=True,
-                       text=True, timeout=600)  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, os.path.join(HERE, "sm90_compile.py"), "--smoke"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     print(p.stdout[-4000:])
     if p.returncode != 0 and "ptxas" in p.stderr and "not found" in p.stderr:
         pytest.skip("this Triton build ships no ptxas")
