@@ -8,7 +8,7 @@ SOURCES := setup.py pyproject.toml requirements.txt $(wildcard csrc/*.cpp csrc/*
 NPROC   ?= 2
 DEMO    ?= runs/demo
 
-.PHONY: install demo demo-tools demo-multi ablate test lint clean cuda-check bench bench-smoke
+.PHONY: install demo demo-tools demo-multi ablate test lint clean cuda-check bench bench-smoke sm90-report gpu-check
 
 install: $(STAMP)
 
@@ -94,3 +94,16 @@ demo-multi: install
 ABLATE_ARGS ?=
 ablate: install
 	$(VPY) -m mage_fast.ablate --out runs/ablate $(ABLATE_ARGS)
+
+# Without a GPU: every Triton kernel and launch configuration the ops can pick compiled for sm_90
+# with the GPU JIT's specialisations, and csrc/cuda with nvcc -Xptxas -v; prints registers,
+# spills and shared memory per kernel, fails on a spill or > 227 KiB (tests/ops/sm90_compile.py).
+sm90-report: install
+	@start=$$(date +%s); env -u TRITON_INTERPRET $(VPY) tests/ops/sm90_compile.py && \
+	  PY=$(PY) VPY=$(VPY) bash .ci/sm90_cuda.sh && echo "sm90-report: done in $$(( $$(date +%s) - start )) s"
+
+# On a CUDA machine (< 8 min): build with the CUDA kernels, cuda + compiled-Triton op tests,
+# compute-sanitizer memcheck, the GPU benchmark sweep (CSV rows, summary) and the validated
+# winners file that `auto` reads. `make gpu-check DRY=1` prints every step (any machine).
+gpu-check:
+	DRY=$(DRY) VPY=$(if $(wildcard $(VPY)),$(abspath $(VPY)),python) bash .ci/gpu_check.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make cuda-check`: prove without a GPU that `pip install` with a CUDA build of torch compiles,
-# links and loads mage_fast._C with every op's CUDA kernel registered (DESIGN.md §4).
+# links and loads mage_fast._C with every op's CUDA kernel registered.
 #   1. a second venv ($CUDA_VENV, git-ignored) with the CUDA torch ($CUDA_TORCH, from local disk);
 #   2. a copy of the sources in build/cuda-check/src (so the in-place CPU build of .venv is never
 #      touched), `pip install --no-build-isolation --no-deps` of it with nvcc ($CUDA_HOME);

@@ -183,8 +183,15 @@ def mode_call(call: Callable[[Inputs], torch.Tensor], inputs: Inputs, mode: str)
     return ModeCall(full, reset)
 
 
-def measure(bench: OpBench, provider: Provider, shape: dict, mode: str, dtype: torch.dtype,
-            device: torch.device, budget_s: float) -> dict:  # fmt: skip
+def measure(
+    bench: OpBench,
+    provider: Provider,
+    shape: dict,
+    mode: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    budget_s: float,
+) -> dict:
     """One row's measurements (no roofline percentages: the parent adds those)."""
     torch.manual_seed(0)
     inputs = bench.make_inputs(shape, dtype, device)
@@ -199,18 +206,33 @@ def measure(bench: OpBench, provider: Provider, shape: dict, mode: str, dtype: t
     if light:
         t = common.summarize([ms])
     else:
-        t = common.time_call(m.fn, device, before=m.before, budget_s=budget_s, seed_ms=[ms],
-                             cuda_setup=mode == "backward")  # fmt: skip
-    row = {"ms_median": round(t.median, 4), "ms_p20": round(t.p20, 4), "ms_p80": round(t.p80, 4),
-           "reps": t.reps, "first_ms": "" if first is None else round(first, 2), "peak_mem_mb": common.fmt_mb(mem),
-           "mem_method": common.memory_method(device), "status": "ok"}  # fmt: skip
+        t = common.time_call(
+            m.fn, device, before=m.before, budget_s=budget_s, seed_ms=[ms], cuda_setup=mode == "backward"
+        )
+    row = {
+        "ms_median": round(t.median, 4),
+        "ms_p20": round(t.p20, 4),
+        "ms_p80": round(t.p80, 4),
+        "reps": t.reps,
+        "first_ms": "" if first is None else round(first, 2),
+        "peak_mem_mb": common.fmt_mb(mem),
+        "mem_method": common.memory_method(device),
+        "status": "ok",
+    }
     if provider.grad_in_forward and mode != "full":
         row["note"] = "computes gradients in forward: compare full"
     return row
 
 
-def run_child(bench: OpBench, providers: list[str], shapes: list[dict], modes: list[str], dtype: str,
-              device: torch.device, budget_s: float) -> None:  # fmt: skip
+def run_child(
+    bench: OpBench,
+    providers: list[str],
+    shapes: list[dict],
+    modes: list[str],
+    dtype: str,
+    device: torch.device,
+    budget_s: float,
+) -> None:
     """Measure and print one ROW_TAG json line per (provider, shape, mode)."""
     table = {p.name: p for p in bench.providers}
     for pname in providers:
@@ -226,8 +248,12 @@ def run_child(bench: OpBench, providers: list[str], shapes: list[dict], modes: l
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 print(ROW_TAG + json.dumps({**base, **row}), flush=True)
-                print(f"  {pname:>12} {mode:>8} {base['shape']:<28} {row.get('ms_median', '-'):>10} ms  "
-                      f"{row.get('peak_mem_mb', '-'):>9} MB  ({time.time() - t0:.1f} s)", file=sys.stderr, flush=True)  # fmt: skip
+                print(
+                    f"  {pname:>12} {mode:>8} {base['shape']:<28} {row.get('ms_median', '-'):>10} ms  "
+                    f"{row.get('peak_mem_mb', '-'):>9} MB  ({time.time() - t0:.1f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
 
 # -- the parent: plan, spawn, collect, write ---------------------------------------------------
@@ -238,17 +264,28 @@ def parse_args(bench: OpBench, argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--providers", default=None, help="comma list (default: every available one)")
     p.add_argument("--modes", default=",".join(common.MODES))
-    p.add_argument("--isolate", choices=("provider", "op", "none"), default="provider",
-                   help="a child process per provider (default), one for the op, or none")  # fmt: skip
-    p.add_argument("--budget", type=float, default=None,
-                   help="CPU: seconds of timed calls per case (default 0.5; smoke 0.05); at least 2 calls")  # fmt: skip
+    p.add_argument(
+        "--isolate",
+        choices=("provider", "op", "none"),
+        default="provider",
+        help="a child process per provider (default), one for the op, or none",
+    )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="CPU: seconds of timed calls per case (default 0.5; smoke 0.05); at least 2 calls",
+    )
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of `compile`")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--csv", default=common.RESULTS_CSV, help="where rows are appended ('' for nowhere)")
     p.add_argument("--strict", action="store_true", help="exit 1 if any case errored (the smoke run)")
-    p.add_argument("--profile", action="store_true",
-                   help="torch.profiler trace per provider on the sweep's first shape (default sweep: smoke on CPU), "
-                   "top kernels; on a GPU the ncu/nsys command lines (benchmarks/profiling.py)")  # fmt: skip
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="torch.profiler trace per provider on the sweep's first shape (default sweep: smoke on CPU), "
+        "top kernels; on a GPU the ncu/nsys command lines (benchmarks/profiling.py)",
+    )
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--shape-json", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -272,8 +309,22 @@ def plan(bench: OpBench, args: argparse.Namespace, device: torch.device) -> list
 
 
 def _spawn(bench: OpBench, bench_module: str, args: argparse.Namespace, providers: list[str], dtype: str) -> list[dict]:
-    cmd = [sys.executable, "-m", bench_module, "--child", "--sweep", args.sweep, "--device", args.device,
-           "--dtype", dtype, "--providers", ",".join(providers), "--modes", args.modes]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        bench_module,
+        "--child",
+        "--sweep",
+        args.sweep,
+        "--device",
+        args.device,
+        "--dtype",
+        dtype,
+        "--providers",
+        ",".join(providers),
+        "--modes",
+        args.modes,
+    ]
     if args.budget is not None:
         cmd += ["--budget", str(args.budget)]
     if args.threads:
@@ -290,8 +341,17 @@ def _spawn(bench: OpBench, bench_module: str, args: argparse.Namespace, provider
         else:
             print(line, end="", flush=True)
     if proc.wait() != 0:
-        rows.append({"op": bench.op, "provider": ",".join(providers), "mode": "-", "shape": "-", "dtype": dtype,
-                     "status": "error", "note": f"child exited with {proc.returncode}"})  # fmt: skip
+        rows.append(
+            {
+                "op": bench.op,
+                "provider": ",".join(providers),
+                "mode": "-",
+                "shape": "-",
+                "dtype": dtype,
+                "status": "error",
+                "note": f"child exited with {proc.returncode}",
+            }
+        )
     return rows
 
 
@@ -320,11 +380,17 @@ def main(bench: OpBench, module: str, argv: list[str] | None = None) -> int:
     providers = plan(bench, args, device)
     if args.profile:
         return profile_all(bench, module, providers, shapes[0], modes, dtype, device)
-    print(f"[{bench.op}] device {common.device_name(device)}, dtype {dtype}, sweep {args.sweep}: "
-          f"{len(shapes)} shape(s) x {len(modes)} mode(s) x providers {', '.join(providers)}", flush=True)  # fmt: skip
+    print(
+        f"[{bench.op}] device {common.device_name(device)}, dtype {dtype}, sweep {args.sweep}: "
+        f"{len(shapes)} shape(s) x {len(modes)} mode(s) x providers {', '.join(providers)}",
+        flush=True,
+    )
     peaks = common.measure_peaks(device, common.dtype_of(dtype), small=args.sweep == "smoke")
-    print(f"[{bench.op}] peaks this run: copy {peaks.gbps:.1f} GB/s, matmul ({peaks.matmul_dtype}) "
-          f"{peaks.tflops:.3f} TFLOP/s", flush=True)  # fmt: skip
+    print(
+        f"[{bench.op}] peaks this run: copy {peaks.gbps:.1f} GB/s, matmul ({peaks.matmul_dtype}) "
+        f"{peaks.tflops:.3f} TFLOP/s",
+        flush=True,
+    )
     rows: list[dict] = []
     if args.isolate == "none":
         import contextlib
@@ -341,8 +407,12 @@ def main(bench: OpBench, module: str, argv: list[str] | None = None) -> int:
                 rows += _spawn(bench, module, args, group, dtype)
     by_label = {shape_label(s): s for s in shapes}
     itemsize = torch.empty(0, dtype=common.dtype_of(dtype)).element_size()
-    ident = {"device": common.device_class(device), "commit": common.git_commit(), "date": common.run_date(),
-             "device_name": common.device_name(device)}  # fmt: skip
+    ident = {
+        "device": common.device_class(device),
+        "commit": common.git_commit(),
+        "date": common.run_date(),
+        "device_name": common.device_name(device),
+    }
     for r in rows:
         r.update(ident)
         if r["provider"] == "compile" and args.compile_backend != "inductor":
@@ -365,8 +435,9 @@ def main(bench: OpBench, module: str, argv: list[str] | None = None) -> int:
     return 1 if errors and args.strict else 0
 
 
-def profile_all(bench: OpBench, module: str, providers: list[str], shape: dict, modes: list[str], dtype: str,
-                device: torch.device) -> int:  # fmt: skip
+def profile_all(
+    bench: OpBench, module: str, providers: list[str], shape: dict, modes: list[str], dtype: str, device: torch.device
+) -> int:
     """--profile: a trace and a top-kernel table per provider (benchmarks/profiling.py)."""
     from benchmarks import profiling
 
@@ -394,13 +465,17 @@ def _fn_before(m: ModeCall) -> tuple[Callable[[], object], Callable[[], None]]:
 
 def print_table(rows: list[dict]) -> None:
     """A short human table: time, spread, memory, achieved rate and % of the run's peak."""
-    print(f"{'provider':>12} {'mode':>8} {'shape':<30} {'ms':>10} {'p20-p80':>17} {'MB':>9} "
-          f"{'TFLOP/s':>8} {'GB/s':>8} {'%peak':>6}")  # fmt: skip
+    print(
+        f"{'provider':>12} {'mode':>8} {'shape':<30} {'ms':>10} {'p20-p80':>17} {'MB':>9} "
+        f"{'TFLOP/s':>8} {'GB/s':>8} {'%peak':>6}"
+    )
     for r in rows:
         if r.get("status") != "ok":
             print(f"{r['provider']:>12} {r['mode']:>8} {r['shape']:<30} ERROR {r.get('note', '')}")
             continue
         spread = f"{float(r['ms_p20']):.3f}-{float(r['ms_p80']):.3f}"
-        print(f"{r['provider']:>12} {r['mode']:>8} {r['shape']:<30} {float(r['ms_median']):>10.3f} {spread:>17} "
-              f"{r['peak_mem_mb']!s:>9} {r.get('tflops', '')!s:>8} {r.get('gbps', '')!s:>8} "
-              f"{r.get('pct_peak', '')!s:>6}")  # fmt: skip
+        print(
+            f"{r['provider']:>12} {r['mode']:>8} {r['shape']:<30} {float(r['ms_median']):>10.3f} {spread:>17} "
+            f"{r['peak_mem_mb']!s:>9} {r.get('tflops', '')!s:>8} {r.get('gbps', '')!s:>8} "
+            f"{r.get('pct_peak', '')!s:>6}"
+        )

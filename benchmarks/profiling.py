@@ -30,8 +30,9 @@ def trace_dir(op: str) -> str:
     return os.path.join(common.ROOT, "runs", "profile", op)
 
 
-def profile_provider(op: str, name: str, calls: list[tuple[str, Callable[[], object], Callable[[], None]]],
-                     device: torch.device) -> list[str]:  # fmt: skip
+def profile_provider(
+    op: str, name: str, calls: list[tuple[str, Callable[[], object], Callable[[], None]]], device: torch.device
+) -> list[str]:
     """Profile `calls` ((mode, fn, before) each warmed up once); write the trace, print the top
     kernels; returns the names of our kernels that ran."""
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -62,6 +63,8 @@ def gpu_commands(op: str, module: str, provider: str, kernels: list[str]) -> lis
     lines = [f"nsys profile -t cuda,nvtx -o {out}/{provider} {run}"]
     for k in kernels:
         short = re.sub(r"[^A-Za-z0-9_]", "_", k)[:40]
-        lines.append(f"ncu --set full --kernel-name regex:{shlex.quote(re.escape(k[:60]))} --launch-count 1 "
-                     f"-o {out}/{provider}-{short} {run}")  # fmt: skip
+        lines.append(
+            f"ncu --set full --kernel-name regex:{shlex.quote(re.escape(k[:60]))} --launch-count 1 "
+            f"-o {out}/{provider}-{short} {run}"
+        )
     return lines

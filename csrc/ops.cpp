@@ -1,10 +1,10 @@
 // The one TORCH_LIBRARY(mage_fast) of the project: schemas of the low-level kernel ops.
 //
 // Implementations register per device with TORCH_LIBRARY_IMPL(mage_fast, CPU|CUDA, m) in
-// csrc/cpu/<op>.cpp and csrc/cuda/<op>.cu. Fake (meta) kernels and autograd live in Python
-// (mage_fast/ops/_ext.py), next to the top-level `torch.library.custom_op`s of the same namespace.
+// csrc/cpu/<op>.cpp and csrc/cuda/<op>.cu. Fake (meta) kernels and autograd live in Python, in each
+// op's module (mage_fast/ops/<op>.py), next to the top-level `torch.library.custom_op` of the op.
 //
-// Naming (DESIGN.md §2): `<op>_fwd` / `<op>_bwd` are kernel launchers taking and returning tensors;
+// Naming: `<op>_fwd` / `<op>_bwd` are kernel launchers taking and returning tensors;
 // `mage_fast::<op>` (defined in Python) is the differentiable op the model calls.
 
 #include <Python.h>

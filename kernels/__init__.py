@@ -9,15 +9,18 @@ never `kernels`.
     ce_mse_fwd                               fused linear CE + MSE with gradients  (ce_mse.py)
     matmul                                   the shared GEMM with fused epilogues  (_gemm.py)
 
-Launch settings (block sizes, warps, autotune spaces) live in `_launch.py`. `TRITON_INTERPRET=1`
+Launch settings (block sizes, warps, GEMM tiles) live in `_launch.py`. `TRITON_INTERPRET=1`
 must be set before this package is first imported: Triton reads it when the kernels are decorated.
 """
 
+from mage_fast.kernels import ce_mse as _ce_mse
 from mage_fast.kernels._gemm import matmul
-from mage_fast.kernels._launch import INTERPRET
-from mage_fast.kernels.ce_mse import ce_mse_fwd
+from mage_fast.kernels._launch import INTERPRET, on_tensor_device
 from mage_fast.kernels.ian_projection import ian_projection_bwd, ian_projection_fwd
 from mage_fast.kernels.patch_pool import patch_pool_bwd, patch_pool_fwd
+
+# Every launcher runs under its tensors' device (_launch.on_tensor_device).
+ce_mse_fwd = on_tensor_device(_ce_mse.ce_mse_fwd)
 
 __all__ = [
     "INTERPRET",

@@ -39,12 +39,32 @@ def _gelu_grad(z):
 
 @triton.jit
 def _gemm_kernel(
-    a_ptr, b_ptr, c_ptr, bias_ptr, aux_ptr, part_ptr,
-    M, N, K,
-    s_am, s_ak, s_bk, s_bn, s_cm, s_cn, s_xm, s_xn,
-    EPI: tl.constexpr, WRITE_AUX: tl.constexpr, DOT_F32: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-):  # fmt: skip
+    a_ptr,
+    b_ptr,
+    c_ptr,
+    bias_ptr,
+    aux_ptr,
+    part_ptr,
+    M,
+    N,
+    K,
+    s_am,
+    s_ak,
+    s_bk,
+    s_bn,
+    s_cm,
+    s_cn,
+    s_xm,
+    s_xn,
+    EPI: tl.constexpr,
+    WRITE_AUX: tl.constexpr,
+    DOT_F32: tl.constexpr,
+    PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
     pid = tl.program_id(0)
     num_m = tl.cdiv(M, BLOCK_M)
     num_n = tl.cdiv(N, BLOCK_N)
@@ -144,10 +164,29 @@ def matmul(
     cfg = _launch.gemm_config(M, N, K, a.dtype, epilogue)
     bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
     _gemm_kernel[(triton.cdiv(M, bm) * triton.cdiv(N, bn),)](
-        a, b, out, bias if bias is not None else out, xs, part, M, N, K,
-        a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
-        xs.stride(0), xs.stride(1),
-        EPI=epi, WRITE_AUX=aux is not None and epi == 1, DOT_F32=_launch.DOT_F32, PREC=_launch.dot_precision(a.dtype),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs,
-    )  # fmt: skip
+        a,
+        b,
+        out,
+        bias if bias is not None else out,
+        xs,
+        part,
+        M,
+        N,
+        K,
+        a.stride(0),
+        a.stride(1),
+        b.stride(0),
+        b.stride(1),
+        out.stride(0),
+        out.stride(1),
+        xs.stride(0),
+        xs.stride(1),
+        EPI=epi,
+        WRITE_AUX=aux is not None and epi == 1,
+        DOT_F32=_launch.DOT_F32,
+        PREC=_launch.dot_precision(a.dtype),
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+        **cfg.kwargs,
+    )
     return out

@@ -91,13 +91,16 @@ def _cfg(m: int, n: int, k: int, warps: int, stages: int) -> triton.Config:
     return triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, num_warps=warps, num_stages=stages)
 
 
-# The tiles gemm_config() chooses from, by name (the sm_90 compile report walks all of them).
-# "wide": large 16-bit GEMMs with a plain epilogue (128x256, 3 stages: 144 KiB of shared memory);
-# "square": 16-bit GEMMs with an elementwise epilogue (bias+GELU, GELU' + column sums) that keeps
-# more live registers per output; "small": M or N below 128; "fp32": fp32 operands (4-byte tiles).
+# The tiles gemm_config() chooses from, by name (make sm90-report compiles all of them; sm_90
+# registers and spills quoted from it). "wide": large 16-bit GEMMs with a plain epilogue (128x256,
+# 3 stages: 144 KiB of shared memory, 186 registers); "square": the bias+GELU and accumulate ("acc"
+# reads a 128x256 fp32 c and spills) epilogues; "narrow": GELU' + column sums, the most live
+# registers per output (255 without spills at 64x128, 40 bytes spilled at 128x128); "small": M or N
+# below 128; "fp32": fp32 operands (4-byte tiles).
 GEMM_TILES: dict[str, triton.Config] = {
     "wide": _cfg(128, 256, 64, 8, 3),
     "square": _cfg(128, 128, 64, 8, 4),
+    "narrow": _cfg(64, 128, 64, 4, 4),
     "small": _cfg(64, 64, 64, 4, 3),
     "fp32": _cfg(64, 64, 32, 4, 3),
 }
@@ -110,7 +113,9 @@ def gemm_tile_name(m: int, n: int, k: int, dtype: torch.dtype, epilogue: str) ->
         return "fp32"
     if m < 128 or n < 128:
         return "small"
-    if epilogue in ("bias_gelu", "gelu_grad") or n < 256:
+    if epilogue == "gelu_grad":
+        return "narrow"
+    if epilogue != "none" or n < 256:
         return "square"
     return "wide"
 
@@ -126,13 +131,23 @@ def gemm_config(m: int, n: int, k: int, dtype: torch.dtype, epilogue: str) -> tr
 # ---- row kernels (LayerNorm, cross-entropy) ---------------------------------------------------
 def row_warps(block: int) -> int:
     """Warps of a one-row-per-program kernel over `block` columns."""
-    return 4 if block <= 2048 else 8 if block <= 8192 else 16
+    # 8192 columns take 16 warps: with 8, the LayerNorm backward's three fp32 accumulator rows
+    # need 255+ registers per thread and spill (make sm90-report).
+    return 4 if block <= 2048 else 8 if block <= 4096 else 16
+
+
+# Widest row the LayerNorm backward kernel takes: it holds the row and three fp32 accumulator rows
+# in registers, 212 per thread at 4096 columns; at 8192 it spills at every warp count (make
+# sm90-report), so wider rows take the torch formulas (kernels/ian_projection.py).
+LN_BWD_MAX_D = 4096
 
 
 def ln_settings(d: int) -> tuple[int, int]:
-    """(BLOCK_D, num_warps) of the LayerNorm row kernels: the whole row in one tile."""
+    """(BLOCK_D, num_warps) of the LayerNorm row kernels: the whole row in one tile. Rows wider
+    than 4096 take a warp per 256 columns: the backward holds five fp32 values per column per
+    thread and spills at 16 warps x 8192 columns (make sm90-report)."""
     block = next_pow2(d)
-    return block, row_warps(block)
+    return block, row_warps(block) if block <= 4096 else min(32, block // 256)
 
 
 def ln_bwd_programs(n_rows: int, device: torch.device) -> int:

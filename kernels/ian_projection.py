@@ -36,10 +36,21 @@ from mage_fast.kernels._launch import on_tensor_device, round_to
 
 @triton.jit
 def _ian_projection_ln_fwd_kernel(
-    z_ptr, b2_ptr, w_ptr, b_ptr, y_ptr, xhat_ptr, rstd_ptr, D, eps,
-    s_z, s_y, s_x,
-    SAVE: tl.constexpr, BLOCK_D: tl.constexpr,
-):  # fmt: skip
+    z_ptr,
+    b2_ptr,
+    w_ptr,
+    b_ptr,
+    y_ptr,
+    xhat_ptr,
+    rstd_ptr,
+    D,
+    eps,
+    s_z,
+    s_y,
+    s_x,
+    SAVE: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_D)
     m = cols < D
@@ -59,10 +70,27 @@ def _ian_projection_ln_fwd_kernel(
 
 @triton.jit
 def _ian_projection_ln_bwd_kernel(
-    dy_ptr, xhat_ptr, rstd_ptr, w_ptr, dz_ptr, part_ptr, z1_ptr, h_ptr, N, D, rows_per_prog,
-    s_dy, s_dyc, s_x, s_dz, s_z1, s_h,
-    NEED_DZ: tl.constexpr, NEED_H: tl.constexpr, BLOCK_D: tl.constexpr,
-):  # fmt: skip
+    dy_ptr,
+    xhat_ptr,
+    rstd_ptr,
+    w_ptr,
+    dz_ptr,
+    part_ptr,
+    z1_ptr,
+    h_ptr,
+    N,
+    D,
+    rows_per_prog,
+    s_dy,
+    s_dyc,
+    s_x,
+    s_dz,
+    s_z1,
+    s_h,
+    NEED_DZ: tl.constexpr,
+    NEED_H: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_D)
     m = cols < D
@@ -124,11 +152,71 @@ def ian_projection_fwd(
     if N > 0:
         block, warps = _launch.ln_settings(D)
         _ian_projection_ln_fwd_kernel[(N,)](
-            z2, b2, ln_w, ln_b, y, xhat if save else y, rstd if save else z2, D, float(eps),
-            z2.stride(0), y.stride(0), xhat.stride(0) if save else 0,
-            SAVE=save, BLOCK_D=block, num_warps=warps,
-        )  # fmt: skip
+            z2,
+            b2,
+            ln_w,
+            ln_b,
+            y,
+            xhat if save else y,
+            rstd if save else z2,
+            D,
+            float(eps),
+            z2.stride(0),
+            y.stride(0),
+            xhat.stride(0) if save else 0,
+            SAVE=save,
+            BLOCK_D=block,
+            num_warps=warps,
+        )
     return y, z1, xhat, rstd
+
+
+def _ln_bwd_rows(dy, xhat, rstd, ln_w, z1, dz2, need_dz2: bool, nw2: bool):
+    """The LayerNorm backward kernel: -> ((3, D) fp32 sums of dγ, dβ, db2; h = GELU(z1) or None);
+    dz2 (N, D) written in place when needed."""
+    N, D = xhat.shape
+    progs = _launch.ln_bwd_programs(N, xhat.device)
+    rows_per = triton.cdiv(max(N, 1), progs)
+    part = torch.zeros((progs, 3, D), dtype=torch.float32, device=xhat.device)
+    h = torch.empty_like(z1) if nw2 else None  # GELU(z1), dw2's operand
+    if N > 0:
+        block, warps = _launch.ln_settings(D)
+        dz_out, h_out = dz2 if need_dz2 else xhat, h if nw2 else xhat
+        _ian_projection_ln_bwd_kernel[(progs,)](
+            dy,
+            xhat,
+            rstd,
+            ln_w,
+            dz_out,
+            part,
+            z1,
+            h_out,
+            N,
+            D,
+            rows_per,
+            dy.stride(0),
+            dy.stride(1),
+            xhat.stride(0),
+            dz_out.stride(0),
+            z1.stride(0),
+            h_out.stride(0),
+            NEED_DZ=need_dz2,
+            NEED_H=nw2,
+            BLOCK_D=block,
+            num_warps=warps,
+        )
+    return part.sum(0), h
+
+
+def _ln_bwd_wide(dy, xhat, rstd, ln_w, z1, need_dz2: bool, nw2: bool):
+    """The same results for rows wider than LN_BWD_MAX_D, where the one-row-per-program kernel
+    would spill registers on sm_90: the torch formulas in fp32 (deterministic reductions)."""
+    g, xh = dy.float(), xhat.float()
+    dxh = g * ln_w.float()
+    dz = rstd[:, None] * (dxh - dxh.mean(-1, keepdim=True) - xh * (dxh * xh).mean(-1, keepdim=True))
+    sums = torch.stack([(g * xh).sum(0), g.sum(0), dz.sum(0)])
+    h = torch.nn.functional.gelu(z1.float()).to(z1.dtype) if nw2 else None
+    return sums, dz.to(xhat.dtype) if need_dz2 else None, h
 
 
 @on_tensor_device
@@ -151,19 +239,11 @@ def ian_projection_bwd(
     ln_w = ln_w.contiguous()
     need_dz2 = nx or nw1 or nb1 or nw2 or nb2
     dz2 = torch.empty((N, D), dtype=dt, device=dev) if need_dz2 else None
-    progs = _launch.ln_bwd_programs(N, dev)
-    rows_per = triton.cdiv(max(N, 1), progs)
-    part = torch.zeros((progs, 3, D), dtype=torch.float32, device=dev)
-    h = torch.empty((N, D), dtype=dt, device=dev) if nw2 else None  # GELU(z1), dw2's operand
-    if N > 0:
-        block, warps = _launch.ln_settings(D)
-        dz_out, h_out = dz2 if need_dz2 else xhat, h if nw2 else xhat
-        _ian_projection_ln_bwd_kernel[(progs,)](
-            dy, xhat, rstd, ln_w, dz_out, part, z1, h_out, N, D, rows_per,
-            dy.stride(0), dy.stride(1), xhat.stride(0), dz_out.stride(0), z1.stride(0), h_out.stride(0),
-            NEED_DZ=need_dz2, NEED_H=nw2, BLOCK_D=block, num_warps=warps,
-        )  # fmt: skip
-    sums = part.sum(0)  # (3, D) fp32: dγ, dβ, db2; copies, so that no two grads share storage
+    if D > _launch.LN_BWD_MAX_D:
+        sums, dz2, h = _ln_bwd_wide(dy, xhat, rstd, ln_w, z1, need_dz2, nw2)
+    else:
+        sums, h = _ln_bwd_rows(dy, xhat, rstd, ln_w, z1, dz2, need_dz2, nw2)
+    # copies below, so that no two grads share storage
     dln_w = sums[0].to(ln_w.dtype, copy=True) if nlw else None
     dln_b = sums[1].to(ln_w.dtype, copy=True) if nlb else None
     db2 = sums[2].to(w2.dtype, copy=True) if nb2 else None

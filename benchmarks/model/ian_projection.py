@@ -39,8 +39,17 @@ def m_tiles(m: int, n: int, k: int, epilogue: str = "none") -> int:
 
 
 def _sum(phase: str, parts: list[Row], impl: str = "triton", note: str = "") -> Row:
-    return Row(OP, impl, phase, SHAPE, bytes=sum(p.bytes for p in parts), tc_flops=sum(p.tc_flops for p in parts),
-               cuda_flops=sum(p.cuda_flops for p in parts), sfu_ops=sum(p.sfu_ops for p in parts), note=note)  # fmt: skip
+    return Row(
+        OP,
+        impl,
+        phase,
+        SHAPE,
+        bytes=sum(p.bytes for p in parts),
+        tc_flops=sum(p.tc_flops for p in parts),
+        cuda_flops=sum(p.cuda_flops for p in parts),
+        sfu_ops=sum(p.sfu_ops for p in parts),
+        note=note,
+    )
 
 
 def dw2_rows() -> list[Row]:
@@ -51,9 +60,17 @@ def dw2_rows() -> list[Row]:
     reps = m_tiles(D, D, N)
     pro = gemm(D, D, N)
     pro.bytes -= nd * E  # reads z1 instead of h: one N x D pass fewer
-    prologue = Row(OP, "triton-prologue", "dW2", SHAPE, bytes=pro.bytes, tc_flops=pro.tc_flops,
-                   cuda_flops=nd * reps * GELU_CUDA_FLOPS, sfu_ops=nd * reps,
-                   note=f"GELU recomputed per M tile: {reps}x per element")  # fmt: skip
+    prologue = Row(
+        OP,
+        "triton-prologue",
+        "dW2",
+        SHAPE,
+        bytes=pro.bytes,
+        tc_flops=pro.tc_flops,
+        cuda_flops=nd * reps * GELU_CUDA_FLOPS,
+        sfu_ops=nd * reps,
+        note=f"GELU recomputed per M tile: {reps}x per element",
+    )
     return [built, prologue]
 
 

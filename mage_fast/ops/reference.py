@@ -1,7 +1,7 @@
 """Naive pure-torch twins of the ops (plain autograd), the ground truth of the tests.
 
 Everything is computed in the input dtype, so running a reference in bf16 shows the reference's
-own low-precision error (DESIGN.md §3: a kernel may be at most ~2x that far from the fp32
+own low-precision error (the low-precision rule of the op tests: a kernel may be at most ~2x that far from the fp32
 reference).
 """
 

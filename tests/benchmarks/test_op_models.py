@@ -29,3 +29,29 @@ def test_patch_pool_is_a_memory_stream_with_every_lane_used() -> None:
     for row in patch_pool.rows(DEVICES["h100"]):
         t = row.times_ms(DEVICES["h100"])
         assert max(t, key=t.get) == "mem", t
+
+
+def test_gpu_winners_pick_the_fastest_clean_backend() -> None:
+    from benchmarks.gpu_winners import winners
+
+    row = lambda op, p, ms, status="ok", mode="full", date="d1": {
+        "op": op,
+        "provider": p,
+        "ms_median": ms,
+        "status": status,
+        "mode": mode,
+        "date": date,
+    }
+    rows = [
+        row("patch_pool", "op_torch", 2.0),
+        row("patch_pool", "triton", 1.0),
+        row("patch_pool", "cuda", 0.5),
+        row("patch_pool", "cuda", 0, status="error"),
+        row("patch_pool", "liger", 0.1),
+        row("ce_mse", "op_torch", 3.0),
+        row("ce_mse", "triton", 1.0, mode="forward"),
+        row("ce_mse", "triton", 0.1, date="old"),
+    ]
+    got = winners(rows, "d1")
+    assert got["patch_pool"][0] == "triton"  # cuda errored once: not a candidate; liger is not ours
+    assert got["ce_mse"][0] == "torch"  # only full-mode rows of this run count

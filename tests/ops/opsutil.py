@@ -1,4 +1,5 @@
-"""Comparison helpers of the op tests (DESIGN.md §3 tolerance rule)."""
+"""Comparison helpers of the op tests (the low-precision rule: mage_fast/ops/reference.py), the
+backend list and the device each backend is tested on."""
 
 from __future__ import annotations
 

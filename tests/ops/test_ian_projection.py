@@ -125,6 +125,20 @@ def test_opcheck_opaque_backward_op() -> None:
     torch.library.opcheck(torch.ops.mage_fast.ian_projection_backward.default, args)
 
 
+@requires_triton
+def test_triton_wide_rows_take_the_torch_layernorm_backward(monkeypatch) -> None:
+    # Rows wider than LN_BWD_MAX_D (the kernel would spill on sm_90) take the torch formulas.
+    from mage_fast.kernels import _launch
+
+    monkeypatch.setattr(_launch, "LN_BWD_MAX_D", 16)
+    ts = make((9,))
+    a, r = leaves(*ts), leaves(*ts)
+    y, yr = ian_projection(*a, backend="triton"), ian_projection_ref(*r)
+    g = torch.randn_like(yr)
+    for name, ga, gr in zip(NAMES, grads(y, a, g), grads(yr, r, g)):
+        assert_close32(f"d{name}", ga, gr, atol=5e-5, rtol=5e-5)
+
+
 def test_native_no_grad_saves_nothing(native: str) -> None:
     out = torch.ops.mage_fast.ian_projection_fwd(*make((5,)), 1e-5, False)
     assert out[0].shape == (5, D) and all(t.numel() == 0 for t in out[1:])

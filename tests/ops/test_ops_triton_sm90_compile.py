@@ -1,8 +1,9 @@
-"""Every Triton kernel compiles for sm_90 in compile mode (no GPU needed: Triton ships ptxas).
+"""Every Triton kernel compiles for sm_90 in compile mode (no GPU needed: Triton ships ptxas):
+one variant per kernel (`sm90_compile.py --smoke`); `make sm90-report` (CI) compiles every
+configuration the ops can pick and fails on spills.
 
 The interpreter runs the kernels' Python; it never builds Triton IR. This catches what only the
-compiler sees (loop-carried types, constexpr branches, pointer types, shared-memory budgets of the
-largest autotune tiles) on CPU-only CI. Numerics on the GPU remain issue 7's check.
+compiler sees (loop-carried types, constexpr branches, pointer types) in make test.
 """
 
 from __future__ import annotations
@@ -19,10 +20,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def test_kernels_compile_for_sm90() -> None:
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    p = subprocess.run([sys.executable, os.path.join(HERE, "sm90_compile.py")], env=env, capture_output=True,
-                       text=True, timeout=600)  # fmt: skip
+    p = subprocess.run(
+        [sys.executable, os.path.join(HERE, "sm90_compile.py"), "--smoke"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     print(p.stdout[-4000:])
     if p.returncode != 0 and "ptxas" in p.stderr and "not found" in p.stderr:
         pytest.skip("this Triton build ships no ptxas")
     assert p.returncode == 0, p.stderr[-4000:]
-    assert p.stdout.count("ok ") == 11  # 5 GEMM variants, 2 each of pool, LayerNorm, CE+MSE
+    assert p.stdout.count("ok ") == 7  # GEMM, pool fwd/bwd, LayerNorm fwd/bwd, CE, MSE
+    assert "no spills" in p.stdout
