@@ -292,7 +292,7 @@ class Logs:
 
 def _record(run: Run, prog: Progress, res: StepResult, micro: list[dict]) -> dict:
     """The step's history record; on a skipped step also the sample ids of every rank, and the
-    non-finite counters move (an abort past `max_bad_steps` in a row)."""
+    non-finite counters move."""
     rec = {
         "step": prog.step,
         "loss": res.loss,
@@ -316,14 +316,18 @@ def _record(run: Run, prog: Progress, res: StepResult, micro: list[dict]) -> dic
             f"sample ids {ids}",
             flush=True,
         )
+    return rec
+
+
+def _check_bad_run(run: Run, prog: Progress, rec: dict) -> None:
+    """Abort after `max_bad_steps` skipped steps in a row (once the last one is logged)."""
     bad = prog.bad_run
     if len(bad) >= run.cfg.max_bad_steps:
         raise NonFiniteError(
             f"aborting: {len(bad)} non-finite steps in a row (steps {bad[0]}-{bad[-1]}, "
-            f"max_bad_steps={run.cfg.max_bad_steps}); last sample ids {ids}. Lower optim.lr, check the data "
-            f"of those ids, or resume from the last checkpoint"
+            f"max_bad_steps={run.cfg.max_bad_steps}); last sample ids {rec['ids']}. Lower optim.lr, check the "
+            f"data of those ids, or resume from the last checkpoint"
         )
-    return rec
 
 
 def _accuracy(run: Run, step: int, logs: Logs) -> dict:
@@ -368,6 +372,7 @@ def _loop(run: Run, prog: Progress, stop: StopRequest) -> tuple[list[dict], list
             prog.step += 1
             history.append(_record(run, prog, res, micro))
             logs.step(history[-1], res, prog, run.engine)
+            _check_bad_run(run, prog, history[-1])
             if run.acc_eval is not None and _due(cfg.eval_every, prog.step, cfg.max_steps):
                 accuracy.append(_accuracy(run, prog.step, logs))
             if _due(cfg.save_every, prog.step, cfg.max_steps) or res.stop:
