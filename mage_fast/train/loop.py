@@ -338,13 +338,13 @@ def _record(run: Run, prog: Progress, res: StepResult, micro: list[dict]) -> dic
     return rec
 
 
-def _abort_on_bad_run(run: Run, prog: Progress, rec: dict) -> None:
-    """NonFiniteError once `max_bad_steps` steps in a row were skipped (after the record is logged)."""
+def _check_bad_run(run: Run, prog: Progress, rec: dict) -> None:
+    """Abort after `max_bad_steps` skipped steps in a row (once the last one is logged)."""
     bad = prog.bad_run
     if bad and len(bad) >= run.cfg.max_bad_steps:
         raise NonFiniteError(
             f"aborting: {len(bad)} non-finite steps in a row (steps {bad[0]}-{bad[-1]}, "
-            f"max_bad_steps={run.cfg.max_bad_steps}); last sample ids {rec.get('ids')}. Lower optim.lr, check the "
+            f"max_bad_steps={run.cfg.max_bad_steps}); last sample ids {rec['ids']}. Lower optim.lr, check the "
             f"data of those ids, or resume from the last checkpoint"
         )
 
@@ -393,7 +393,7 @@ def _loop(run: Run, prog: Progress, stop: StopRequest) -> tuple[list[dict], list
             if os.environ.get("MAGE_FAST_PROBE") == "1":
                 history[-1].update(step_probe(run.engine))
             logs.step(history[-1], res, prog, run.engine)
-            _abort_on_bad_run(run, prog, history[-1])
+            _check_bad_run(run, prog, history[-1])
             if run.acc_eval is not None and _due(cfg.eval_every, prog.step, cfg.max_steps):
                 accuracy.append(_accuracy(run, prog.step, logs))
             if _due(cfg.save_every, prog.step, cfg.max_steps) or res.stop:
