@@ -1,8 +1,9 @@
 """The label convention shared by the data (which writes labels) and the model (which reads them).
 
-`labels` (B, L) hold the token id a position should predict at the *next* position's input, or
-`IGNORE_INDEX` where no loss applies (prompt, image placeholders, padding): position t's hidden
-state predicts labels[:, t + 1]. Every place that needs the shift calls `next_token_targets`.
+`labels` (B, L) hold, at each position, the token expected there (a copy of input_ids), or
+`IGNORE_INDEX` where no loss applies (prompt, image placeholders, padding), as in LLaVA and HF:
+position t's hidden state predicts labels[:, t + 1]. Every place that needs that shift calls
+`next_token_targets`.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ import pytest
 from test_train_zero3 import TINY, launch, launch_cmd, strict_zero3  # noqa: F401  (fixture)
 from testutil import ROOT
 
-from mage_fast.train.checkpoint import tag_of
+from mage_fast.train.checkpoint import complete_tags, tag_of
 
 sys.path.insert(0, os.path.join(ROOT, "tests", "data"))
 from _data_helpers import qa, write_truncated  # noqa: E402
@@ -57,8 +57,7 @@ def _single(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 def _complete(run: str) -> list[str]:
-    root = os.path.join(run, "checkpoints")
-    return sorted(t for t in os.listdir(root) if os.path.isfile(os.path.join(root, t, "COMMITTED")))
+    return complete_tags(run)
 
 
 # ---- 1 + 2: kill (also mid-save) and resume: the resumed losses equal the uninterrupted run's ----
@@ -150,6 +149,30 @@ OPTIM0 = "zero_pp_rank_0_mp_rank_00_optim_states.pt"  # rank 0's file under ZeRO
 OPTIM1 = "zero_pp_rank_1_mp_rank_00_optim_states.pt"  # rank 1's
 
 
+def _ranks(proc: subprocess.Popen) -> list:
+    """The rank processes under a launch (psutil handles), rank 0 first."""
+    import psutil
+
+    procs = psutil.Process(proc.pid).children(recursive=True)
+    found = [c for c in procs if "LOCAL_RANK" in c.environ() and "deepspeed.launcher" not in " ".join(c.cmdline())]
+    return sorted(found, key=lambda c: int(c.environ()["RANK"]))
+
+
+def _signal_until_exit(ranks: list, sig: int, timeout: float = 120) -> None:
+    """`sig` to every rank every 0.1 s until all have exited: the repeats land during the save."""
+    import psutil
+
+    deadline = time.time() + timeout
+    while any(r.is_running() and r.status() != psutil.STATUS_ZOMBIE for r in ranks):
+        assert time.time() < deadline, "ranks did not exit"
+        for r in ranks:
+            try:
+                r.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+        time.sleep(0.1)
+
+
 def _truncate(path: str) -> None:
     """Half the file, as a full disk or an interrupted copy leaves it."""
     with open(path, "r+b") as f:
@@ -189,12 +212,16 @@ def test_zero3_damaged_checkpoints_fall_back_and_sigterm_saves_the_current_step(
     assert f"step00000006: DAMAGED: {OPTIM1} has another content than recorded" in v.stdout
     assert "step00000004: ok" in v.stdout
 
-    # A SIGTERM to the whole launch (as a scheduler sends it) once step 6 is logged: every rank
-    # finishes its step, the checkpoint of that step is committed, the ranks exit 75.
+    # A SIGTERM to the whole launch (as a scheduler sends it) once step 6 is logged, then more to
+    # the ranks until they exit: every rank finishes its step, the checkpoint of that step is
+    # committed (the repeated signals during the save do not break it), the ranks exit 75.
     args = _common(run, shapes_dir, strict_zero3) + STEPS + ["keep_last=3", "save_every=100"]
     proc, log = _start(args, tmp_path / "term.log")
     _wait_for_step(proc, run, 6, 0, tmp_path / "term.log")
+    ranks = _ranks(proc)
+    assert len(ranks) == 2
     os.killpg(proc.pid, signal.SIGTERM)
+    _signal_until_exit(ranks, signal.SIGTERM)
     _end(proc, log)
     out = (tmp_path / "term.log").read_text()
     assert f"checkpoint step00000008 is damaged ({OPTIM0} has" in out
@@ -220,15 +247,13 @@ def test_zero2_sigusr1_on_one_rank_stops_all_and_damaged_checkpoints_fall_back(s
     # SIGUSR1 to rank 1 alone: the flag joins the step's all-reduce, both ranks save the step and
     # exit 75, which the deepspeed launcher passes on. Then the newest two checkpoints are damaged
     # (truncated, bit-flipped): resume falls back to step 2 and repeats steps 3.. exactly.
-    import psutil
-
     run, ds = str(tmp_path / "run"), os.path.join(ROOT, "configs/deepspeed/zero2.json")
     args = _common(run, shapes_dir, ds) + ["max_steps=8", "save_every=2", "keep_last=3"]
     proc, log = _start(args, tmp_path / "usr1.log")
     _wait_for_step(proc, run, 5, 0, tmp_path / "usr1.log")
-    ranks = [c for c in psutil.Process(proc.pid).children(recursive=True) if c.environ().get("RANK") == "1"]
-    assert len(ranks) == 1, ranks
-    ranks[0].send_signal(signal.SIGUSR1)
+    ranks = _ranks(proc)
+    assert len(ranks) == 2
+    ranks[1].send_signal(signal.SIGUSR1)
     rc = _end(proc, log)
     out = (tmp_path / "usr1.log").read_text()
     first = _history(run)
