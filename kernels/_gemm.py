@@ -165,3 +165,47 @@ def matmul(
         DOT_F32=_launch.DOT_F32, PREC=_launch.dot_precision(a.dtype),
     )  # fmt: skip
     return out
+
+
+def matmul_fixed(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, epilogue: str = "none") -> torch.Tensor:
+    """`matmul` for the "none" and "acc" epilogues with the fixed config of
+    `_launch.gemm_fixed_config` instead of the autotuner: deterministic across processes and
+    ranks, and no timing runs (which would clone an "acc" accumulator such as grad_weight)."""
+    M, K = a.shape
+    N = b.shape[1]
+    assert b.shape[0] == K and tuple(out.shape) == (M, N), (a.shape, b.shape, out.shape)
+    assert a.dtype == b.dtype and epilogue in ("none", "acc"), (a.dtype, b.dtype, epilogue)
+    assert epilogue == "none" or out.dtype == torch.float32
+    if M == 0 or N == 0 or K == 0:
+        return out if epilogue == "acc" or M * N == 0 else out.zero_()
+    cfg = _launch.gemm_fixed_config(M, N, K, a.dtype)
+    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
+    _gemm_kernel.fn[grid](
+        a,
+        b,
+        out,
+        out,
+        out,
+        out,
+        M,
+        N,
+        K,
+        M,
+        N,
+        K,
+        a.stride(0),
+        a.stride(1),
+        b.stride(0),
+        b.stride(1),
+        out.stride(0),
+        out.stride(1),
+        0,
+        0,
+        EPI=_EPI[epilogue],
+        B_GELU=False,
+        WRITE_AUX=False,
+        DOT_F32=_launch.DOT_F32,
+        PREC=_launch.dot_precision(a.dtype),
+        **cfg,
+    )
+    return out
