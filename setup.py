@@ -5,8 +5,9 @@
 CUDA build and nvcc is found. Switches (environment):
 
   MAGE_FAST_BUILD_CUDA=0|1   force the CUDA sources off / on (on fails loudly if impossible)
-  TORCH_CUDA_ARCH_LIST       respected as torch does (e.g. "9.0" for Hopper: -gencode sm_90);
-                             unset: the local GPU's arch, or "9.0" when no GPU is visible
+  TORCH_CUDA_ARCH_LIST       respected as torch does; unset: "9.0+PTX" (Hopper SASS plus PTX that
+                             the driver JIT-compiles for later GPUs, e.g. B200), or the local
+                             GPU's arch when one is visible
   MAX_JOBS                   parallel compile jobs; default sized to cores and memory
                              (about 5 GB per nvcc job, 1.5 GB per g++ job)
   CUDA_HOME                  the CUDA toolkit (nvcc); its major version must match torch's CUDA
@@ -27,6 +28,7 @@ import sys
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCH_LIST = "9.0+PTX"
 
 
 def _mem_gib() -> float:
@@ -89,10 +91,11 @@ def _want_cuda(torch) -> bool:
 
 def _set_arch_list(torch) -> None:
     # Unset: torch compiles for the GPUs it sees; with none visible (a build box, CI) it would
-    # compile for every arch of the wheel, so default to Hopper (9.0 -> -gencode sm_90).
+    # compile for every arch of the wheel, so default to Hopper SASS plus PTX: sm_90 runs the SASS,
+    # later GPUs JIT the PTX instead of failing with "no kernel image is available".
     if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-        os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
-        print("mage-fast: no GPU visible, TORCH_CUDA_ARCH_LIST=9.0 (Hopper); set it to build for others")
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
+        print(f"mage-fast: no GPU visible, TORCH_CUDA_ARCH_LIST={DEFAULT_ARCH_LIST}; set it to build for others")
 
 
 def _cuda_wheel_include_dirs(torch) -> list[str]:
@@ -124,7 +127,7 @@ def _ext_modules():
     cuda = _want_cuda(torch) and bool(cu_sources)
     _set_max_jobs(cuda)
     cxx = ["-O3", "-fopenmp"]
-    include_dirs = [os.path.join(ROOT, "csrc")]
+    include_dirs = [os.path.join(ROOT, "csrc"), os.path.join(ROOT, "csrc", "include")]
     if cuda:
         _set_arch_list(torch)
         print(f"mage-fast: building the CUDA kernels ({', '.join(cu_sources)}), MAX_JOBS={os.environ['MAX_JOBS']}")
@@ -162,6 +165,7 @@ setup(
     description="Custom-kernel training stack for MAGE-style multimodal LLMs",
     packages=find_packages(include=["mage_fast", "mage_fast.*"]) + ["mage_fast.kernels"],
     package_dir={"mage_fast.kernels": "kernels"},
+    package_data={"mage_fast.ops": ["validated.json"]},
     python_requires=">=3.10",
     # torch is not pinned: users bring their own (CUDA) build; `make install` pins the CPU one.
     install_requires=[

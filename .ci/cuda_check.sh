@@ -12,7 +12,7 @@ CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 CUDA_VENV=${CUDA_VENV:-.venv-cuda}
 CUDA_TORCH=${CUDA_TORCH:-torch==2.14.1}
 PY=${PY:-python3}
-export CUDA_HOME TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+export CUDA_HOME TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0+PTX}
 
 if [ ! -x "$CUDA_HOME/bin/nvcc" ]; then
   echo "cuda-check: SKIPPED: no nvcc at $CUDA_HOME/bin/nvcc (set CUDA_HOME); the CUDA build was NOT checked."
@@ -63,7 +63,7 @@ assert not missing, f"cuda-check: kernels missing: {missing}"
 from mage_fast.ops import _backend  # the Python layer: backend 'cuda' is usable on CUDA devices
 
 for op in ("patch_pool", "ian_projection", "ce_mse"):
-    why = _backend._REGISTRY[op]["cuda"][0](torch.device("cuda"))
+    why = _backend.unavailable_reason(op, "cuda", torch.device("cuda"))
     assert why is None, f"cuda-check: backend 'cuda' of {op} unavailable: {why}"
 print(f"cuda-check: OK: CUDA and CPU kernels registered for {', '.join(ops)}; backend 'cuda' of every op")
 PYEOF

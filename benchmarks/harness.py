@@ -102,15 +102,11 @@ def backend_available(op: str, backend: str) -> Callable[[torch.device], str | N
     """Availability of `mage_fast.ops` backend `backend` of `op` as a performance provider."""
 
     def check(device: torch.device) -> str | None:
-        from mage_fast.ops import _backend, available
+        from mage_fast.ops._backend import unavailable_reason
 
         if backend == "triton" and device.type != "cuda":
             return "the Triton interpreter on CPU checks correctness; it is no performance provider"
-        if backend not in _backend._REGISTRY.get(op, {}):
-            return f"mage_fast.ops has no {backend!r} backend for {op} yet"
-        if backend not in available(op, device):
-            return _backend._REGISTRY[op][backend][0](device) or f"unavailable on {device}"
-        return None
+        return unavailable_reason(op, backend, device)
 
     return check
 
@@ -237,7 +233,7 @@ def run_child(bench: OpBench, providers: list[str], shapes: list[dict], modes: l
 # -- the parent: plan, spawn, collect, write ---------------------------------------------------
 def parse_args(bench: OpBench, argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=f"Benchmark {bench.op} over providers, shapes and modes.")
-    p.add_argument("--sweep", default="full", help="full (the device's sweep), smoke, cpu or gpu")
+    p.add_argument("--sweep", default=None, help="full (the device's sweep, the default), smoke, cpu or gpu")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--providers", default=None, help="comma list (default: every available one)")
@@ -250,6 +246,9 @@ def parse_args(bench: OpBench, argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--csv", default=common.RESULTS_CSV, help="where rows are appended ('' for nowhere)")
     p.add_argument("--strict", action="store_true", help="exit 1 if any case errored (the smoke run)")
+    p.add_argument("--profile", action="store_true",
+                   help="torch.profiler trace per provider on the sweep's first shape (default sweep: smoke on CPU), "
+                   "top kernels; on a GPU the ncu/nsys command lines (benchmarks/profiling.py)")  # fmt: skip
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--shape-json", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -300,6 +299,8 @@ def main(bench: OpBench, module: str, argv: list[str] | None = None) -> int:
     """CLI entry of bench_<op>.py; `module` is its importable name (for the child processes)."""
     args = parse_args(bench, argv)
     device = torch.device(args.device)
+    if args.sweep is None:
+        args.sweep = "smoke" if args.profile and device.type == "cpu" else "full"
     dtype = args.dtype or default_dtype(device)
     shapes = [json.loads(args.shape_json)] if args.shape_json else sweep_shapes(bench, args.sweep, device)
     modes = [m for m in args.modes.split(",") if m]
@@ -317,6 +318,8 @@ def main(bench: OpBench, module: str, argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     providers = plan(bench, args, device)
+    if args.profile:
+        return profile_all(bench, module, providers, shapes[0], modes, dtype, device)
     print(f"[{bench.op}] device {common.device_name(device)}, dtype {dtype}, sweep {args.sweep}: "
           f"{len(shapes)} shape(s) x {len(modes)} mode(s) x providers {', '.join(providers)}", flush=True)  # fmt: skip
     peaks = common.measure_peaks(device, common.dtype_of(dtype), small=args.sweep == "smoke")
@@ -360,6 +363,33 @@ def main(bench: OpBench, module: str, argv: list[str] | None = None) -> int:
     if errors:
         print(f"[{bench.op}] WARNING: {errors} case(s) errored (rows with status=error)", flush=True)
     return 1 if errors and args.strict else 0
+
+
+def profile_all(bench: OpBench, module: str, providers: list[str], shape: dict, modes: list[str], dtype: str,
+                device: torch.device) -> int:  # fmt: skip
+    """--profile: a trace and a top-kernel table per provider (benchmarks/profiling.py)."""
+    from benchmarks import profiling
+
+    table = {p.name: p for p in bench.providers}
+    modes = [m for m in modes if m in shape.get("modes", common.MODES)]
+    print(f"[{bench.op}] profiling {shape_label(shape)} ({dtype}), modes {', '.join(modes)}", flush=True)
+    commands: list[str] = []
+    for name in providers:
+        torch.manual_seed(0)
+        inputs = bench.make_inputs(shape, common.dtype_of(dtype), device)
+        call = table[name].make(shape)
+        calls = [(m, *_fn_before(mode_call(call, inputs, m))) for m in modes]
+        kernels = profiling.profile_provider(bench.op, name, calls, device)
+        if device.type == "cuda":
+            commands += profiling.gpu_commands(bench.op, module, name, kernels)
+    if commands:
+        print(f"[{bench.op}] per-kernel profiling commands (run on this GPU):")
+        print("\n".join(f"  {c}" for c in commands))
+    return 0
+
+
+def _fn_before(m: ModeCall) -> tuple[Callable[[], object], Callable[[], None]]:
+    return m.fn, m.before
 
 
 def print_table(rows: list[dict]) -> None:

@@ -10,8 +10,8 @@ free: pass `w.t()`), 16-bit or fp32 operands, fp32 accumulation. Epilogues:
               `part` (M tiles x N; the bias gradient without an fp32 copy of c);
 * "acc"       c += acc, c fp32 (weight gradients accumulated over token chunks).
 
-Prologue `b_gelu`: b is replaced by GELU(b) rounded to b's dtype as it is loaded, so a backward
-GEMM reads the saved GELU input instead of a stored GELU output (recompute, not store).
+The tile of each call is `_launch.gemm_config(M, N, K, dtype, epilogue)`: fixed per shape, so the
+result is the same on every run and rank (no timing autotune).
 """
 
 from __future__ import annotations
@@ -37,22 +37,12 @@ def _gelu_grad(z):
     return 0.5 * (1.0 + tl.erf(z * 0.7071067811865476)) + z * tl.exp(-0.5 * z * z) * 0.3989422804014327
 
 
-@_launch.autotune(
-    configs=_launch.gemm_configs(),
-    # Token counts change every step: tuning per exact M/K would re-tune every step. Power-of-two
-    # buckets (unused by the kernel body) keep a handful of tuned shapes per run.
-    key=["M_KEY", "N_KEY", "K_KEY", "EPI", "B_GELU"],
-    # Timing runs must not leave traces: "acc" adds into c, part rows of other tile sizes persist.
-    restore_value=["c_ptr"],
-    reset_to_zero=["part_ptr"],
-)
 @triton.jit
 def _gemm_kernel(
     a_ptr, b_ptr, c_ptr, bias_ptr, aux_ptr, part_ptr,
-    M, N, K, M_KEY, N_KEY, K_KEY,
+    M, N, K,
     s_am, s_ak, s_bk, s_bn, s_cm, s_cn, s_xm, s_xn,
-    EPI: tl.constexpr, B_GELU: tl.constexpr, WRITE_AUX: tl.constexpr,
-    DOT_F32: tl.constexpr, PREC: tl.constexpr,
+    EPI: tl.constexpr, WRITE_AUX: tl.constexpr, DOT_F32: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
@@ -79,8 +69,6 @@ def _gemm_kernel(
         mask_k = (k0 + rk) < K
         a = tl.load(a_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         b = tl.load(b_ptrs, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
-        if B_GELU:
-            b = round_to(_gelu(b.to(tl.float32)), b.dtype)
         if DOT_F32:
             a = a.to(tl.float32)
             b = b.to(tl.float32)
@@ -109,10 +97,11 @@ def _gemm_kernel(
 
 
 def part_rows(m: int) -> int:
-    """Rows of the `part` buffer of the "gelu_grad" epilogue for M = m (any autotuned BLOCK_M)."""
+    """Rows of the `part` buffer of the "gelu_grad" epilogue for M = m (any BLOCK_M of the tiles)."""
     return triton.cdiv(m, _launch.GEMM_MIN_BLOCK_M)
 
 
+@_launch.on_tensor_device
 def matmul(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -121,9 +110,8 @@ def matmul(
     bias: torch.Tensor | None = None,
     aux: torch.Tensor | None = None,
     part: torch.Tensor | None = None,
-    b_gelu: bool = False,
 ) -> torch.Tensor:
-    """out (M, N) <- epilogue(a (M, K) @ [GELU](b (K, N))); see the module docstring.
+    """out (M, N) <- epilogue(a (M, K) @ b (K, N)); see the module docstring.
 
     `aux` (M, N): written by "bias_gelu" (optional), read by "gelu_grad". `part`: fp32
     (part_rows(M), N) zeros, filled by "gelu_grad" (sum it over dim 0 for the column sums).
@@ -152,60 +140,14 @@ def matmul(
         out.copy_(torch.nn.functional.gelu(z) if epi == 1 else z)
         return out
     xs = aux if aux is not None else out
-    # A dedicated dummy for `part`: the autotuner zeroes part_ptr before timing runs, and must
-    # never zero `out` (the "acc" accumulator) through an alias.
-    part = part if part is not None else torch.zeros(1, dtype=torch.float32, device=out.device)
-    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
-    _gemm_kernel[grid](
-        a, b, out, bias if bias is not None else out, xs, part,
-        M, N, K, _launch.next_pow2(M), _launch.next_pow2(N), _launch.next_pow2(K),
+    part = part if part is not None else out  # unread unless "gelu_grad"
+    cfg = _launch.gemm_config(M, N, K, a.dtype, epilogue)
+    bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
+    _gemm_kernel[(triton.cdiv(M, bm) * triton.cdiv(N, bn),)](
+        a, b, out, bias if bias is not None else out, xs, part, M, N, K,
         a.stride(0), a.stride(1), b.stride(0), b.stride(1), out.stride(0), out.stride(1),
         xs.stride(0), xs.stride(1),
-        EPI=epi, B_GELU=b_gelu, WRITE_AUX=aux is not None and epi == 1,
-        DOT_F32=_launch.DOT_F32, PREC=_launch.dot_precision(a.dtype),
+        EPI=epi, WRITE_AUX=aux is not None and epi == 1, DOT_F32=_launch.DOT_F32, PREC=_launch.dot_precision(a.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs,
     )  # fmt: skip
-    return out
-
-
-def matmul_fixed(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, epilogue: str = "none") -> torch.Tensor:
-    """`matmul` for the "none" and "acc" epilogues with the fixed config of
-    `_launch.gemm_fixed_config` instead of the autotuner: deterministic across processes and
-    ranks, and no timing runs (which would clone an "acc" accumulator such as grad_weight)."""
-    M, K = a.shape
-    N = b.shape[1]
-    assert b.shape[0] == K and tuple(out.shape) == (M, N), (a.shape, b.shape, out.shape)
-    assert a.dtype == b.dtype and epilogue in ("none", "acc"), (a.dtype, b.dtype, epilogue)
-    assert epilogue == "none" or out.dtype == torch.float32
-    if M == 0 or N == 0 or K == 0:
-        return out if epilogue == "acc" or M * N == 0 else out.zero_()
-    cfg = _launch.gemm_fixed_config(M, N, K, a.dtype)
-    grid = (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
-    _gemm_kernel.fn[grid](
-        a,
-        b,
-        out,
-        out,
-        out,
-        out,
-        M,
-        N,
-        K,
-        M,
-        N,
-        K,
-        a.stride(0),
-        a.stride(1),
-        b.stride(0),
-        b.stride(1),
-        out.stride(0),
-        out.stride(1),
-        0,
-        0,
-        EPI=_EPI[epilogue],
-        B_GELU=False,
-        WRITE_AUX=False,
-        DOT_F32=_launch.DOT_F32,
-        PREC=_launch.dot_precision(a.dtype),
-        **cfg,
-    )
     return out

@@ -1,7 +1,7 @@
 """Launch settings of every Triton kernel of mage-fast, in one place.
 
-Block sizes, warps and autotune configs come from here so that tuning on the GPU (issue 7) edits
-one file. Portability rules (Triton 3.6 on the GPU image to 3.9):
+Block sizes, warps and GEMM tiles come from here so that tuning on the GPU edits one file.
+Portability rules (Triton 3.6 on the GPU image to 3.9):
 
 * `INTERPRET`: whether kernels were decorated for the interpreter (`TRITON_INTERPRET=1` is read
   when `@triton.jit` runs, i.e. when `mage_fast.kernels` is first imported, not at launch).
@@ -10,15 +10,21 @@ one file. Portability rules (Triton 3.6 on the GPU image to 3.9):
   values are exact in fp32, so this is the GPU's numerics (16-bit operands, fp32 accumulation).
 * `dot_precision`: fp32 GEMMs follow torch's `float32_matmul_precision` ("highest": exact fp32,
   as torch's own matmul by default; else TF32). Ignored for 16-bit operands.
-* `autotune`: under the interpreter, a single config (nothing to time, and the interpreter is
-  slow) and a wall-clock `do_bench` (there is no active GPU driver to ask for a benchmarker).
+* Deterministic launches: every kernel's configuration is a fixed function of the shape and
+  dtype (`gemm_config`, the `*_settings`), never a per-process timing autotune, so every run and
+  every rank computes the same bits, and no timing run touches (or clones) an output.
+* `on_tensor_device`: launchers run under the device of their tensors (`torch.cuda.device`):
+  Triton launches on the *current* device, and a `cuda:1` tensor launched with device 0 current
+  is an illegal memory access.
 * no `tl.make_block_ptr` anywhere (gone in 3.9): plain pointer arithmetic.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+import contextlib
+import functools
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import triton
@@ -53,51 +59,68 @@ def tl_dtype(dtype: torch.dtype) -> tl.dtype:
     return {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype]
 
 
-def cpu_do_bench(fn: Callable[[], object], quantiles: Sequence[float] | None = None, reps: int = 3):
-    """Wall-clock benchmark for the interpreter (same return convention as triton.testing.do_bench)."""
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    if quantiles is None:
-        return times[len(times) // 2]
-    return [times[min(len(times) - 1, int(q * len(times)))] for q in quantiles]
+F = TypeVar("F", bound=Callable)
 
 
-def autotune(configs: list[triton.Config], key: list[str], keep_all: bool = False, **kw):
-    """`triton.autotune` with mage-fast's rules: one config and a CPU `do_bench` under the interpreter
-    (`keep_all=True` keeps every config, for the test of the do_bench path)."""
-    if INTERPRET:
-        return triton.autotune(configs if keep_all else configs[:1], key=key, do_bench=cpu_do_bench, **kw)
-    return triton.autotune(configs, key=key, **kw)
+def device_of(*args: object) -> torch.device | None:
+    """The device of the first tensor among `args`."""
+    return next((a.device for a in args if isinstance(a, torch.Tensor)), None)
+
+
+def on_tensor_device(fn: F) -> F:
+    """Run launcher `fn` with its first tensor argument's CUDA device current (no-op off CUDA)."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        dev = device_of(*args, *kwargs.values())
+        guard = torch.cuda.device(dev) if dev is not None and dev.type == "cuda" else contextlib.nullcontext()
+        with guard:
+            return fn(*args, **kwargs)
+
+    return run  # type: ignore[return-value]
 
 
 # ---- GEMM -------------------------------------------------------------------------------------
-# Smallest BLOCK_M of gemm_configs(): buffers indexed by M tile (column partial sums) are sized
-# with it, whatever config the autotuner picks.
+# Smallest BLOCK_M that gemm_config() picks: buffers indexed by M tile (column partial sums) are
+# sized with it, whatever tile a shape gets.
 GEMM_MIN_BLOCK_M = 32 if INTERPRET else 64
+EPILOGUES: tuple[str, ...] = ("none", "bias_gelu", "gelu_grad", "acc")
 
 
-def gemm_configs() -> list[triton.Config]:
-    """Autotune space of the shared GEMM. Interpreter: 32^3 tiles, small enough that test shapes
-    (< 64) still walk several M, N and K tiles and hit every edge mask."""
+def _cfg(m: int, n: int, k: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, num_warps=warps, num_stages=stages)
+
+
+# The tiles gemm_config() chooses from, by name (the sm_90 compile report walks all of them).
+# "wide": large 16-bit GEMMs with a plain epilogue (128x256, 3 stages: 144 KiB of shared memory);
+# "square": 16-bit GEMMs with an elementwise epilogue (bias+GELU, GELU' + column sums) that keeps
+# more live registers per output; "small": M or N below 128; "fp32": fp32 operands (4-byte tiles).
+GEMM_TILES: dict[str, triton.Config] = {
+    "wide": _cfg(128, 256, 64, 8, 3),
+    "square": _cfg(128, 128, 64, 8, 4),
+    "small": _cfg(64, 64, 64, 4, 3),
+    "fp32": _cfg(64, 64, 32, 4, 3),
+}
+INTERPRET_TILE = triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4)
+
+
+def gemm_tile_name(m: int, n: int, k: int, dtype: torch.dtype, epilogue: str) -> str:
+    """Name of the GEMM_TILES entry that a (m, n, k) GEMM with `epilogue` runs with."""
+    if dtype == torch.float32:
+        return "fp32"
+    if m < 128 or n < 128:
+        return "small"
+    if epilogue in ("bias_gelu", "gelu_grad") or n < 256:
+        return "square"
+    return "wide"
+
+
+def gemm_config(m: int, n: int, k: int, dtype: torch.dtype, epilogue: str) -> triton.Config:
+    """The fixed launch configuration of the shared GEMM for this shape, dtype and epilogue.
+    Interpreter: 32^3 tiles, small enough that test shapes (< 64) walk several M, N and K tiles."""
     if INTERPRET:
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 32, "BLOCK_K": 32, "GROUP_M": 4}, num_warps=4)]
-    cfg = lambda m, n, k, w, s: triton.Config(
-        {"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k, "GROUP_M": 8}, num_warps=w, num_stages=s
-    )
-    # H100/H200 starting points (16-bit operands); issue 7 prunes/extends on the GPU.
-    return [
-        cfg(128, 256, 64, 8, 3),
-        cfg(128, 128, 64, 8, 4),
-        cfg(128, 128, 32, 4, 4),
-        cfg(64, 128, 64, 4, 4),
-        cfg(128, 64, 64, 4, 4),
-        cfg(64, 64, 64, 4, 3),
-    ]
+        return INTERPRET_TILE
+    return GEMM_TILES[gemm_tile_name(m, n, k, dtype, epilogue)]
 
 
 # ---- row kernels (LayerNorm, cross-entropy) ---------------------------------------------------
@@ -137,11 +160,29 @@ def mse_settings(d: int) -> tuple[int, int]:
 
 
 # ---- patch pooling ----------------------------------------------------------------------------
-def pool_settings(c: int, wo: int, elem_bytes: int) -> tuple[int, int, int]:
+def pow2_divisor(n: int, cap: int) -> int:
+    """Largest power of two <= cap that divides n (>= 1)."""
+    d = 1
+    while d * 2 <= cap and n % (d * 2) == 0:
+        d *= 2
+    return d
+
+
+def pool_settings(c: int, wo: int, elem_bytes: int, interpret: bool = INTERPRET) -> tuple[int, int, int]:
     """(BLOCK_W, BLOCK_C, num_warps) of patch_pool: a program covers BLOCK_W output cells of one
-    output row and BLOCK_C channels; 16 bytes per thread along C (vectorised loads)."""
-    block_c = min(next_pow2(c), 256 if elem_bytes <= 2 else 128)
-    block_w = min(next_pow2(wo), 4 if INTERPRET else 8)
+    output row and BLOCK_C channels, about 4 KiB of output (interpreter: small tiles, so test
+    shapes walk several). Both block sizes divide their extent where a power of two does, so no
+    lane is masked off; 16 bytes per thread along C (vectorised loads). `interpret=False` gives
+    the GPU's choice wherever this runs (the traffic model)."""
+    vec = max(1, 16 // elem_bytes)
+    cap_w = 4 if interpret else 8
+    block_w = pow2_divisor(wo, cap_w)
+    if interpret and block_w == 1:  # the interpreter pays per program: fewer, masked ones
+        block_w = min(next_pow2(wo), cap_w)
+    cap_c = 64 if interpret else max(vec, (4096 // elem_bytes) // block_w)
+    block_c = pow2_divisor(c, cap_c)
+    if block_c < min(vec, next_pow2(c), cap_c) or (interpret and block_c < 16):  # mask the tail instead
+        block_c = min(next_pow2(c), cap_c)
     warps = max(1, min(8, block_w * block_c * elem_bytes // (16 * 32)))
     return block_w, block_c, warps
 
@@ -165,18 +206,3 @@ def round_to(x, dtype: tl.constexpr):
             return x.to(dtype)
     else:
         return x.to(dtype)
-
-
-def gemm_fixed_config(m: int, n: int, k: int, dtype: torch.dtype) -> dict[str, int]:
-    """A fixed GEMM config for out (m, n) = a (m, k) @ b (k, n): a pure function of the shape and
-    dtype, so every process and rank runs the same tiles and sums in the same order (no timing).
-    The 16-bit tile is the largest of gemm_configs() (sm_90: 147 KB of shared memory, no spills);
-    fp32 and small problems take 64-wide tiles. Interpreter: gemm_configs()'s one config."""
-    if INTERPRET:
-        c = gemm_configs()[0]
-        return {**c.kwargs, "num_warps": c.num_warps, "num_stages": 1}
-    if dtype == torch.float32:
-        return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 4, "num_stages": 3}
-    if m >= 128 and n >= 256 and k >= 64:
-        return {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3}
-    return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 4, "num_stages": 3}

@@ -10,7 +10,7 @@ The tokens are walked in chunks of `rows` (mage_fast.ops.ce_mse.plan). Per chunk
      others does not. Ignored rows are selected to 0 (tl.where), so NaN/Inf logits there stay out;
   3. grad_hidden[chunk] = P W (GEMM into its rows of the output) and grad_weight += P^T h_chunk
      (the ignored rows of h selected to 0; GEMM with an accumulate epilogue into one fp32 (V, H)
-     buffer). The GEMMs run with fixed configs per shape (kernels/_gemm.matmul_fixed).
+     buffer). The GEMMs run with fixed tiles per shape (kernels/_gemm.matmul).
 The MSE term: `_ce_mse_mse_kernel`, one image vector per program, squared error and the unscaled
 gradient (img - img_target on masked rows) in fp32. Per-token and per-image partial sums are
 summed by torch: deterministic, no atomics, and the denominator stays on the device (no host sync).
@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 from mage_fast.kernels import _launch
-from mage_fast.kernels._gemm import matmul_fixed
+from mage_fast.kernels._gemm import matmul
 from mage_fast.kernels._launch import round_to
 
 
@@ -122,7 +122,7 @@ def _ce_chunks(hidden, weight, labels, ignore_index, need_h, need_w, rows):
         e = min(N, s + rows)
         r = e - s
         h, lab = hidden[s:e], labels[s:e]
-        matmul_fixed(h, wt, logits[:r])
+        matmul(h, wt, logits[:r])
         _ce_mse_ce_kernel[(r,)](
             logits,
             grad,
@@ -137,10 +137,10 @@ def _ce_chunks(hidden, weight, labels, ignore_index, need_h, need_w, rows):
             num_warps=warps,
         )
         if need_h:
-            matmul_fixed(grad[:r], weight, gh[s:e])
+            matmul(grad[:r], weight, gh[s:e])
         if need_w:
             hm = h.masked_fill((lab == ignore_index)[:, None], 0.0)  # NaN/Inf of padding rows stay out
-            matmul_fixed(grad[:r].t(), hm, gw, "acc")
+            matmul(grad[:r].t(), hm, gw, "acc")
     return loss_rows, gh, gw
 
 
@@ -174,6 +174,7 @@ def _mse(img, img_target, img_mask, need_img_grad):
     return sq.sum() / cnt[0], gi, 2.0 / cnt[0]
 
 
+@_launch.on_tensor_device
 def ce_mse_fwd(
     hidden: torch.Tensor,
     weight: torch.Tensor,

@@ -6,18 +6,21 @@ Forward (three launches):
   2. GEMM h w2^T -> z2 without bias, fp32 (N, D);
   3. `_ian_projection_ln_fwd_kernel`, one row per program: + b2, LayerNorm in fp32, y (x.dtype)
      and, for the backward, xhat (x.dtype) and rstd (fp32).
-Saved: z1, xhat, rstd, the torch backend's set. GELU(z1) is recomputed inside the backward GEMM
-that needs it (a prologue on the operand load) instead of stored: z1 must be kept anyway for
-GELU', so storing h too would add N x D activations for no saved FLOP. Keep z1 (the GELU input)
-rather than recompute it from x in the backward: recomputing saves N x D activations but costs one
-more GEMM, 2NCD on top of 6NCD + 6ND^2 FLOPs: +6.7 % at C=1024, D=4096, +12 % at C=1152, D=2048
-(the sizes we use), on GEMMs that bound the op. Chosen by that count; not yet timed on a GPU.
+Saved: z1, xhat, rstd, the torch backend's set. GELU(z1) is recomputed in the backward instead of
+stored: z1 must be kept anyway for GELU', so storing h too would hold N x D more activations from
+forward to backward. Keep z1 (the GELU input) rather than recompute it from x in the backward:
+recomputing saves N x D activations but costs one more GEMM, 2NCD on top of 6NCD + 6ND^2 FLOPs:
++6.7 % at C=1024, D=4096, +12 % at C=1152, D=2048, on GEMMs that bound the op.
 
 Backward:
   1. `_ian_projection_ln_bwd_kernel`: dz2 (x.dtype) from dy, xhat, rstd, ln_w, all fp32 inside;
      dγ, dβ and db2 as fp32 partial sums, one row per program, summed by torch (deterministic);
-  2. dw2 = dz2^T GELU(z1)   (GEMM, GELU prologue on z1);
-  3. dz1 = (dz2 w2) * GELU'(z1), and db1 from fp32 column sums in the same epilogue;
+     in the same pass over the rows, h = GELU(z1) (x.dtype) when dw2 is needed: one erf per
+     element. (Recomputing GELU in the dw2 GEMM's operand load instead would evaluate it once per
+     M tile, D / BLOCK_M = 32 times per element at D = 4096: CUDA-core/SFU bound, not tensor-core.)
+  2. dw2 = dz2^T h (GEMM);
+  3. dz1 = (dz2 w2) * GELU'(z1), and db1 from fp32 column sums in the same epilogue (GELU' once
+     per element: each output element is produced by one program);
   4. dw1 = dz1^T x;  5. dx = dz1 w1. GEMMs whose result nobody needs are skipped.
 """
 
@@ -27,8 +30,8 @@ import torch
 import triton
 import triton.language as tl
 from mage_fast.kernels import _launch
-from mage_fast.kernels._gemm import matmul, part_rows
-from mage_fast.kernels._launch import round_to
+from mage_fast.kernels._gemm import _gelu, matmul, part_rows
+from mage_fast.kernels._launch import on_tensor_device, round_to
 
 
 @triton.jit
@@ -56,9 +59,9 @@ def _ian_projection_ln_fwd_kernel(
 
 @triton.jit
 def _ian_projection_ln_bwd_kernel(
-    dy_ptr, xhat_ptr, rstd_ptr, w_ptr, dz_ptr, part_ptr, N, D, rows_per_prog,
-    s_dy, s_dyc, s_x, s_dz,
-    NEED_DZ: tl.constexpr, BLOCK_D: tl.constexpr,
+    dy_ptr, xhat_ptr, rstd_ptr, w_ptr, dz_ptr, part_ptr, z1_ptr, h_ptr, N, D, rows_per_prog,
+    s_dy, s_dyc, s_x, s_dz, s_z1, s_h,
+    NEED_DZ: tl.constexpr, NEED_H: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_D)
@@ -82,12 +85,16 @@ def _ian_projection_ln_bwd_kernel(
             dz = tl.where(m, rstd * (dxh - c1 - xh * c2), 0.0)
             d_b2 += dz
             tl.store(dz_ptr + row * s_dz + cols, round_to(dz, dz_ptr.dtype.element_ty), mask=m)
+        if NEED_H:
+            z1 = tl.load(z1_ptr + row * s_z1 + cols, mask=m, other=0.0).to(tl.float32)
+            tl.store(h_ptr + row * s_h + cols, round_to(_gelu(z1), h_ptr.dtype.element_ty), mask=m)
     base = part_ptr + pid.to(tl.int64) * 3 * D
     tl.store(base + cols, d_w, mask=m)
     tl.store(base + D + cols, d_b, mask=m)
     tl.store(base + 2 * D + cols, d_b2, mask=m)
 
 
+@on_tensor_device
 def ian_projection_fwd(
     x: torch.Tensor,
     w1: torch.Tensor,
@@ -124,6 +131,7 @@ def ian_projection_fwd(
     return y, z1, xhat, rstd
 
 
+@on_tensor_device
 def ian_projection_bwd(
     dy: torch.Tensor,
     x: torch.Tensor,
@@ -146,12 +154,14 @@ def ian_projection_bwd(
     progs = _launch.ln_bwd_programs(N, dev)
     rows_per = triton.cdiv(max(N, 1), progs)
     part = torch.zeros((progs, 3, D), dtype=torch.float32, device=dev)
+    h = torch.empty((N, D), dtype=dt, device=dev) if nw2 else None  # GELU(z1), dw2's operand
     if N > 0:
         block, warps = _launch.ln_settings(D)
+        dz_out, h_out = dz2 if need_dz2 else xhat, h if nw2 else xhat
         _ian_projection_ln_bwd_kernel[(progs,)](
-            dy, xhat, rstd, ln_w, dz2 if need_dz2 else xhat, part, N, D, rows_per,
-            dy.stride(0), dy.stride(1), xhat.stride(0), dz2.stride(0) if need_dz2 else 0,
-            NEED_DZ=need_dz2, BLOCK_D=block, num_warps=warps,
+            dy, xhat, rstd, ln_w, dz_out, part, z1, h_out, N, D, rows_per,
+            dy.stride(0), dy.stride(1), xhat.stride(0), dz_out.stride(0), z1.stride(0), h_out.stride(0),
+            NEED_DZ=need_dz2, NEED_H=nw2, BLOCK_D=block, num_warps=warps,
         )  # fmt: skip
     sums = part.sum(0)  # (3, D) fp32: dγ, dβ, db2; copies, so that no two grads share storage
     dln_w = sums[0].to(ln_w.dtype, copy=True) if nlw else None
@@ -160,7 +170,8 @@ def ian_projection_bwd(
     dx = dw1 = db1 = dw2 = None
     if nw2:
         dw2 = torch.empty_like(w2)
-        matmul(dz2.t(), z1, dw2, b_gelu=True)  # GELU(z1) recomputed on load
+        matmul(dz2.t(), h, dw2)
+        del h
     if nx or nw1 or nb1:
         dz1 = torch.empty((N, D), dtype=dt, device=dev)
         pb = torch.zeros((part_rows(N), D), dtype=torch.float32, device=dev)

@@ -1,11 +1,19 @@
 """patch_pool in token layout: (B, H*W, C) -> (B, ceil(H/k)*ceil(W/k), C), and its backward.
 
 A program owns BLOCK_W output cells of one output row (b, ho) and BLOCK_C channels. Forward: it
-walks the k x k offsets of its cells, loading (BLOCK_W, BLOCK_C) tiles straight from the token
-layout (each token row contiguous along C: vectorised loads), accumulates in fp32 and divides by
-the number of grid cells that exist (edge cells of non-divisible grids count fewer). Every input
+walks the k x k offsets of its cells (`K` a compile-time constant: the loads of one cell are
+unrolled and issued together), loading (BLOCK_W, BLOCK_C) tiles straight from the token layout
+(each token row contiguous along C: vectorised loads), accumulates in fp32 and divides by the
+number of grid cells that exist (edge cells of non-divisible grids count fewer). Every input
 element is read exactly once; no permute, no padding copy. Backward: the mirror image, each
 output gradient read once and written, divided by the count, to the cells it averaged.
+
+Layout (`_launch.pool_settings`): BLOCK_W divides Wo where a power of two does (Wo = 12: 4, not 8
+with a quarter of the lanes masked off) and BLOCK_C divides C where it can; the constexprs
+EVEN_HW (k divides H and W) and MASKED (a tile overhangs Wo or C) drop the masks they make
+redundant, so the common case (24 x 24 grid, k = 2, C = 1024) loads and stores without masks.
+Offsets are int32 within a batch item and int64 only for the batch base (b * stride), which is
+where a large batch overflows.
 
 Strides are arguments, so non-contiguous inputs and incoming gradients need no copy (a stride of 1
 along C is specialised by Triton, which then vectorises).
@@ -17,109 +25,114 @@ import torch
 import triton
 import triton.language as tl
 from mage_fast.kernels import _launch
-from mage_fast.kernels._launch import round_to
+from mage_fast.kernels._launch import on_tensor_device, round_to
+
+
+@triton.jit
+def _cell(H, W, Wo, C, K: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, EVEN_HW: tl.constexpr):
+    """(b, h0, w0 (BLOCK_W,), output tokens (BLOCK_W,), channels (BLOCK_C,), tile mask, 1/cell
+    count (BLOCK_W,)) of this program."""
+    row = tl.program_id(0)  # b * Ho + ho
+    Ho = tl.cdiv(H, K)
+    b = row // Ho
+    ho = row % Ho
+    wo = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = (wo < Wo)[:, None] & (c < C)[None, :]
+    h0 = ho * K
+    w0 = wo * K
+    if EVEN_HW:
+        inv = tl.full((BLOCK_W,), 1.0 / (K * K), tl.float32)
+    else:  # existing cells: min(K, H - h0) rows times min(K, W - w0) columns
+        inv = 1.0 / tl.maximum(tl.minimum(H - h0, K) * tl.minimum(W - w0, K), 1).to(tl.float32)
+    return b, h0, w0, ho * Wo + wo, c, mask, inv
 
 
 @triton.jit
 def _patch_pool_fwd_kernel(
-    x_ptr, y_ptr, H, W, Wo, C, k,
+    x_ptr, y_ptr, H, W, Wo, C,
     s_xb, s_xt, s_xc, s_yb, s_yt, s_yc,
-    BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+    K: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, EVEN_HW: tl.constexpr, MASKED: tl.constexpr,
 ):  # fmt: skip
-    row = tl.program_id(0)  # b * Ho + ho
-    Ho = tl.cdiv(H, k)
-    b = row // Ho
-    ho = row % Ho
-    wo = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
-    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_w = wo < Wo
-    mask_c = c < C
-    h0 = ho * k
-    w0 = wo * k
+    b, h0, w0, o, c, mask, inv = _cell(H, W, Wo, C, K, BLOCK_W, BLOCK_C, EVEN_HW)
     x_base = x_ptr + b.to(tl.int64) * s_xb + c[None, :] * s_xc
     acc = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
-    for i in range(0, k):
-        h = h0 + i
-        for j in range(0, k):
-            w = w0 + j
-            ok = mask_w & (w < W) & (h < H)
-            t = (h * W + w).to(tl.int64)
-            v = tl.load(x_base + t[:, None] * s_xt, mask=ok[:, None] & mask_c[None, :], other=0.0)
+    for i in tl.static_range(K):
+        for j in tl.static_range(K):
+            ptrs = x_base + ((h0 + i) * W + (w0 + j))[:, None] * s_xt
+            if EVEN_HW and not MASKED:
+                v = tl.load(ptrs)
+            elif EVEN_HW:
+                v = tl.load(ptrs, mask=mask, other=0.0)
+            else:
+                v = tl.load(ptrs, mask=mask & ((w0 + j < W) & (h0 + i < H))[:, None], other=0.0)
             acc += v.to(tl.float32)
-    # Existing cells: min(k, H - h0) rows times min(k, W - w0) columns.
-    rows = tl.minimum(H - h0, k)
-    cols = tl.minimum(W - w0, k)
-    cnt = tl.maximum(rows * cols, 1).to(tl.float32)
-    out = acc / cnt[:, None]
-    o = (ho * Wo + wo).to(tl.int64)
     y_ptrs = y_ptr + b.to(tl.int64) * s_yb + o[:, None] * s_yt + c[None, :] * s_yc
-    tl.store(y_ptrs, round_to(out, y_ptr.dtype.element_ty), mask=mask_w[:, None] & mask_c[None, :])
+    out = round_to(acc * inv[:, None], y_ptr.dtype.element_ty)
+    if MASKED:
+        tl.store(y_ptrs, out, mask=mask)
+    else:
+        tl.store(y_ptrs, out)
 
 
 @triton.jit
 def _patch_pool_bwd_kernel(
-    g_ptr, dx_ptr, H, W, Wo, C, k,
+    g_ptr, dx_ptr, H, W, Wo, C,
     s_gb, s_gt, s_gc, s_db, s_dt, s_dc,
-    BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+    K: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, EVEN_HW: tl.constexpr, MASKED: tl.constexpr,
 ):  # fmt: skip
-    row = tl.program_id(0)
-    Ho = tl.cdiv(H, k)
-    b = row // Ho
-    ho = row % Ho
-    wo = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
-    c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_w = wo < Wo
-    mask_c = c < C
-    h0 = ho * k
-    w0 = wo * k
-    rows = tl.minimum(H - h0, k)
-    cols = tl.minimum(W - w0, k)
-    cnt = tl.maximum(rows * cols, 1).to(tl.float32)
-    o = (ho * Wo + wo).to(tl.int64)
+    b, h0, w0, o, c, mask, inv = _cell(H, W, Wo, C, K, BLOCK_W, BLOCK_C, EVEN_HW)
     g_ptrs = g_ptr + b.to(tl.int64) * s_gb + o[:, None] * s_gt + c[None, :] * s_gc
-    g = tl.load(g_ptrs, mask=mask_w[:, None] & mask_c[None, :], other=0.0).to(tl.float32)
-    g = round_to(g / cnt[:, None], dx_ptr.dtype.element_ty)
+    if MASKED:
+        g = tl.load(g_ptrs, mask=mask, other=0.0)
+    else:
+        g = tl.load(g_ptrs)
+    g = round_to(g.to(tl.float32) * inv[:, None], dx_ptr.dtype.element_ty)
     dx_base = dx_ptr + b.to(tl.int64) * s_db + c[None, :] * s_dc
-    for i in range(0, k):
-        h = h0 + i
-        for j in range(0, k):
-            w = w0 + j
-            ok = mask_w & (w < W) & (h < H)
-            t = (h * W + w).to(tl.int64)
-            tl.store(dx_base + t[:, None] * s_dt, g, mask=ok[:, None] & mask_c[None, :])
+    for i in tl.static_range(K):
+        for j in tl.static_range(K):
+            ptrs = dx_base + ((h0 + i) * W + (w0 + j))[:, None] * s_dt
+            if EVEN_HW and not MASKED:
+                tl.store(ptrs, g)
+            elif EVEN_HW:
+                tl.store(ptrs, g, mask=mask)
+            else:
+                tl.store(ptrs, g, mask=mask & ((w0 + j < W) & (h0 + i < H))[:, None])
 
 
-def _grid_and_blocks(B: int, H: int, W: int, C: int, k: int, elem_bytes: int):
+def _launch_args(B: int, H: int, W: int, C: int, k: int, elem_bytes: int) -> tuple[int, tuple, dict]:
+    """(Wo, grid, constexpr/launch kwargs) of one patch_pool launch."""
     Ho, Wo = triton.cdiv(H, k), triton.cdiv(W, k)
     block_w, block_c, warps = _launch.pool_settings(C, Wo, elem_bytes)
     grid = (B * Ho, triton.cdiv(Wo, block_w), triton.cdiv(C, block_c))
-    return Ho, Wo, grid, block_w, block_c, warps
+    even_hw = H % k == 0 and W % k == 0
+    masked = Wo % block_w != 0 or C % block_c != 0
+    meta = dict(K=k, BLOCK_W=block_w, BLOCK_C=block_c, EVEN_HW=even_hw, MASKED=masked, num_warps=warps)
+    return Wo, grid, meta
 
 
+@on_tensor_device
 def patch_pool_fwd(x: torch.Tensor, H: int, W: int, k: int) -> torch.Tensor:
     """x (B, H*W, C), any strides -> y (B, ceil(H/k)*ceil(W/k), C) in x.dtype (fp32 accumulation)."""
     B, T, C = x.shape
     assert T == H * W and k >= 1, (x.shape, H, W, k)
-    Ho, Wo, grid, bw, bc, warps = _grid_and_blocks(B, H, W, C, k, x.element_size())
-    y = torch.empty((B, Ho * Wo, C), dtype=x.dtype, device=x.device)
+    Wo, grid, meta = _launch_args(B, H, W, C, k, x.element_size())
+    y = torch.empty((B, triton.cdiv(H, k) * Wo, C), dtype=x.dtype, device=x.device)
     if y.numel() == 0:
         return y
-    _patch_pool_fwd_kernel[grid](
-        x, y, H, W, Wo, C, k, *x.stride(), *y.stride(), BLOCK_W=bw, BLOCK_C=bc, num_warps=warps
-    )
+    _patch_pool_fwd_kernel[grid](x, y, H, W, Wo, C, *x.stride(), *y.stride(), **meta)
     return y
 
 
+@on_tensor_device
 def patch_pool_bwd(grad_y: torch.Tensor, H: int, W: int, k: int) -> torch.Tensor:
     """grad_y (B, ceil(H/k)*ceil(W/k), C), any strides -> grad_x (B, H*W, C) in grad_y.dtype."""
     B, To, C = grad_y.shape
-    Ho, Wo, grid, bw, bc, warps = _grid_and_blocks(B, H, W, C, k, grad_y.element_size())
-    assert To == Ho * Wo and k >= 1, (grad_y.shape, H, W, k)
+    Wo, grid, meta = _launch_args(B, H, W, C, k, grad_y.element_size())
+    assert To == triton.cdiv(H, k) * Wo and k >= 1, (grad_y.shape, H, W, k)
     dx = torch.empty((B, H * W, C), dtype=grad_y.dtype, device=grad_y.device)
     if dx.numel() == 0:
         return dx
     # Every token belongs to exactly one cell, so the kernel writes every element of dx.
-    _patch_pool_bwd_kernel[grid](
-        grad_y, dx, H, W, Wo, C, k, *grad_y.stride(), *dx.stride(), BLOCK_W=bw, BLOCK_C=bc, num_warps=warps
-    )
+    _patch_pool_bwd_kernel[grid](grad_y, dx, H, W, Wo, C, *grad_y.stride(), *dx.stride(), **meta)
     return dx

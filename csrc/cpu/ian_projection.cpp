@@ -14,52 +14,23 @@
 #include <torch/types.h>
 
 #include <array>
-#include <cmath>
 #include <tuple>
 #include <vector>
 
+#include "mage_fast/checks.h"
+#include "mage_fast/math.h"
 
 namespace mage_fast {
 namespace {
 
-template <typename A>
-inline A gelu(A z) {
-  return A(0.5) * z * (A(1) + std::erf(z * A(M_SQRT1_2)));
-}
-
-template <typename A>
-inline A gelu_grad(A z) {  // Phi(z) + z phi(z)
-  const A inv_sqrt_2pi = A(0.3989422804014327);
-  return A(0.5) * (A(1) + std::erf(z * A(M_SQRT1_2))) + z * std::exp(A(-0.5) * z * z) * inv_sqrt_2pi;
-}
-
-void check_params(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2,
-                  std::initializer_list<std::pair<const char*, const at::Tensor*>> vecs) {
-  const char* op = "ian_projection_fwd";
-  TORCH_CHECK(x.device().is_cpu(), op, ": x must be a CPU tensor, got ", x.device());
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), op, ": x must be floating point, got ", x.scalar_type());
-  TORCH_CHECK(x.dim() == 2, op, ": x must be (N, C), got ", x.sizes());
-  TORCH_CHECK(w1.dim() == 2 && w1.size(1) == x.size(1), op, ": w1 must be (D, ", x.size(1), "), got ",
-              w1.sizes());
-  const int64_t D = w1.size(0);
-  TORCH_CHECK(w2.dim() == 2 && w2.size(0) == D && w2.size(1) == D, op, ": w2 must be (", D, ", ", D,
-              "), got ", w2.sizes());
-  for (const at::Tensor* t : {&w1, &w2}) {
-    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device() == x.device(), op,
-                ": weights must match x's dtype and device");
-  }
-  for (const auto& [name, t] : vecs) {
-    TORCH_CHECK(t->dim() == 1 && t->size(0) == D, op, ": ", name, " must be (", D, "), got ", t->sizes());
-    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device() == x.device(), op, ": ", name,
-                " must match x's dtype (", x.scalar_type(), ") and device");
-  }
-}
+using math::gelu;
+using math::gelu_grad;
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ian_projection_fwd_cpu(
     const at::Tensor& x_, const at::Tensor& w1_, const at::Tensor& b1_, const at::Tensor& w2_,
     const at::Tensor& b2_, const at::Tensor& ln_w_, const at::Tensor& ln_b_, double eps, bool save) {
-  check_params(x_, w1_, w2_, {{"b1", &b1_}, {"b2", &b2_}, {"ln_w", &ln_w_}, {"ln_b", &ln_b_}});
-  TORCH_CHECK(eps >= 0, "ian_projection_fwd: eps must be >= 0, got ", eps);
+  checks::ian_projection_fwd(x_, w1_, w2_, {{"b1", &b1_}, {"b2", &b2_}, {"ln_w", &ln_w_}, {"ln_b", &ln_b_}}, eps,
+                             c10::DeviceType::CPU);
   const auto dt = x_.scalar_type();
   const auto acc = at::toOpMathType(dt);
   const at::Tensor x = x_.contiguous(), b1 = b1_.contiguous(), b2 = b2_.contiguous();
@@ -67,7 +38,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ian_projection_fwd_cp
   const int64_t N = x.size(0), D = w1_.size(0);
 
   at::Tensor z = at::mm(x.to(acc), w1_.to(acc).t()).contiguous();  // (N, D) fp32
-  at::Tensor z1 = at::empty({N, D}, x.options());
+  at::Tensor z1 = at::empty({save ? N : 0, save ? D : 0}, x.options());  // the GELU input, for backward only
   at::Tensor h = at::empty({N, D}, x.options());
   at::Tensor y = at::empty({N, D}, x.options());
   at::Tensor xhat = at::empty({save ? N : 0, save ? D : 0}, x.options());
@@ -77,14 +48,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ian_projection_fwd_cp
     using A = at::opmath_type<scalar_t>;
     const A* zp = z.data_ptr<A>();
     const scalar_t* b1p = b1.data_ptr<scalar_t>();
-    scalar_t* z1p = z1.data_ptr<scalar_t>();
+    scalar_t* z1p = save ? z1.data_ptr<scalar_t>() : nullptr;
     scalar_t* hp = h.data_ptr<scalar_t>();
-    // Epilogue of GEMM1: + b1, exact GELU, in fp32; z1 kept (rounded) for the backward.
+    // Epilogue of GEMM1: + b1, exact GELU, in fp32; z1 kept (rounded) when the backward needs it.
     at::parallel_for(0, N, 16, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         for (int64_t c = 0; c < D; ++c) {
           const A v = zp[r * D + c] + static_cast<A>(b1p[c]);
-          z1p[r * D + c] = static_cast<scalar_t>(v);
+          if (save) z1p[r * D + c] = static_cast<scalar_t>(v);
           hp[r * D + c] = static_cast<scalar_t>(gelu(v));
         }
       }
@@ -136,22 +107,10 @@ using Grads7 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Te
 Grads7 ian_projection_bwd_cpu(const at::Tensor& dy_, const at::Tensor& x_, const at::Tensor& w1,
                               const at::Tensor& w2, const at::Tensor& ln_w_, const at::Tensor& z1_,
                               const at::Tensor& xhat_, const at::Tensor& rstd_, std::array<bool, 7> needs) {
-  const char* op = "ian_projection_bwd";
-  TORCH_CHECK(x_.device().is_cpu(), op, ": tensors must be on CPU, got ", x_.device());
-  TORCH_CHECK(x_.dim() == 2 && w1.dim() == 2, op, ": x must be (N, C), w1 (D, C)");
+  checks::ian_projection_bwd(dy_, x_, w1, w2, ln_w_, z1_, xhat_, rstd_, c10::DeviceType::CPU);
   const int64_t N = x_.size(0), D = w1.size(0);
   const auto dt = x_.scalar_type();
   const auto acc = at::toOpMathType(dt);
-  TORCH_CHECK(dy_.sizes() == at::IntArrayRef({N, D}), op, ": dy must be (", N, ", ", D, "), got ", dy_.sizes());
-  TORCH_CHECK(z1_.sizes() == dy_.sizes() && xhat_.sizes() == dy_.sizes(), op,
-              ": z1 and xhat must be (N, D) (was the forward run with save=True?)");
-  TORCH_CHECK(rstd_.dim() == 1 && rstd_.size(0) == N && rstd_.scalar_type() == at::kFloat, op,
-              ": rstd must be (N,) fp32");
-  TORCH_CHECK(ln_w_.dim() == 1 && ln_w_.size(0) == D, op, ": ln_w must be (", D, ")");
-  for (const at::Tensor* t : {&dy_, &z1_, &xhat_, &w1, &w2, &ln_w_}) {
-    TORCH_CHECK(t->scalar_type() == dt, op, ": dy, z1, xhat and the weights must be ", dt, ", got ",
-                t->scalar_type());
-  }
   const auto [nx, nw1, nb1, nw2, nb2, nlw, nlb] = needs;
   const at::Tensor dy = dy_.contiguous(), xhat = xhat_.contiguous(), z1 = z1_.contiguous();
   const at::Tensor rstd = rstd_.contiguous(), ln_w = ln_w_.contiguous();

@@ -12,6 +12,9 @@
 #include <algorithm>
 #include <vector>
 
+#include "mage_fast/checks.h"
+#include "mage_fast/math.h"
+
 namespace mage_fast {
 namespace cpu_rows {
 
@@ -62,21 +65,8 @@ using cpu_rows::add_row;
 using cpu_rows::scale_row;
 using cpu_rows::store_row;
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// Checks shared by forward and backward; `name`/`tokens` describe the token axis expected.
-void check_args(const at::Tensor& t, const char* op, const char* arg, int64_t H, int64_t W, int64_t k,
-                int64_t tokens, const char* tokens_desc) {
-  TORCH_CHECK(t.device().is_cpu(), op, ": ", arg, " must be a CPU tensor (got ", t.device(), ")");
-  TORCH_CHECK(t.dim() == 3, op, ": ", arg, " must be 3-D (B, tokens, C), got ", t.dim(), "-D ",
-              t.sizes());
-  TORCH_CHECK(H >= 1 && W >= 1, op, ": grid (H, W) must be positive, got (", H, ", ", W, ")");
-  TORCH_CHECK(k >= 1, op, ": k must be >= 1, got ", k);
-  TORCH_CHECK(t.size(1) == tokens, op, ": ", arg, ".size(1) must be ", tokens_desc, " = ", tokens,
-              " for grid (", H, ", ", W, ") and k=", k, ", got ", t.size(1));
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", arg,
-              " must be floating point, got ", t.scalar_type());
-}
+using math::ceil_div;
+using math::pool_span;
 
 template <typename scalar_t>
 void pool_fwd_kernel(const scalar_t* x, scalar_t* y, int64_t B, int64_t H, int64_t W, int64_t k,
@@ -89,16 +79,15 @@ void pool_fwd_kernel(const scalar_t* x, scalar_t* y, int64_t B, int64_t H, int64
     std::vector<acc_t> acc(C);
     for (int64_t o = begin; o < end; ++o) {
       const int64_t b = o / (Ho * Wo), i = (o / Wo) % Ho, j = o % Wo;
-      const int64_t h0 = i * k, h1 = std::min(H, h0 + k);
-      const int64_t w0 = j * k, w1 = std::min(W, w0 + k);
+      const math::Span<int64_t> hs = pool_span(i, k, H), ws = pool_span(j, k, W);
       std::fill(acc.begin(), acc.end(), acc_t(0));
-      for (int64_t h = h0; h < h1; ++h) {
-        for (int64_t w = w0; w < w1; ++w) {
+      for (int64_t h = hs.start; h < hs.end; ++h) {
+        for (int64_t w = ws.start; w < ws.end; ++w) {
           const scalar_t* src = x + ((b * H + h) * W + w) * C;
           add_row(acc.data(), src, C);
         }
       }
-      const acc_t inv = acc_t(1) / static_cast<acc_t>((h1 - h0) * (w1 - w0));
+      const acc_t inv = acc_t(1) / static_cast<acc_t>(hs.size() * ws.size());
       store_row(y + o * C, acc.data(), inv, C);
     }
   });
@@ -115,15 +104,15 @@ void pool_bwd_kernel(const scalar_t* gy, scalar_t* gx, int64_t B, int64_t H, int
     for (int64_t t = begin; t < end; ++t) {
       const int64_t b = t / (H * W), h = (t / W) % H, w = t % W;
       const int64_t i = h / k, j = w / k;
-      const int64_t nh = std::min(H, i * k + k) - i * k, nw = std::min(W, j * k + k) - j * k;
-      const acc_t inv = acc_t(1) / static_cast<acc_t>(nh * nw);
+      const math::Span<int64_t> hs = pool_span(i, k, H), ws = pool_span(j, k, W);
+      const acc_t inv = acc_t(1) / static_cast<acc_t>(hs.size() * ws.size());
       scale_row(gx + t * C, gy + ((b * Ho + i) * Wo + j) * C, inv, C);
     }
   });
 }
 
 at::Tensor patch_pool_fwd_cpu(const at::Tensor& x_in, int64_t H, int64_t W, int64_t k) {
-  check_args(x_in, "mage_fast::patch_pool_fwd", "x", H, W, k, H * W, "H*W");
+  checks::patch_pool(x_in, "mage_fast::patch_pool_fwd", "x", H, W, k, H * W, "H*W", c10::DeviceType::CPU);
   const at::Tensor x = x_in.contiguous();
   const int64_t B = x.size(0), C = x.size(2);
   at::Tensor y = at::empty({B, ceil_div(H, k) * ceil_div(W, k), C}, x.options());
@@ -135,8 +124,8 @@ at::Tensor patch_pool_fwd_cpu(const at::Tensor& x_in, int64_t H, int64_t W, int6
 }
 
 at::Tensor patch_pool_bwd_cpu(const at::Tensor& gy_in, int64_t H, int64_t W, int64_t k) {
-  check_args(gy_in, "mage_fast::patch_pool_bwd", "grad_y", H, W, k,
-             k >= 1 ? ceil_div(H, k) * ceil_div(W, k) : -1, "ceil(H/k)*ceil(W/k)");
+  checks::patch_pool(gy_in, "mage_fast::patch_pool_bwd", "grad_y", H, W, k,
+                     k >= 1 ? ceil_div(H, k) * ceil_div(W, k) : -1, "ceil(H/k)*ceil(W/k)", c10::DeviceType::CPU);
   const at::Tensor gy = gy_in.contiguous();
   const int64_t B = gy.size(0), C = gy.size(2);
   at::Tensor gx = at::empty({B, H * W, C}, gy.options());

@@ -99,11 +99,12 @@ __device__ __forceinline__ MaxSum block_maxsum(MaxSum v, float* shm_m, float* sh
   return v;
 }
 
-// Column sums of an (N, D) row-major array (optionally times a second one), accumulated in fp32
-// into out (D,), which must be zeroed: blocks of 32 columns x 8 row lanes, a shared-memory
-// reduction over the row lanes, one atomicAdd per column per block.
+// Column sums of an (N, D) row-major array (optionally times a second one) in fp32: blocks of 32
+// columns x 8 row lanes over a run of rows, a shared-memory reduction over the row lanes, and one
+// partial row per block row in part (gridDim.y, D). No atomics: the partials are summed by
+// at::sum in a fixed order, so the result is the same bits on every run.
 template <typename A, typename B>
-__global__ void colsum_kernel(const A* __restrict__ a, const B* __restrict__ b, float* __restrict__ out,
+__global__ void colsum_kernel(const A* __restrict__ a, const B* __restrict__ b, float* __restrict__ part,
                               int64_t N, int64_t D, int64_t rows_per_block) {
   __shared__ float shm[8][33];
   const int64_t col = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x;
@@ -123,24 +124,24 @@ __global__ void colsum_kernel(const A* __restrict__ a, const B* __restrict__ b, 
     float s = 0.f;
 #pragma unroll
     for (int i = 0; i < 8; ++i) s += shm[i][threadIdx.x];
-    atomicAdd(out + col, s);
+    part[static_cast<int64_t>(blockIdx.y) * D + col] = s;
   }
 }
 
 // Launch colsum_kernel on the current stream; returns the fp32 (D,) sums.
 template <typename A, typename B>
 at::Tensor colsum(const A* a, const B* b, int64_t N, int64_t D, const at::TensorOptions& opts) {
-  at::Tensor out = at::zeros({D}, opts.dtype(at::kFloat));
-  if (N == 0 || D == 0) return out;
+  if (N == 0 || D == 0) return at::zeros({D}, opts.dtype(at::kFloat));
   const int64_t rows_per_block = 256;
   const int64_t gy = std::min<int64_t>((N + rows_per_block - 1) / rows_per_block, 65535);
   const int64_t rpb = (N + gy - 1) / gy;
+  at::Tensor part = at::empty({gy, D}, opts.dtype(at::kFloat));
   dim3 grid(static_cast<unsigned int>((D + 31) / 32), static_cast<unsigned int>(gy));
   dim3 block(32, 8);
-  colsum_kernel<A, B><<<grid, block, 0, at::cuda::getCurrentCUDAStream()>>>(a, b, out.data_ptr<float>(), N, D,
+  colsum_kernel<A, B><<<grid, block, 0, at::cuda::getCurrentCUDAStream()>>>(a, b, part.data_ptr<float>(), N, D,
                                                                              rpb);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return out;
+  return part.sum(0);
 }
 
 }  // namespace cuda

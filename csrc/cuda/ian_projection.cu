@@ -11,16 +11,15 @@
 #include <tuple>
 
 #include "common.cuh"
+#include "mage_fast/checks.h"
+#include "mage_fast/math.h"
 
 namespace mage_fast {
 namespace cuda {
 namespace {
 
-__device__ __forceinline__ float gelu_f(float z) { return 0.5f * z * (1.f + erff(z * 0.70710678118654752f)); }
-
-__device__ __forceinline__ float gelu_grad_f(float z) {
-  return 0.5f * (1.f + erff(z * 0.70710678118654752f)) + z * expf(-0.5f * z * z) * 0.3989422804014327f;
-}
+using math::gelu;
+using math::gelu_grad;
 
 // z (N, D) fp32 GEMM output -> z1 = z + b1 and h = GELU(z1), both in T.
 template <typename T>
@@ -31,7 +30,7 @@ __global__ void bias_gelu_kernel(const float* __restrict__ z, const T* __restric
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const float v = z[i] + static_cast<float>(b1[i % D]);
     if (z1 != nullptr) z1[i] = static_cast<T>(v);  // the GELU input, kept for backward only
-    h[i] = static_cast<T>(gelu_f(v));
+    h[i] = static_cast<T>(gelu<float>(v));
   }
 }
 
@@ -96,7 +95,7 @@ template <typename T>
 __global__ void gelu_kernel(const T* __restrict__ z1, T* __restrict__ h, int64_t total) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    h[i] = static_cast<T>(gelu_f(static_cast<float>(z1[i])));
+    h[i] = static_cast<T>(gelu<float>(static_cast<float>(z1[i])));
   }
 }
 
@@ -106,7 +105,7 @@ __global__ void gelu_bwd_kernel(float* __restrict__ dz1, const T* __restrict__ z
                                 int64_t total) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float v = dz1[i] * gelu_grad_f(static_cast<float>(z1[i]));
+    const float v = dz1[i] * gelu_grad<float>(static_cast<float>(z1[i]));
     dz1[i] = v;
     dz1_op[i] = static_cast<T>(v);
   }
@@ -116,33 +115,11 @@ unsigned int row_grid(int64_t N) {
   return static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>(N, 65535)));
 }
 
-void check_fwd(const at::Tensor& x, const at::Tensor& w1, const at::Tensor& w2,
-               std::initializer_list<std::pair<const char*, const at::Tensor*>> vecs) {
-  const char* op = "ian_projection_fwd";
-  MAGE_CHECK_CUDA(op, "x", x);
-  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf,
-              op, ": x must be float32, bfloat16 or float16, got ", x.scalar_type());
-  TORCH_CHECK(x.dim() == 2, op, ": x must be (N, C), got ", x.sizes());
-  TORCH_CHECK(w1.dim() == 2 && w1.size(1) == x.size(1), op, ": w1 must be (D, ", x.size(1), "), got ", w1.sizes());
-  const int64_t D = w1.size(0);
-  TORCH_CHECK(w2.dim() == 2 && w2.size(0) == D && w2.size(1) == D, op, ": w2 must be (", D, ", ", D, "), got ",
-              w2.sizes());
-  for (const at::Tensor* t : {&w1, &w2}) {
-    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device() == x.device(), op,
-                ": weights must match x's dtype and device");
-  }
-  for (const auto& [name, t] : vecs) {
-    TORCH_CHECK(t->dim() == 1 && t->size(0) == D, op, ": ", name, " must be (", D, "), got ", t->sizes());
-    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device() == x.device(), op, ": ", name,
-                " must match x's dtype (", x.scalar_type(), ") and device (", x.device(), ")");
-  }
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ian_projection_fwd_cuda(
     const at::Tensor& x_, const at::Tensor& w1, const at::Tensor& b1_, const at::Tensor& w2,
     const at::Tensor& b2_, const at::Tensor& ln_w_, const at::Tensor& ln_b_, double eps, bool save) {
-  check_fwd(x_, w1, w2, {{"b1", &b1_}, {"b2", &b2_}, {"ln_w", &ln_w_}, {"ln_b", &ln_b_}});
-  TORCH_CHECK(eps >= 0, "ian_projection_fwd: eps must be >= 0, got ", eps);
+  checks::ian_projection_fwd(x_, w1, w2, {{"b1", &b1_}, {"b2", &b2_}, {"ln_w", &ln_w_}, {"ln_b", &ln_b_}}, eps,
+                             c10::DeviceType::CUDA);
   const at::cuda::CUDAGuard guard(x_.device());
   auto stream = at::cuda::getCurrentCUDAStream();
   const at::Tensor x = x_.contiguous(), b1 = b1_.contiguous(), b2 = b2_.contiguous();
@@ -179,23 +156,9 @@ using Grads7 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Te
 Grads7 ian_projection_bwd_cuda(const at::Tensor& dy_, const at::Tensor& x_, const at::Tensor& w1,
                                const at::Tensor& w2, const at::Tensor& ln_w_, const at::Tensor& z1_,
                                const at::Tensor& xhat_, const at::Tensor& rstd_, std::array<bool, 7> needs) {
-  const char* op = "ian_projection_bwd";
-  MAGE_CHECK_CUDA(op, "x", x_);
-  TORCH_CHECK(x_.dim() == 2 && w1.dim() == 2, op, ": x must be (N, C), w1 (D, C)");
+  checks::ian_projection_bwd(dy_, x_, w1, w2, ln_w_, z1_, xhat_, rstd_, c10::DeviceType::CUDA);
   const int64_t N = x_.size(0), D = w1.size(0);
   const auto dt = x_.scalar_type();
-  TORCH_CHECK(dy_.dim() == 2 && dy_.size(0) == N && dy_.size(1) == D, op, ": dy must be (", N, ", ", D, "), got ",
-              dy_.sizes());
-  TORCH_CHECK(z1_.sizes() == dy_.sizes() && xhat_.sizes() == dy_.sizes(), op,
-              ": z1 and xhat must be (N, D) (was the forward run with save=True?)");
-  TORCH_CHECK(rstd_.dim() == 1 && rstd_.size(0) == N && rstd_.scalar_type() == at::kFloat, op,
-              ": rstd must be (N,) fp32");
-  TORCH_CHECK(ln_w_.dim() == 1 && ln_w_.size(0) == D, op, ": ln_w must be (", D, ")");
-  for (const at::Tensor* t : {&dy_, &z1_, &xhat_, &w1, &w2, &ln_w_}) {
-    TORCH_CHECK(t->scalar_type() == dt, op, ": dy, z1, xhat and the weights must be ", dt, ", got ",
-                t->scalar_type());
-    TORCH_CHECK(t->device() == x_.device(), op, ": all tensors must be on ", x_.device());
-  }
   const at::cuda::CUDAGuard guard(x_.device());
   auto stream = at::cuda::getCurrentCUDAStream();
   const auto [nx, nw1, nb1, nw2, nb2, nlw, nlb] = needs;

@@ -186,14 +186,18 @@ def _fwd_native(*args):
 
 
 # backend -> forward(hidden, weight, labels, img, img_target, img_mask, lam, ignore_index,
-# num_items, need_h, need_w, need_i, rows), each returning the op's 7 outputs.
-_IMPLS = {"torch": _fwd_torch, "triton": _fwd_triton, "cpp": _fwd_native, "cuda": _fwd_native}
-_backend.register(OP, "torch")
-_backend.register(OP, "triton", _triton.unavailable_reason, auto=_triton.auto_ok)
+# num_items, need_h, need_w, need_i, rows), each returning the op's 7 outputs; the backward is
+# backend-independent scaling, so the rows carry forwards only.
 # auto=False for cpp: at N=256, H=256, V=8192 (fwd+bwd, 2 threads) the C++ twin's scalar exp loops
 # took ~1.5x the torch backend's (vectorised) time; the twin is the CI check of the C++ path.
-_backend.register(OP, "cpp", _ext.cpu_kernel_reason("ce_mse_fwd"), auto=False)
-_backend.register(OP, "cuda", _ext.cuda_kernel_reason("ce_mse_fwd"))
+TABLE = _backend.register(
+    OP,
+    (
+        _backend.Backend("torch", _fwd_torch),
+        _backend.Backend("triton", _fwd_triton, None, _triton.unavailable_reason, auto=_triton.auto_ok),
+        *_ext.native_rows("ce_mse_fwd", _fwd_native, cpu_auto=False),
+    ),
+)
 
 _Out = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -219,7 +223,7 @@ def _ce_mse_op(
     docstring); scales (2,) fp32 = (1 / denom, 2 / count)."""
     rows = plan(hidden.shape[0], hidden.shape[1], weight.shape[0], hidden.dtype, device_class(hidden.device)).rows
     args = (hidden, weight, labels, img, img_target, img_mask, lam, ignore_index, num_items)
-    return _IMPLS[backend](*args, need_hidden_grad, need_weight_grad, need_img_grad, rows)
+    return TABLE[backend].forward(*args, need_hidden_grad, need_weight_grad, need_img_grad, rows)
 
 
 def _fake(hidden, weight, labels, img, img_target, img_mask, lam, ignore_index, num_items, nh, nw, ni, _) -> _Out:

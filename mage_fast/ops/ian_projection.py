@@ -100,32 +100,31 @@ def _bwd_triton(dy, x, w1, w2, ln_w, z1, xhat, rstd, needs: tuple[bool, ...]):
     return _triton.kernels.ian_projection_bwd(dy, x, w1, w2, ln_w, z1, xhat, rstd, needs)
 
 
-def _fwd_kernel(x, w1, b1, w2, b2, ln_w, ln_b, eps: float, save: bool):
-    # C++ kernels (csrc/cpu/ian_projection.cpp as "cpp", csrc/cuda/ian_projection.cu as "cuda"):
-    # the dispatcher picks the one of x's device.
+def _fwd_native(x, w1, b1, w2, b2, ln_w, ln_b, eps: float, save: bool):
+    # csrc/cpu/ian_projection.cpp or csrc/cuda/ian_projection.cu: the dispatcher picks x's device.
     return torch.ops.mage_fast.ian_projection_fwd(x, w1, b1, w2, b2, ln_w, ln_b, eps, save)
 
 
-def _bwd_kernel(dy, x, w1, w2, ln_w, z1, xhat, rstd, needs: tuple[bool, ...]):
+def _bwd_native(dy, x, w1, w2, ln_w, z1, xhat, rstd, needs: tuple[bool, ...]):
     out = torch.ops.mage_fast.ian_projection_bwd(dy.contiguous(), x, w1, w2, ln_w, z1, xhat, rstd, list(needs))
     return tuple(g if n else None for g, n in zip(out, needs))
 
 
-# backend -> (forward, backward). The Triton kernels (kernels/ian_projection.py) and the C++/CUDA
-# ones follow the torch template: same saved tensors, same rounding points.
-_IMPLS = {
-    "torch": (_fwd_torch, _bwd_torch),
-    "triton": (_fwd_triton, _bwd_triton),
-    "cpp": (_fwd_kernel, _bwd_kernel),
-    "cuda": (_fwd_kernel, _bwd_kernel),
-}
-_backend.register(OP, "torch")
-_backend.register(OP, "triton", _triton.unavailable_reason, auto=_triton.auto_ok)
+# The Triton kernels (kernels/ian_projection.py) and the native ones follow the torch template:
+# same saved tensors, same rounding points.
 # auto=False for cpp: at N=256, C=256, D=512 (fwd+bwd, 2 threads, a loaded 2-core box) the C++ twin
-# took 0.6-0.9x the torch backend's time, too noisy a win to switch every CPU run over now; it is
-# the CI check of the C++ path and selectable by name. Revisit with a quiet measurement.
-_backend.register(OP, "cpp", _ext.cpu_kernel_reason("ian_projection_fwd"), auto=False)
-_backend.register(OP, "cuda", _ext.cuda_kernel_reason("ian_projection_fwd"))
+# took 0.6-0.9x the torch backend's time, too noisy a win to make it every CPU run's default; it
+# is the CI check of the C++ path and selectable by name.
+TABLE = _backend.register(
+    OP,
+    (
+        _backend.Backend("torch", _fwd_torch, _bwd_torch),
+        _backend.Backend(
+            "triton", _fwd_triton, _bwd_triton, _triton.unavailable_reason, _triton.auto_ok, opaque_backward=True
+        ),
+        *_ext.native_rows("ian_projection_fwd", _fwd_native, _bwd_native, cpu_auto=False),
+    ),
+)
 
 _Out = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -144,16 +143,18 @@ def _ian_projection_op(
     backend: str,
 ) -> _Out:
     """-> (y (N, D), z1 (N, D), xhat (N, D), rstd (N,) fp32); the last three empty if not `save`."""
-    return _IMPLS[backend][0](x, w1, b1, w2, b2, ln_w, ln_b, eps, save)
+    return TABLE[backend].forward(x, w1, b1, w2, b2, ln_w, ln_b, eps, save)
 
 
-@_ian_projection_op.register_fake
-def _(x, w1, b1, w2, b2, ln_w, ln_b, eps, save, backend) -> _Out:
+def _fwd_fake(x, w1, b1, w2, b2, ln_w, ln_b, eps, save, backend: str = "") -> _Out:
     N, D = x.shape[0], w1.shape[0]
     y = x.new_empty((N, D))
     if not save:
         return y, x.new_empty(0), x.new_empty(0), x.new_empty(0, dtype=torch.float32)
     return y, x.new_empty((N, D)), x.new_empty((N, D)), x.new_empty((N,), dtype=torch.float32)
+
+
+_ian_projection_op.register_fake(_fwd_fake)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -164,16 +165,18 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(x, w1, w2, ln_w, z1, xhat, rstd)
 
 
-# Backends whose backward is kernel launches: it runs as its own custom op, so that AOT autograd
-# (torch.compile, opcheck) traces its fake instead of calling Triton launchers on fake tensors.
-_OPAQUE_BWD = frozenset({"triton"})
-
-
 def _grad_like(x, w1, w2, ln_w) -> list[tuple[torch.Tensor, tuple[int, ...]]]:
     """(dtype source, shape) of the grads of (x, w1, b1, w2, b2, ln_w, ln_b)."""
     D = w1.shape[0]
-    return [(x, tuple(x.shape)), (w1, tuple(w1.shape)), (w1, (D,)), (w2, tuple(w2.shape)), (w2, (D,)),
-            (ln_w, (D,)), (ln_w, (D,))]  # fmt: skip
+    return [
+        (x, tuple(x.shape)),
+        (w1, tuple(w1.shape)),
+        (w1, (D,)),
+        (w2, tuple(w2.shape)),
+        (w2, (D,)),
+        (ln_w, (D,)),
+        (ln_w, (D,)),
+    ]
 
 
 @torch.library.custom_op("mage_fast::ian_projection_backward", mutates_args=())
@@ -190,30 +193,57 @@ def _ian_projection_backward_op(
     backend: str,
 ) -> list[torch.Tensor]:
     """Grads of (x, w1, b1, w2, b2, ln_w, ln_b) with `backend`'s kernels; empty (0,) where not needed."""
-    grads = _IMPLS[backend][1](dy, x, w1, w2, ln_w, z1, xhat, rstd, tuple(needs))
+    grads = TABLE[backend].backward(dy, x, w1, w2, ln_w, z1, xhat, rstd, tuple(needs))
     return [g if g is not None else src.new_empty(0) for g, (src, _) in zip(grads, _grad_like(x, w1, w2, ln_w))]
 
 
-@_ian_projection_backward_op.register_fake
-def _(dy, x, w1, w2, ln_w, z1, xhat, rstd, needs, backend) -> list[torch.Tensor]:
+def _bwd_fake(dy, x, w1, w2, ln_w, z1, xhat, rstd, needs, backend: str = "") -> list[torch.Tensor]:
     like = _grad_like(x, w1, w2, ln_w)
     return [src.new_empty(shape if n else (0,)) for n, (src, shape) in zip(needs, like)]
 
 
+_ian_projection_backward_op.register_fake(_bwd_fake)
+
+
 def _backward(ctx, dy, _dz1, _dxhat, _drstd):
     if not ctx.save:
-        raise RuntimeError("ian_projection: backward called on a forward run with save=False")
+        raise RuntimeError("ian_projection: backward needs the forward run with save=True")
     x, w1, w2, ln_w, z1, xhat, rstd = ctx.saved_tensors
     needs = tuple(ctx.needs_input_grad[:7])
-    if ctx.backend in _OPAQUE_BWD:
+    row = TABLE[ctx.backend]
+    if row.opaque_backward:
         out = _ian_projection_backward_op(dy, x, w1, w2, ln_w, z1, xhat, rstd, list(needs), ctx.backend)
         grads = [g if n else None for g, n in zip(out, needs)]
     else:
-        grads = _IMPLS[ctx.backend][1](dy, x, w1, w2, ln_w, z1, xhat, rstd, needs)
+        grads = row.backward(dy, x, w1, w2, ln_w, z1, xhat, rstd, needs)
     return (*grads, None, None, None)
 
 
 _ian_projection_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# The C++ ops `mage_fast::ian_projection_fwd` / `_bwd` on their own: fakes for torch.compile, and
+# autograd of the forward through the C++ backward, so the low-level op is opcheck-able alone.
+if _ext.HAS_C:
+
+    @torch.library.register_fake("mage_fast::ian_projection_fwd")
+    def _native_fwd_fake(x, w1, b1, w2, b2, ln_w, ln_b, eps, save):
+        torch._check(x.dim() == 2 and w1.dim() == 2, lambda: "ian_projection_fwd: x (N, C), w1 (D, C)")
+        return _fwd_fake(x, w1, b1, w2, b2, ln_w, ln_b, eps, save)
+
+    @torch.library.register_fake("mage_fast::ian_projection_bwd")
+    def _native_bwd_fake(dy, x, w1, w2, ln_w, z1, xhat, rstd, needs):
+        return tuple(_bwd_fake(dy, x, w1, w2, ln_w, z1, xhat, rstd, needs))
+
+    def _native_fwd_setup(ctx, inputs, output) -> None:
+        _setup_context(ctx, (*inputs, "cpp"), output)  # "cpp" and "cuda" share the native backward
+
+    def _native_fwd_backward(ctx, *grads):
+        return _backward(ctx, *grads)[:9]  # 7 tensor grads, then eps and save
+
+    torch.library.register_autograd(
+        "mage_fast::ian_projection_fwd", _native_fwd_backward, setup_context=_native_fwd_setup
+    )
 
 
 def ian_projection(

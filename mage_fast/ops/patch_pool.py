@@ -3,8 +3,9 @@
 x (B, H*W, C), row-major grid (token t = h*W + w) -> y (B, ceil(H/k)*ceil(W/k), C). Edge cells
 average only the grid cells that exist (avg_pool2d with ceil_mode=True, count_include_pad=False).
 
-Backends: `cpp` (csrc/cpu/patch_pool.cpp, CPU), `triton` (kernels/patch_pool.py: CUDA, or CPU under
-TRITON_INTERPRET=1) and `torch` (channels-last avg_pool2d forward, broadcast backward; any device).
+Backends: `torch` (channels-last avg_pool2d forward, broadcast backward; any device), `triton`
+(kernels/patch_pool.py: CUDA, or CPU under TRITON_INTERPRET=1), and the native C++ op as `cpp`
+(csrc/cpu/patch_pool.cpp) and `cuda` (csrc/cuda/patch_pool.cu).
 """
 
 from __future__ import annotations
@@ -48,11 +49,12 @@ def _bwd_torch(grad_y: torch.Tensor, H: int, W: int, k: int) -> torch.Tensor:
     return g.reshape(B, H * W, C).to(grad_y.dtype)
 
 
-def _fwd_cpp(x: torch.Tensor, H: int, W: int, k: int) -> torch.Tensor:
+def _fwd_native(x: torch.Tensor, H: int, W: int, k: int) -> torch.Tensor:
+    # csrc/cpu/patch_pool.cpp or csrc/cuda/patch_pool.cu: the dispatcher picks x's device.
     return torch.ops.mage_fast.patch_pool_fwd(x, H, W, k)
 
 
-def _bwd_cpp(grad_y: torch.Tensor, H: int, W: int, k: int) -> torch.Tensor:
+def _bwd_native(grad_y: torch.Tensor, H: int, W: int, k: int) -> torch.Tensor:
     return torch.ops.mage_fast.patch_pool_bwd(grad_y, H, W, k)
 
 
@@ -64,55 +66,56 @@ def _bwd_triton(grad_y: torch.Tensor, H: int, W: int, k: int) -> torch.Tensor:
     return _triton.kernels.patch_pool_bwd(grad_y, H, W, k)
 
 
-# backend -> (forward, backward); the CUDA issue adds its launchers here.
-_IMPLS = {
-    "torch": (_fwd_torch, _bwd_torch),
-    "cpp": (_fwd_cpp, _bwd_cpp),
-    "triton": (_fwd_triton, _bwd_triton),
-    "cuda": (_fwd_cpp, _bwd_cpp),  # the same C++ ops; the dispatcher runs csrc/cuda/patch_pool.cu
-}
-_backend.register(OP, "torch")
-_backend.register(OP, "cpp", lambda dev: _ext.cpp_unavailable_reason("patch_pool_fwd", dev))
-_backend.register(OP, "triton", _triton.unavailable_reason, auto=_triton.auto_ok)
-_backend.register(OP, "cuda", _ext.cuda_kernel_reason("patch_pool_fwd"))
+TABLE = _backend.register(
+    OP,
+    (
+        _backend.Backend("torch", _fwd_torch, _bwd_torch),
+        _backend.Backend(
+            "triton", _fwd_triton, _bwd_triton, _triton.unavailable_reason, _triton.auto_ok, opaque_backward=True
+        ),
+        *_ext.native_rows("patch_pool_fwd", _fwd_native, _bwd_native),
+    ),
+)
 
 
 @torch.library.custom_op("mage_fast::patch_pool", mutates_args=())
 def _patch_pool_op(x: torch.Tensor, H: int, W: int, k: int, backend: str) -> torch.Tensor:
     """x (B, H*W, C) -> y (B, ceil(H/k)*ceil(W/k), C) with the resolved `backend`."""
-    return _IMPLS[backend][0](x, H, W, k)
+    return TABLE[backend].forward(x, H, W, k)
 
 
-@_patch_pool_op.register_fake
-def _(x: torch.Tensor, H: int, W: int, k: int, backend: str) -> torch.Tensor:
+def _fwd_fake(x: torch.Tensor, H: int, W: int, k: int, backend: str = "") -> torch.Tensor:
     Ho, Wo = _out_grid(H, W, k)
     return x.new_empty((x.shape[0], Ho * Wo, x.shape[2]))
+
+
+_patch_pool_op.register_fake(_fwd_fake)
 
 
 def _setup_context(ctx, inputs, output) -> None:
     _, ctx.H, ctx.W, ctx.k, ctx.backend = inputs
 
 
-# Backends whose backward is a kernel launch: it runs as its own custom op, so that AOT autograd
-# (torch.compile, opcheck) traces its fake instead of calling a Triton launcher on fake tensors.
-_OPAQUE_BWD = frozenset({"triton"})
-
-
 @torch.library.custom_op("mage_fast::patch_pool_backward", mutates_args=())
 def _patch_pool_backward_op(grad_y: torch.Tensor, H: int, W: int, k: int, backend: str) -> torch.Tensor:
     """grad_y (B, ceil(H/k)*ceil(W/k), C) -> grad_x (B, H*W, C) with `backend`'s kernel."""
-    return _IMPLS[backend][1](grad_y, H, W, k)
+    return TABLE[backend].backward(grad_y, H, W, k)
 
 
-@_patch_pool_backward_op.register_fake
-def _(grad_y: torch.Tensor, H: int, W: int, k: int, backend: str) -> torch.Tensor:
+def _bwd_fake(grad_y: torch.Tensor, H: int, W: int, k: int, backend: str = "") -> torch.Tensor:
     return grad_y.new_empty((grad_y.shape[0], H * W, grad_y.shape[2]))
 
 
+_patch_pool_backward_op.register_fake(_bwd_fake)
+
+
 def _backward(ctx, grad_y: torch.Tensor):
-    if ctx.backend in _OPAQUE_BWD:
-        return _patch_pool_backward_op(grad_y, ctx.H, ctx.W, ctx.k, ctx.backend), None, None, None, None
-    return _IMPLS[ctx.backend][1](grad_y, ctx.H, ctx.W, ctx.k), None, None, None, None
+    row = TABLE[ctx.backend]
+    if row.opaque_backward:
+        gx = _patch_pool_backward_op(grad_y, ctx.H, ctx.W, ctx.k, ctx.backend)
+    else:
+        gx = row.backward(grad_y, ctx.H, ctx.W, ctx.k)
+    return gx, None, None, None, None
 
 
 def _backward_of_backward(ctx, grad_gx: torch.Tensor):
@@ -122,6 +125,33 @@ def _backward_of_backward(ctx, grad_gx: torch.Tensor):
 
 _patch_pool_op.register_autograd(_backward, setup_context=_setup_context)
 _patch_pool_backward_op.register_autograd(_backward_of_backward, setup_context=_setup_context)
+
+
+# The C++ ops `mage_fast::patch_pool_fwd` / `_bwd` on their own: fakes for torch.compile, and
+# autograd (each is the other's adjoint, so both are differentiable to any order).
+if _ext.HAS_C:
+
+    @torch.library.register_fake("mage_fast::patch_pool_fwd")
+    def _native_fwd_fake(x: torch.Tensor, H: int, W: int, k: int) -> torch.Tensor:
+        torch._check(x.dim() == 3 and k >= 1, lambda: "patch_pool_fwd: x must be (B, H*W, C), k >= 1")
+        return _fwd_fake(x, H, W, k)
+
+    @torch.library.register_fake("mage_fast::patch_pool_bwd")
+    def _native_bwd_fake(grad_y: torch.Tensor, H: int, W: int, k: int) -> torch.Tensor:
+        torch._check(grad_y.dim() == 3 and k >= 1, lambda: "patch_pool_bwd: grad_y must be 3-D, k >= 1")
+        return _bwd_fake(grad_y, H, W, k)
+
+    def _native_setup(ctx, inputs, output) -> None:
+        _, ctx.H, ctx.W, ctx.k = inputs
+
+    def _native_fwd_backward(ctx, grad_y: torch.Tensor):
+        return _bwd_native(grad_y, ctx.H, ctx.W, ctx.k), None, None, None
+
+    def _native_bwd_backward(ctx, grad_gx: torch.Tensor):
+        return _fwd_native(grad_gx, ctx.H, ctx.W, ctx.k), None, None, None
+
+    torch.library.register_autograd("mage_fast::patch_pool_fwd", _native_fwd_backward, setup_context=_native_setup)
+    torch.library.register_autograd("mage_fast::patch_pool_bwd", _native_bwd_backward, setup_context=_native_setup)
 
 
 def patch_pool(x: torch.Tensor, grid: tuple[int, int], k: int = 2, backend: str = "auto") -> torch.Tensor:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from opsutil import NATIVE, device_for
+from opsutil import ALL_BACKENDS, NATIVE, device_for
 
 
 @pytest.fixture(autouse=True)
@@ -21,5 +21,12 @@ def _few_threads_and_seed():
 @pytest.fixture(params=NATIVE)
 def native(request) -> Iterator[str]:
     """The C++ backend of the test; for "cuda" its tensors are created on the GPU."""
+    with device_for(request.param):
+        yield request.param
+
+
+@pytest.fixture(params=ALL_BACKENDS)
+def backend(request) -> Iterator[str]:
+    """Every backend of the ops in turn; its tensors are created on its device (device_for)."""
     with device_for(request.param):
         yield request.param

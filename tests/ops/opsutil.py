@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -67,19 +68,62 @@ def _cuda_kernels_reason() -> str | None:
     return _ext.cpp_unavailable_reason("ce_mse_fwd", torch.device("cuda"))
 
 
+def backend_device(backend: str) -> torch.device:
+    """Where the op tests run `backend`: the GPU for "cuda" (and "triton" on a CUDA machine)."""
+    if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def backend_skip_reason(backend: str) -> str | None:
+    """Why `backend` cannot be tested on this machine (None: it runs)."""
+    from mage_fast.ops import _ext, _triton
+
+    if backend == "cpp":
+        return _ext.cpp_unavailable_reason("patch_pool_fwd", torch.device("cpu"))
+    if backend == "triton":
+        return _triton.unavailable_reason(backend_device("triton"))
+    if backend == "cuda":
+        return _cuda_kernels_reason()
+    return None
+
+
+def expected_backends() -> dict[str, str]:
+    """Backends this machine is expected to test, with why; MAGE_FAST_TEST_SKIP=name,... lists the
+    ones a run skips on purpose (so a skip is a decision, never an accident)."""
+    import importlib.util
+
+    want = {"torch": "pure torch runs everywhere", "cpp": "`make install` builds mage_fast._C"}
+    if importlib.util.find_spec("triton") is not None:
+        want["triton"] = "triton is installed (CPU: under TRITON_INTERPRET=1, which tests/conftest.py sets)"
+    if torch.cuda.is_available():
+        want["cuda"] = "a CUDA device is visible"
+    skip = {b.strip() for b in os.environ.get("MAGE_FAST_TEST_SKIP", "").split(",") if b.strip()}
+    return {b: why for b, why in want.items() if b not in skip}
+
+
+def _param(backend: str):
+    why = backend_skip_reason(backend)
+    return pytest.param(backend, marks=pytest.mark.skipif(why is not None, reason=str(why)))
+
+
 # The C++ backends: "cpp" (CPU twins) everywhere, "cuda" (csrc/cuda) on a GPU with a CUDA build.
 # The "cuda" cases run the same assertions with every tensor created on the GPU.
 _NO_CUDA = _cuda_kernels_reason()
-NATIVE = ["cpp", pytest.param("cuda", marks=pytest.mark.skipif(_NO_CUDA is not None, reason=str(_NO_CUDA)))]
+NATIVE = ["cpp", _param("cuda")]
+# Every backend of the ops, each skipped with its reason where it cannot run here
+# (test_expected_backends.py fails when an expected one is skipped).
+ALL_BACKENDS = [_param(b) for b in ("torch", "cpp", "triton", "cuda")]
 
 
 @contextlib.contextmanager
 def device_for(backend: str) -> Iterator[None]:
-    """torch's default device while testing `backend`: the GPU for "cuda", else unchanged."""
-    if backend != "cuda":
+    """torch's default device while testing `backend` (backend_device)."""
+    dev = backend_device(backend)
+    if dev.type == "cpu":
         yield
         return
-    torch.set_default_device("cuda")
+    torch.set_default_device(dev)
     try:
         yield
     finally:

@@ -1,33 +1,23 @@
-"""patch_pool: every backend vs the avg_pool2d reference, opcheck, gradcheck, errors."""
+"""patch_pool on every backend (the `backend` fixture) vs the avg_pool2d reference; opcheck,
+gradcheck of the native ops, backend choice, input checks."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
-from opsutil import NATIVE, assert_close32, assert_lowp, device_for, grads, leaves
+from opsutil import assert_close32, assert_lowp, grads, leaves
 
-from mage_fast.ops import patch_pool, resolve
+from mage_fast.ops import _triton, patch_pool, resolve
 from mage_fast.ops.reference import patch_pool_ref
 
-BACKENDS = ["torch", *NATIVE]  # "cuda": on the GPU, when this build has the CUDA kernels
+# (H, W, k, C): odd grids, k not dividing H/W, k = 1, k larger than the grid, the MAGE 24x24 (its
+# Wo = 12 tiles by 4 without masks); C = 130 spans several channel blocks with a partial one.
+CASES = [(5, 7, 2, 10), (5, 7, 3, 130), (4, 6, 2, 10), (3, 3, 1, 3), (2, 3, 4, 10), (24, 24, 2, 6)]
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request) -> Iterator[str]:
-    """The backend of the test; for "cuda" its tensors are created on the GPU."""
-    with device_for(request.param):
-        yield request.param
-
-
-# (H, W, k): odd grids, k not dividing H/W, k = 1, k larger than the grid, the MAGE 24x24.
-CASES = [(5, 7, 2), (5, 7, 3), (4, 6, 2), (3, 3, 1), (2, 3, 4), (24, 24, 2)]
-
-
-@pytest.mark.parametrize("H,W,k", CASES)
-def test_fp32_forward_backward(backend: str, H: int, W: int, k: int) -> None:
-    x = torch.randn(3, H * W, 10)
+@pytest.mark.parametrize("H,W,k,C", CASES)
+def test_fp32_forward_backward(backend: str, H: int, W: int, k: int, C: int) -> None:
+    x = torch.randn(3, H * W, C)
     (xa,), (xr,) = leaves(x), leaves(x)
     y, r = patch_pool(xa, (H, W), k, backend=backend), patch_pool_ref(xr, (H, W), k)
     assert_close32("y", y, r)
@@ -68,13 +58,21 @@ def test_non_contiguous_grad(backend: str) -> None:
     assert_close32("dx (permuted grad)", got, grads(patch_pool_ref(x, (5, 7), 2), [x], g)[0])
 
 
-def test_auto_is_cpp_on_cpu() -> None:
+def test_backend_choice(monkeypatch) -> None:
+    # auto never picks the interpreter; a named triton on CPU without it is a clear error.
     assert resolve("patch_pool", "auto", "cpu") == "cpp"
+    assert _triton.auto_ok(torch.device("cuda", 0)) and not _triton.auto_ok(torch.device("cpu"))
+    with pytest.raises(ValueError, match="backend 'triton' is unavailable on device meta: no Triton kernels"):
+        resolve("patch_pool", "triton", "meta")
+    monkeypatch.setattr(_triton, "INTERPRET", False)
+    monkeypatch.setattr(_triton, "IMPORT_ERROR", None)
+    with pytest.raises(ValueError, match="unavailable on device cpu: .*TRITON_INTERPRET=1"):
+        patch_pool(torch.randn(1, 4, 2, device="cpu"), (2, 2), 2, backend="triton")
 
 
 def test_opcheck_custom_op(backend: str) -> None:
-    x = torch.randn(2, 35, 4, requires_grad=True)
-    torch.library.opcheck(torch.ops.mage_fast.patch_pool.default, (x, 5, 7, 2, backend))
+    x = torch.randn(2, 15, 4, requires_grad=True)
+    torch.library.opcheck(torch.ops.mage_fast.patch_pool.default, (x, 3, 5, 2, backend))
 
 
 @pytest.mark.parametrize("op", ["patch_pool_fwd", "patch_pool_bwd"])
