@@ -45,13 +45,5 @@ TORCH_LIBRARY(mage_fast, m) {
       "ian_projection_bwd(Tensor dy, Tensor x, Tensor w1, Tensor w2, Tensor ln_w, Tensor z1, "
       "Tensor xhat, Tensor rstd, bool[7] needs) -> "
       "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  // Fused lm_head + cross-entropy over token chunks of `chunk_rows` rows (never N x V logits) +
-  // masked MSE. hidden (N, H), weight (V, H), labels (N,) int64, img / img_target (M, D), img_mask
-  // (M,) bool. -> (loss, ce, mse) 0-dim fp32, then d ce/d hidden, d ce/d weight (accumulated in
-  // fp32), d mse/d img in their input's dtype, each empty (0,) when its flag is false.
-  m.def(
-      "ce_mse_fwd(Tensor hidden, Tensor weight, Tensor labels, Tensor img, Tensor img_target, "
-      "Tensor img_mask, float lam, int ignore_index, float? num_items, bool need_hidden_grad, "
-      "bool need_weight_grad, bool need_img_grad, int chunk_rows) -> "
-      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // ce_mse_fwd: defined next to its implementation, csrc/ce_mse.cpp (TORCH_LIBRARY_FRAGMENT).
 }

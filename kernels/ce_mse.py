@@ -1,18 +1,20 @@
 """ce_mse: fused linear cross-entropy (never the N x V logits) + masked MSE, forward with gradients.
 
-The tokens are walked in chunks of `rows` (the caller's memory rule). Per chunk:
+The tokens are walked in chunks of `rows` (mage_fast.ops.ce_mse.plan). Per chunk:
   1. GEMM h_chunk W^T -> fp32 logits (rows, V) (one reused buffer);
   2. `_ce_mse_ce_kernel`, one token per program: an online log-sum-exp over vocabulary tiles, the
-     token's CE (0 when ignored), and, when a gradient is wanted, (softmax - onehot) * valid / denom
-     written in hidden's dtype as the next GEMMs' operand. The subtraction of the one-hot happens
-     in fp32: for a confident prediction p_target = 1 - 1e-4 rounds to 1.0 in bf16, so p - 1 taken
-     after rounding would be 0 (the whole gradient of that token lost); taken in fp32 it is -1e-4,
-     which bf16 then stores with 3 significant digits;
-  3. grad_hidden[chunk] = G W (GEMM into its rows of the output) and grad_weight += G^T h_chunk
-     (GEMM with an accumulate epilogue into one fp32 (V, H) buffer, rounded once at the end).
-The MSE term: `_ce_mse_mse_kernel`, one image vector per program, squared error and gradient in
-fp32. Per-token and per-image partial sums are summed by torch: deterministic, no atomics, and the
-denominator stays on the device (no host sync).
+     token's CE (0 when ignored), and, when a gradient is wanted, P = softmax - onehot, unscaled,
+     in hidden's dtype as the next GEMMs' operand. The target class is written as minus the sum
+     of the other classes' probabilities, accumulated in fp32: for a confident prediction
+     p_target = 1 - 1e-6 carries an fp32 rounding error of the size of 1 - p itself, the sum of the
+     others does not. Ignored rows are selected to 0 (tl.where), so NaN/Inf logits there stay out;
+  3. grad_hidden[chunk] = P W (GEMM into its rows of the output) and grad_weight += P^T h_chunk
+     (the ignored rows of h selected to 0; GEMM with an accumulate epilogue into one fp32 (V, H)
+     buffer). The GEMMs run with fixed tiles per shape (kernels/_gemm.matmul).
+The MSE term: `_ce_mse_mse_kernel`, one image vector per program, squared error and the unscaled
+gradient (img - img_target on masked rows) in fp32. Per-token and per-image partial sums are
+summed by torch: deterministic, no atomics, and the denominator stays on the device (no host sync).
+The scales 1/denom and 2/count are returned for the autograd backward, which applies them in fp32.
 """
 
 from __future__ import annotations
@@ -27,9 +29,17 @@ from mage_fast.kernels._launch import round_to
 
 @triton.jit
 def _ce_mse_ce_kernel(
-    logits_ptr, grad_ptr, labels_ptr, loss_ptr, inv_ptr, V, ignore_index, s_l, s_g,
-    NEED_GRAD: tl.constexpr, BLOCK_V: tl.constexpr,
-):  # fmt: skip
+    logits_ptr,
+    grad_ptr,
+    labels_ptr,
+    loss_ptr,
+    V,
+    ignore_index,
+    s_l,
+    s_g,
+    NEED_GRAD: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
     row = tl.program_id(0).to(tl.int64)
     y = tl.load(labels_ptr + row)
     valid = y != ignore_index
@@ -44,25 +54,40 @@ def _ce_mse_ce_kernel(
         s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
         m = m_new
     lse = m + tl.log(s)
-    x_y = tl.load(base + tl.where(valid, y, 0))
+    y_safe = tl.where(valid, y, 0)
+    x_y = tl.load(base + y_safe)
     tl.store(loss_ptr + row, tl.where(valid, lse - x_y, 0.0))
     if NEED_GRAD:
-        scale = tl.where(valid, tl.load(inv_ptr), 0.0)
+        y_skip = tl.where(valid, y, -1)  # the target column is written after the loop
+        other = tl.full([], 0.0, tl.float32)
         for v0 in range(0, V, BLOCK_V):
             cols = v0 + cols0
+            keep = (cols < V) & (cols != y_skip)
             x = tl.load(base + cols, mask=cols < V, other=float("-inf"))
-            g = (tl.exp(x - lse) - tl.where(cols == y, 1.0, 0.0)) * scale  # fp32 (see module doc)
-            tl.store(grad_ptr + row * s_g + cols, round_to(g, grad_ptr.dtype.element_ty), mask=cols < V)
+            e = tl.where(keep & valid, tl.exp(x - lse), 0.0)
+            other += tl.sum(e, axis=0)
+            tl.store(grad_ptr + row * s_g + cols, round_to(e, grad_ptr.dtype.element_ty), mask=keep)
+        tl.store(grad_ptr + row * s_g + y_safe, round_to(-other, grad_ptr.dtype.element_ty), mask=valid)
 
 
 @triton.jit
 def _ce_mse_mse_kernel(
-    img_ptr, tgt_ptr, mask_ptr, sq_ptr, grad_ptr, cnt_ptr, D, s_i, s_ic, s_t, s_tc, s_g,
-    NEED_GRAD: tl.constexpr, BLOCK_D: tl.constexpr,
-):  # fmt: skip
+    img_ptr,
+    tgt_ptr,
+    mask_ptr,
+    sq_ptr,
+    grad_ptr,
+    D,
+    s_i,
+    s_ic,
+    s_t,
+    s_tc,
+    s_g,
+    NEED_GRAD: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
     row = tl.program_id(0).to(tl.int64)
-    keep = tl.load(mask_ptr + row).to(tl.float32)
-    scale = 2.0 / tl.load(cnt_ptr)
+    keep = tl.load(mask_ptr + row) != 0
     cols0 = tl.arange(0, BLOCK_D)
     acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
@@ -70,15 +95,15 @@ def _ce_mse_mse_kernel(
         ok = cols < D
         a = tl.load(img_ptr + row * s_i + cols * s_ic, mask=ok, other=0.0).to(tl.float32)
         t = tl.load(tgt_ptr + row * s_t + cols * s_tc, mask=ok, other=0.0).to(tl.float32)
-        diff = (a - t) * keep
+        diff = tl.where(keep, a - t, 0.0)
         acc += diff * diff
         if NEED_GRAD:
-            tl.store(grad_ptr + row * s_g + cols, round_to(diff * scale, grad_ptr.dtype.element_ty), mask=ok)
+            tl.store(grad_ptr + row * s_g + cols, round_to(diff, grad_ptr.dtype.element_ty), mask=ok)
     tl.store(sq_ptr + row, tl.sum(acc, axis=0))
 
 
-def _ce_chunks(hidden, weight, labels, inv, ignore_index, need_h, need_w, rows):
-    """-> (per-token CE (N,) fp32, grad_hidden or None, grad_weight fp32 or None)."""
+def _ce_chunks(hidden, weight, labels, ignore_index, need_h, need_w, rows):
+    """-> (per-token CE (N,) fp32, P W (N, H) or None, P^T h (V, H) fp32 or None)."""
     N, H = hidden.shape
     V = weight.shape[0]
     dev, dt = hidden.device, hidden.dtype
@@ -96,19 +121,60 @@ def _ce_chunks(hidden, weight, labels, inv, ignore_index, need_h, need_w, rows):
     for s in range(0, N, rows):
         e = min(N, s + rows)
         r = e - s
-        h = hidden[s:e]
+        h, lab = hidden[s:e], labels[s:e]
         matmul(h, wt, logits[:r])
         _ce_mse_ce_kernel[(r,)](
-            logits, grad, labels[s:e], loss_rows[s:e], inv, V, ignore_index, logits.stride(0), grad.stride(0),
-            NEED_GRAD=need_g, BLOCK_V=block_v, num_warps=warps,
-        )  # fmt: skip
+            logits,
+            grad,
+            lab,
+            loss_rows[s:e],
+            V,
+            ignore_index,
+            logits.stride(0),
+            grad.stride(0),
+            NEED_GRAD=need_g,
+            BLOCK_V=block_v,
+            num_warps=warps,
+        )
         if need_h:
             matmul(grad[:r], weight, gh[s:e])
         if need_w:
-            matmul(grad[:r].t(), h, gw, "acc")
+            hm = h.masked_fill((lab == ignore_index)[:, None], 0.0)  # NaN/Inf of padding rows stay out
+            matmul(grad[:r].t(), hm, gw, "acc")
     return loss_rows, gh, gw
 
 
+def _mse(img, img_target, img_mask, need_img_grad):
+    """-> (sum of squares fp32 0-dim, img - img_target on masked rows or None, 2 / count (1,))."""
+    M, D = img.shape
+    dev = img.device
+    cnt = (img_mask.sum().float() * D).clamp(min=1).reshape(1)
+    sq = torch.zeros((M,), dtype=torch.float32, device=dev)
+    gi = torch.empty((M, D), dtype=img.dtype, device=dev) if need_img_grad else None
+    if M > 0 and D > 0:
+        block_d, warps = _launch.mse_settings(D)
+        _ce_mse_mse_kernel[(M,)](
+            img,
+            img_target,
+            img_mask.contiguous(),
+            sq,
+            gi if gi is not None else img,
+            D,
+            img.stride(0),
+            img.stride(1),
+            img_target.stride(0),
+            img_target.stride(1),
+            gi.stride(0) if gi is not None else 0,
+            NEED_GRAD=need_img_grad,
+            BLOCK_D=block_d,
+            num_warps=warps,
+        )
+    elif gi is not None:
+        gi.zero_()
+    return sq.sum() / cnt[0], gi, 2.0 / cnt[0]
+
+
+@_launch.on_tensor_device
 def ce_mse_fwd(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -123,39 +189,19 @@ def ce_mse_fwd(
     need_weight_grad: bool,
     need_img_grad: bool,
     rows: int,
-) -> tuple[torch.Tensor, ...]:
+) -> tuple[torch.Tensor | None, ...]:
     """hidden (N, H), weight (V, H), labels (N,) int64 in [0, V) or ignore_index, img/img_target
-    (M, D), img_mask (M,) bool, `rows` tokens per chunk ->
-    (loss, ce, mse) 0-dim fp32, d ce/d hidden (N, H), d ce/d weight (V, H), d mse/d img (M, D) in
-    their input's dtype (None where not needed)."""
-    dev = hidden.device
+    (M, D), img_mask (M,) bool, `rows` tokens per chunk -> (loss, ce, mse) 0-dim fp32, the
+    unscaled P W (N, H) in hidden's dtype, P^T h (V, H) fp32, img - img_target (M, D) in img's
+    dtype (None where not needed), and (1 / denom, 2 / count) (2,) fp32."""
     labels = labels.contiguous()
     valid = labels != ignore_index
     if num_items is None:
         denom = valid.sum().clamp(min=1).float()  # on the device: no host sync
     else:
-        denom = torch.tensor(max(float(num_items), 1.0), device=dev)
-    inv = (1.0 / denom).reshape(1)
-    loss_rows, gh, gw = _ce_chunks(hidden, weight, labels, inv, int(ignore_index), need_hidden_grad,
-                                   need_weight_grad, rows)  # fmt: skip
-    ce = loss_rows.sum() * inv[0]
-    if gw is not None and weight.dtype != torch.float32:
-        gw = gw.to(weight.dtype)
-
-    M, D = img.shape
-    cnt = (img_mask.sum().float() * D).clamp(min=1).reshape(1)
-    sq = torch.zeros((M,), dtype=torch.float32, device=dev)
-    gi = torch.empty((M, D), dtype=img.dtype, device=dev) if need_img_grad else None
-    if M > 0 and D > 0:
-        block_d, warps = _launch.mse_settings(D)
-        _ce_mse_mse_kernel[(M,)](
-            img, img_target, img_mask.contiguous(), sq, gi if gi is not None else img, cnt, D,
-            img.stride(0), img.stride(1), img_target.stride(0), img_target.stride(1),
-            gi.stride(0) if gi is not None else 0,
-            NEED_GRAD=need_img_grad, BLOCK_D=block_d, num_warps=warps,
-        )  # fmt: skip
-    elif gi is not None:
-        gi.zero_()
-    mse = sq.sum() / cnt[0]
-    loss = ce + lam * mse
-    return loss, ce, mse, gh, gw, gi
+        denom = torch.tensor(max(float(num_items), 1.0), device=hidden.device)
+    inv = 1.0 / denom
+    loss_rows, gh, gw = _ce_chunks(hidden, weight, labels, int(ignore_index), need_hidden_grad, need_weight_grad, rows)
+    ce = loss_rows.sum() * inv
+    mse, gi, s_mse = _mse(img, img_target, img_mask, need_img_grad)
+    return ce + lam * mse, ce, mse, gh, gw, gi, torch.stack([inv, s_mse])

@@ -23,14 +23,32 @@ def all_rows() -> list[tuple[str, Row]]:
     return [(name, r) for name, dev in DEVICES.items() for m in op_modules() for r in m.rows(dev)]
 
 
+def step_totals(rows: list[tuple[str, Row]]) -> dict[tuple[str, str, str, str], list[float]]:
+    """(device, op, impl, shape) -> [GB, TFLOP, ms] summed over rows whose phase is "step:...":
+    kernels that run one after another, so their times add."""
+    out: dict[tuple[str, str, str, str], list[float]] = {}
+    for name, r in rows:
+        if r.phase.startswith("step:"):
+            t = out.setdefault((name, r.op, r.impl, r.shape), [0.0, 0.0, 0.0])
+            t[0] += r.bytes / 1e9
+            t[1] += (r.tc_flops + r.cuda_flops) / 1e12
+            t[2] += r.predicted_ms(DEVICES[name])
+    return out
+
+
 def main() -> None:
-    head = f"{'device':6} {'op':15} {'impl':14} {'phase':10} {'shape':28} {'GB':>8} {'TFLOP':>8} {'ms':>8}  bound"
+    head = f"{'device':6} {'op':15} {'impl':14} {'phase':26} {'shape':28} {'GB':>8} {'TFLOP':>8} {'ms':>8}  bound"
     print(head)
-    for name, r in all_rows():
+    rows = all_rows()
+    for name, r in rows:
         t = r.times_ms(DEVICES[name])
         bound = max(t, key=t.get)
         gb, tf = r.bytes / 1e9, (r.tc_flops + r.cuda_flops) / 1e12
-        print(f"{name:6} {r.op:15} {r.impl:14} {r.phase:10} {r.shape:28} {gb:8.2f} {tf:8.2f} {max(t.values()):8.3f}  {bound}")
+        print(
+            f"{name:6} {r.op:15} {r.impl:14} {r.phase:26} {r.shape:28} {gb:8.2f} {tf:8.2f} {max(t.values()):8.3f}  {bound}"
+        )
+    for (name, op, impl, shape), (gb, tf, ms) in step_totals(rows).items():
+        print(f"{name:6} {op:15} {impl:14} {'sum of steps':26} {shape:28} {gb:8.2f} {tf:8.2f} {ms:8.3f}")
 
 
 if __name__ == "__main__":

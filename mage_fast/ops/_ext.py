@@ -82,35 +82,3 @@ def native_rows(
         Backend("cpp", forward, backward, cpu_kernel_reason(op), auto=cpu_auto),
         Backend("cuda", forward, backward, cuda_kernel_reason(op)),
     )
-
-
-if HAS_C:
-    # ce_mse_fwd: fake, and autograd that scales the gradients the forward already computed.
-
-    @torch.library.register_fake("mage_fast::ce_mse_fwd")
-    def _ce_mse_fwd_fake(hidden, weight, labels, img, img_target, img_mask, lam, ignore_index, num_items,
-                         need_hidden_grad, need_weight_grad, need_img_grad, chunk_rows):  # fmt: skip
-        s = hidden.new_empty((), dtype=torch.float32)
-        gh = torch.empty_like(hidden) if need_hidden_grad else hidden.new_empty(0)
-        gw = torch.empty_like(weight) if need_weight_grad else weight.new_empty(0)
-        gi = torch.empty_like(img) if need_img_grad else img.new_empty(0)
-        return s, s.clone(), s.clone(), gh, gw, gi
-
-    def _ce_mse_fwd_setup(ctx, inputs, output) -> None:
-        ctx.lam = inputs[6]
-        ctx.flags = inputs[9:12]
-        ctx.save_for_backward(*output[3:])
-
-    def _ce_mse_fwd_backward(ctx, d_loss, d_ce, d_mse, *_):
-        gh, gw, gi = ctx.saved_tensors
-        need_h, need_w, need_i = ctx.flags
-        zero = torch.zeros((), dtype=torch.float32, device=gh.device)
-        d_loss = zero if d_loss is None else d_loss
-        s_ce = d_loss + (zero if d_ce is None else d_ce)
-        s_mse = d_loss * ctx.lam + (zero if d_mse is None else d_mse)
-        dh = gh * s_ce if need_h else None
-        dw = gw * s_ce if need_w else None
-        di = gi * s_mse if need_i else None
-        return dh, dw, None, di, None, None, None, None, None, None, None, None, None
-
-    torch.library.register_autograd("mage_fast::ce_mse_fwd", _ce_mse_fwd_backward, setup_context=_ce_mse_fwd_setup)

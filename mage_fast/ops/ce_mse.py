@@ -5,27 +5,41 @@ loss = ce + lam * mse, where
         denom = num_items if given else the number of labelled tokens (ce = 0 if none);
   mse = mean over the (img_mask images x D) elements of (img - img_target)^2 (0 if none).
 
-Torch backend (Liger-style): the forward walks the tokens in chunks; per chunk it builds the
-logits in fp32, their log-sum-exp, the CE, and, when a gradient is needed, (softmax - onehot) in
-fp32, from which it computes grad_hidden (per chunk) and grad_weight (accumulated in fp32 over
-chunks, rounded once to weight.dtype). The backward only scales these stored gradients by the
-incoming grads of loss/ce/mse, so any combination of outputs can be backpropagated. The stored
-gradients are kept in their input's dtype (for bf16, half the memory of fp32 held from forward to
-backward); scaling them rounds once more unless the scale is a power of two (loss.backward(),
-1/gas with gas a power of two), a last-ulp effect within the DESIGN.md low-precision rule.
+This module is the op's unit: the planner, the custom op with its fake and autograd, the
+low-level native op's fake and autograd, and the backend table.
 
-Triton backend (kernels/ce_mse.py): the same chunks and stored gradients; per chunk a GEMM to
-fp32 logits, a row kernel with an online log-sum-exp over vocabulary tiles that writes
-(softmax - onehot) / denom (the one-hot subtracted in fp32: the precision trap of confident
-predictions in bf16), then GEMMs for grad_hidden and, accumulated in fp32, grad_weight; the MSE and
-its gradient in a row kernel.
+Stored gradients. The forward computes the gradients with the loss, unscaled: per chunk of tokens
+P = softmax - onehot (fp32; the target class as minus the sum of the other classes'
+probabilities, so a confident prediction keeps its small gradient), 0 on ignored rows (a select:
+NaN/Inf in a padding row never reaches a gradient), rounded once to the input dtype as the GEMM
+operand; grad_hidden = P W and grad_weight = sum over chunks of P^T h, accumulated in fp32; the
+image term stores (img - img_target) on masked rows. The scales 1/denom and 2/count leave as an
+fp32 (2,) tensor, and the backward applies them, times the incoming gradients, in fp32 before
+rounding to the input dtype. So fp16 gradients never pass through the underflow of a 1/16384
+scale before a loss scale reaches them. grad_weight is stored in fp32 for fp16 inputs (an
+unscaled sum over many tokens can pass fp16's 65504), in the weight's dtype otherwise.
+When the graph is not retained, the backward scales the stored gradients in place and hands them
+to autograd: the op holds one V x H buffer from forward to the weight's .grad, not two.
 
-Chunk rule: a chunk holds `rows` tokens so that its fp32 logits plus their same-size softmax
-buffer, 2 * rows * V * 4 bytes, stay within `CHUNK_BYTES` (64 MiB: 1.5k rows at V = 32k, 128 at
-V = 128k); at least 1 row, at most N.
+Planner (`plan`): tokens are walked in chunks of `rows`; one fp32 (rows, V) logits buffer and
+its P exist at a time. CPU: `rows` keeps both within CHUNK_BYTES (64 MiB: 262 rows at V = 32000,
+65 at V = 128256). GPU: chunk buffers about GPU_WEIGHT_FACTOR times the weight's bytes (capped by
+the device's memory), rows a multiple of 128 and balanced over the chunks, so grad_weight is
+read and written once per chunk, a handful of times in all (7 chunks at N = 16384, H = 4096,
+bf16, for V = 32000 and V = 128256). The loop is token-outer. Every backend takes its rows from
+this planner, as does the traffic model (benchmarks/model/ce_mse.py).
+
+Backends: `torch` (this file), `triton` (kernels/ce_mse.py: fixed GEMM configs per shape, an
+online log-sum-exp row kernel), `cpp` and `cuda` (one native function, csrc/ce_mse.cpp, on two
+devices; the row kernel per device in csrc/cpu/ce_mse.cpp and csrc/cuda/ce_mse.cu). Sums run in
+a fixed order (per-row partials summed by torch): deterministic, no fp32 atomics.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -34,87 +48,146 @@ from mage_fast.ops._checks import check_float, check_same_device, check_shape, c
 from mage_fast.ops._gemm import mm_f32, widen_off_cuda
 
 OP = "ce_mse"
-CHUNK_BYTES: int = 64 * 2**20
+CHUNK_BYTES: int = 64 * 2**20  # CPU: fp32 logits + P of one chunk
+DeviceClass = Literal["cpu", "h100", "h200", "gpu"]
+GPU_MEM_GIB: dict[str, float] = {"h100": 80.0, "h200": 141.0, "gpu": 24.0}
+GPU_ROW_MULTIPLE = 128  # tensor-core tile height
+GPU_WEIGHT_FACTOR = 2.0  # chunk buffers ~ 2x the weight's bytes: few grad_weight passes
+GPU_BUFFER_CAP = 4 * 2**30  # and at most 4 GiB, or 1/16 of the device's memory
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the tokens are walked: `chunks` chunks of `rows` tokens (the last one may be shorter)."""
+
+    rows: int
+    chunks: int
+    order: Literal["tokens_outer"]
+    buffer_bytes: int  # fp32 logits + P (input dtype) of one chunk
 
 
 def chunk_rows(n: int, v: int, budget: int | None = None) -> int:
-    """Tokens per chunk so that 2 fp32 (rows, v) buffers fit `budget` bytes (default CHUNK_BYTES)."""
+    """CPU rule: tokens per chunk so that 2 fp32 (rows, v) buffers fit `budget` (CHUNK_BYTES)."""
     budget = CHUNK_BYTES if budget is None else budget
     return max(1, min(n, budget // (2 * 4 * max(v, 1))))
 
 
-def _fwd_torch(hidden, weight, labels, img, img_target, img_mask, lam, ignore_index, num_items,
-               need_h, need_w, need_i):  # fmt: skip
-    N, V = hidden.shape[0], weight.shape[0]
-    dt = hidden.dtype
-    valid = labels != ignore_index
-    if num_items is None:
-        denom = valid.sum().clamp(min=1).float()  # on device: no host sync
+def _gpu_rows(n: int, h: int, v: int, itemsize: int, device_class: str) -> int:
+    per_row = max(v, 1) * (4 + itemsize)
+    cap = min(GPU_BUFFER_CAP, GPU_MEM_GIB.get(device_class, GPU_MEM_GIB["gpu"]) * 2**30 / 16)
+    budget = min(cap, max(GPU_WEIGHT_FACTOR * v * h * itemsize, 256 * 2**20))
+    most = max(GPU_ROW_MULTIPLE, int(budget // per_row) // GPU_ROW_MULTIPLE * GPU_ROW_MULTIPLE)
+    chunks = math.ceil(max(n, 1) / most)
+    rows = math.ceil(math.ceil(max(n, 1) / chunks) / GPU_ROW_MULTIPLE) * GPU_ROW_MULTIPLE
+    return min(rows, most)
+
+
+def plan(n: int, h: int, v: int, dtype: torch.dtype, device_class: DeviceClass) -> Plan:
+    """Chunking of `n` tokens x hidden `h` x vocabulary `v` in `dtype` on `device_class`."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if device_class == "cpu":
+        rows = chunk_rows(n, v)
     else:
-        denom = torch.tensor(max(float(num_items), 1.0), device=hidden.device)
-    inv = 1.0 / denom
+        rows = _gpu_rows(n, h, v, itemsize, device_class)
+    chunks = math.ceil(n / rows) if n else 0
+    return Plan(rows, chunks, "tokens_outer", min(rows, max(n, 1)) * v * (4 + itemsize))
+
+
+def device_class(device: torch.device) -> DeviceClass:
+    """The planner's class of `device`: cpu, h100, h200, or gpu (any other CUDA device)."""
+    if device.type != "cuda":
+        return "cpu"
+    name = torch.cuda.get_device_name(device).upper()
+    return "h200" if "H200" in name else "h100" if "H100" in name else "gpu"
+
+
+def grad_weight_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the stored (unscaled) grad_weight: fp32 for fp16 (range), else the input's."""
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
+def _denom(valid: torch.Tensor, num_items: float | None) -> torch.Tensor:
+    if num_items is None:
+        return valid.sum().clamp(min=1).float()  # on the device: no host sync
+    return torch.tensor(max(float(num_items), 1.0), device=valid.device)
+
+
+def _addmm_f32_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """acc (fp32) += a @ b in place, fp32 accumulation, no temporary of acc's size."""
+    if a.dtype == torch.float32:
+        acc.addmm_(a, b)
+        return
+    try:
+        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+    except (TypeError, RuntimeError):  # no addmm(out_dtype=) for these operands
+        acc.addmm_(a.float(), b.float())
+
+
+def _ce_chunks_torch(hidden, weight, labels, valid, rows, need_h, need_w):
+    """-> (sum of the labelled tokens' CE (fp32 0-dim), P W (N, H) or empty, P^T h fp32 or None)."""
+    dt = hidden.dtype
     ce_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
     gh = torch.empty_like(hidden) if need_h else hidden.new_empty(0)
     gw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
     w_op = widen_off_cuda(weight)
     safe = torch.where(valid, labels, torch.zeros_like(labels))  # ignored rows gather class 0
-    rows = chunk_rows(N, V)
-    for s in range(0, N, rows):
-        e = min(N, s + rows)
-        h, y, m = hidden[s:e], safe[s:e, None], valid[s:e].float()
+    for s in range(0, hidden.shape[0], rows):
+        h, y, m = hidden[s : s + rows], safe[s : s + rows, None], valid[s : s + rows, None]
         logits = mm_f32(h, w_op.t())  # (rows, V) fp32
-        lse = torch.logsumexp(logits, dim=-1)
-        ce_sum += ((lse - logits.gather(1, y).squeeze(1)) * m).sum()
-        if need_h or need_w:
-            # d ce / d logits = (softmax - onehot) / denom on labelled rows, 0 on ignored ones.
-            p = logits.sub_(lse[:, None]).exp_()
-            p.scatter_add_(1, y, -m[:, None])
-            p.mul_((m * inv)[:, None])
-            p_op = p.to(dt)
-            if need_h:
-                gh[s:e] = mm_f32(p_op, w_op).to(dt)
-            if need_w:
-                gw += mm_f32(p_op.t(), h)
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+        ce_sum += torch.where(m, lse - logits.gather(1, y), 0.0).sum()
+        if not (need_h or need_w):
+            continue
+        p = logits.sub_(lse).exp_().scatter_(1, y, 0.0)
+        p.scatter_(1, y, -p.sum(-1, keepdim=True))  # target: -(sum of the others), no cancellation
+        p_op = p.masked_fill_(~m, 0.0).to(dt)
+        if need_h:
+            gh[s : s + rows] = mm_f32(p_op, w_op)
+        if need_w:
+            _addmm_f32_(gw, p_op.t(), widen_off_cuda(h.masked_fill(~m, 0.0)))
+    return ce_sum, gh, gw
+
+
+def _mse_torch(img, img_target, img_mask, need_i):
+    """-> (mse fp32 0-dim, (img - img_target) on masked rows in img's dtype or empty, 2 / count)."""
+    diff = torch.where(img_mask[:, None], img.float() - img_target.float(), 0.0)
+    cnt = (img_mask.sum() * img.shape[1]).clamp(min=1).float()
+    gi = diff.to(img.dtype) if need_i else img.new_empty(0)
+    return (diff * diff).sum() / cnt, gi, 2.0 / cnt
+
+
+def _fwd_torch(hidden, weight, labels, img, img_target, img_mask, lam, ignore_index, num_items, nh, nw, ni, rows):
+    valid = labels != ignore_index
+    inv = 1.0 / _denom(valid, num_items)
+    ce_sum, gh, gw = _ce_chunks_torch(hidden, weight, labels, valid, rows, nh, nw)
     ce = ce_sum * inv
-    mk = img_mask.float()[:, None]
-    diff = (img.float() - img_target.float()) * mk  # (M, D), unmasked rows zeroed
-    cnt = (mk.sum() * img.shape[1]).clamp(min=1)
-    mse = (diff * diff).sum() / cnt
-    gi = (diff * (2.0 / cnt)).to(img.dtype) if need_i else img.new_empty(0)
-    loss = ce + lam * mse
-    gw = gw.to(weight.dtype) if need_w else weight.new_empty(0)
-    return loss, ce, mse, gh, gw, gi
+    mse, gi, s_mse = _mse_torch(img, img_target, img_mask, ni)
+    gw = gw.to(grad_weight_dtype(weight.dtype)) if nw else weight.new_empty(0)
+    return ce + lam * mse, ce, mse, gh, gw, gi, torch.stack([inv, s_mse])
 
 
-def _fwd_triton(hidden, weight, labels, img, img_target, img_mask, lam, ignore_index, num_items,
-                need_h, need_w, need_i):  # fmt: skip
+def _fwd_triton(hidden, weight, labels, img, img_target, img_mask, lam, ignore_index, num_items, nh, nw, ni, rows):
     # The kernels index memory with the labels: an id outside [0, V) would read another row's
     # logit silently. No host sync on CUDA (the assert fires at a later launch); raises on CPU.
     V = weight.shape[0]
     ok = ((labels >= 0) & (labels < V)) | (labels == ignore_index)
     torch._assert_async(ok.all(), f"{OP}: a label is out of bounds: ids must be in [0, {V}) or ignore_index")
-    loss, ce, mse, gh, gw, gi = _triton.kernels.ce_mse_fwd(
-        hidden, weight, labels, img, img_target, img_mask, lam, ignore_index, num_items,
-        need_h, need_w, need_i, chunk_rows(hidden.shape[0], V),
-    )  # fmt: skip
+    args = (hidden, weight, labels, img, img_target, img_mask, lam, ignore_index, num_items, nh, nw, ni, rows)
+    loss, ce, mse, gh, gw, gi, scales = _triton.kernels.ce_mse_fwd(*args)
     gh = gh if gh is not None else hidden.new_empty(0)
-    gw = gw if gw is not None else weight.new_empty(0)
+    gw = gw.to(grad_weight_dtype(weight.dtype)) if gw is not None else weight.new_empty(0)
     gi = gi if gi is not None else img.new_empty(0)
-    return loss, ce, mse, gh, gw, gi
+    return loss, ce, mse, gh, gw, gi, scales
 
 
-def _fwd_kernel(hidden, weight, labels, img, img_target, img_mask, lam, ignore_index, num_items,
-                need_h, need_w, need_i):  # fmt: skip
-    # C++ kernels (csrc/cpu/ce_mse.cpp as "cpp", csrc/cuda/ce_mse.cu as "cuda"), same chunk rule.
-    return torch.ops.mage_fast.ce_mse_fwd(
-        hidden, weight, labels, img, img_target, img_mask, lam, ignore_index, num_items,
-        need_h, need_w, need_i, chunk_rows(hidden.shape[0], weight.shape[0]),
-    )  # fmt: skip
+def _fwd_native(*args):
+    # One C++ function (csrc/ce_mse.cpp) on CPU ("cpp") and CUDA ("cuda").
+    return torch.ops.mage_fast.ce_mse_fwd(*args)
 
 
-# The backward is backend-independent scaling, so the rows carry forwards only. The Triton forward
-# (kernels/ce_mse.py) and the C++/CUDA ones follow the torch one: same chunks (fp32 logits plus a
-# gradient buffer fit the same budget), same stored gradients.
+# backend -> forward(hidden, weight, labels, img, img_target, img_mask, lam, ignore_index,
+# num_items, need_h, need_w, need_i, rows), each returning the op's 7 outputs; the backward is
+# backend-independent scaling, so the rows carry forwards only.
 # auto=False for cpp: at N=256, H=256, V=8192 (fwd+bwd, 2 threads) the C++ twin's scalar exp loops
 # took ~1.5x the torch backend's (vectorised) time; the twin is the CI check of the C++ path.
 TABLE = _backend.register(
@@ -122,11 +195,11 @@ TABLE = _backend.register(
     (
         _backend.Backend("torch", _fwd_torch),
         _backend.Backend("triton", _fwd_triton, None, _triton.unavailable_reason, auto=_triton.auto_ok),
-        *_ext.native_rows("ce_mse_fwd", _fwd_kernel, cpu_auto=False),
+        *_ext.native_rows("ce_mse_fwd", _fwd_native, cpu_auto=False),
     ),
 )
 
-_Out = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+_Out = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @torch.library.custom_op("mage_fast::ce_mse", mutates_args=())
@@ -145,59 +218,92 @@ def _ce_mse_op(
     need_img_grad: bool,
     backend: str,
 ) -> _Out:
-    """-> (loss, ce, mse) 0-dim fp32, then d ce/d hidden (N, H), d ce/d weight (V, H),
-    d mse/d img (M, D) in their input's dtype, each empty (0,) when its flag is False."""
-    return TABLE[backend].forward(hidden, weight, labels, img, img_target, img_mask, lam, ignore_index,
-                           num_items, need_hidden_grad, need_weight_grad, need_img_grad)  # fmt: skip
+    """-> (loss, ce, mse) 0-dim fp32; the unscaled stored gradients P W (N, H) and P^T h (V, H)
+    and img - img_target (M, D) (each empty (0,) when its flag is False; dtypes in the module
+    docstring); scales (2,) fp32 = (1 / denom, 2 / count)."""
+    rows = plan(hidden.shape[0], hidden.shape[1], weight.shape[0], hidden.dtype, device_class(hidden.device)).rows
+    args = (hidden, weight, labels, img, img_target, img_mask, lam, ignore_index, num_items)
+    return TABLE[backend].forward(*args, need_hidden_grad, need_weight_grad, need_img_grad, rows)
 
 
-@_ce_mse_op.register_fake
-def _(hidden, weight, labels, img, img_target, img_mask, lam, ignore_index, num_items,
-      need_hidden_grad, need_weight_grad, need_img_grad, backend) -> _Out:  # fmt: skip
+def _fake(hidden, weight, labels, img, img_target, img_mask, lam, ignore_index, num_items, nh, nw, ni, _) -> _Out:
     s = hidden.new_empty((), dtype=torch.float32)
-    gh = torch.empty_like(hidden) if need_hidden_grad else hidden.new_empty(0)
-    gw = torch.empty_like(weight) if need_weight_grad else weight.new_empty(0)
-    gi = torch.empty_like(img) if need_img_grad else img.new_empty(0)
-    return s, s.clone(), s.clone(), gh, gw, gi
+    gh = torch.empty_like(hidden) if nh else hidden.new_empty(0)
+    gw = weight.new_empty(weight.shape, dtype=grad_weight_dtype(weight.dtype)) if nw else weight.new_empty(0)
+    gi = torch.empty_like(img) if ni else img.new_empty(0)
+    return s, s.clone(), s.clone(), gh, gw, gi, s.new_empty((2,))
 
 
 def _setup_context(ctx, inputs, output) -> None:
     ctx.lam = inputs[6]
     ctx.flags = inputs[9:12]
-    _, _, _, gh, gw, gi = output
-    ctx.save_for_backward(gh, gw, gi)
+    ctx.dtypes = (inputs[0].dtype, inputs[1].dtype, inputs[3].dtype)
+    ctx.save_for_backward(*output[3:])
+
+
+_OWN_REFS = 3
+
+
+def _in_place_ok(*ts: torch.Tensor) -> bool:
+    """Whether the backward may scale the stored gradients in place and hand them on: eager, the
+    graph freed after this backward (no retain_graph, no create_graph), no tracing mode."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
+        return False
+    if any(type(t) is not torch.Tensor for t in ts):
+        return False
+    # Nobody else may see the buffers: a caller of the raw op that still holds its outputs would
+    # see them change. Holders of a stored buffer here: the saved variable, the unpacked tensor
+    # and the storage object of this query (3); one more is someone else's.
+    if any(t.numel() and torch._C._storage_Use_Count(t.untyped_storage()._cdata) > _OWN_REFS for t in ts):
+        return False
+    try:
+        return not torch._C._autograd._get_current_graph_task_keep_graph()
+    except RuntimeError:  # not inside an engine's backward
+        return False
+
+
+def _scaled(g: torch.Tensor, s: torch.Tensor, dtype: torch.dtype, in_place: bool) -> torch.Tensor:
+    """g * s computed in fp32 (s: fp32 0-dim) and rounded once to `dtype`."""
+    if in_place and g.dtype == dtype:
+        return g.mul_(s)
+    if g.dtype == dtype:
+        return g * s
+    return (g.float() * s).to(dtype)
 
 
 def _backward(ctx, d_loss, d_ce, d_mse, *_):
-    gh, gw, gi = ctx.saved_tensors
+    gh, gw, gi, scales = ctx.saved_tensors
     need_h, need_w, need_i = ctx.flags
-    zero = torch.zeros((), dtype=torch.float32, device=gh.device)
+    zero = torch.zeros((), dtype=torch.float32, device=scales.device)
     d_loss = zero if d_loss is None else d_loss
-    s_ce = d_loss + (zero if d_ce is None else d_ce)  # d out / d ce
-    s_mse = d_loss * ctx.lam + (zero if d_mse is None else d_mse)  # d out / d mse
-    dh = gh * s_ce if need_h else None
-    dw = gw * s_ce if need_w else None
-    di = gi * s_mse if need_i else None
+    s_ce = (d_loss + (zero if d_ce is None else d_ce)) * scales[0]  # d out / d ce, times 1 / denom
+    s_mse = (d_loss * ctx.lam + (zero if d_mse is None else d_mse)) * scales[1]
+    in_place = _in_place_ok(gh, gw, gi)
+    dh = _scaled(gh, s_ce, ctx.dtypes[0], in_place) if need_h else None
+    dw = _scaled(gw, s_ce, ctx.dtypes[1], in_place) if need_w else None
+    di = _scaled(gi, s_mse, ctx.dtypes[2], in_place) if need_i else None
     return dh, dw, None, di, None, None, None, None, None, None, None, None, None
 
 
+_ce_mse_op.register_fake(_fake)
 _ce_mse_op.register_autograd(_backward, setup_context=_setup_context)
+if _ext.HAS_C and hasattr(torch.ops.mage_fast, "ce_mse_fwd"):  # csrc/ce_mse.cpp: the same fake and autograd
+    torch.library.register_fake("mage_fast::ce_mse_fwd", _fake)
+    torch.library.register_autograd("mage_fast::ce_mse_fwd", _backward, setup_context=_setup_context)
 
 
 def _validate(hidden, weight, labels, img, img_target, img_mask) -> torch.Tensor:
     """Shape/dtype/device checks; returns labels as int64."""
-    check_tensor(OP, "hidden", hidden, dim=2)
-    check_tensor(OP, "weight", weight, dim=2)
+    for name, t in (("hidden", hidden), ("weight", weight), ("img", img), ("img_target", img_target)):
+        check_tensor(OP, name, t, dim=2)
     check_tensor(OP, "labels", labels, dim=1)
-    check_tensor(OP, "img", img, dim=2)
-    check_tensor(OP, "img_target", img_target, dim=2)
     check_tensor(OP, "img_mask", img_mask, dim=1)
     check_float(OP, "hidden", hidden)
     check_float(OP, "weight", weight, dtype=hidden.dtype)
     check_float(OP, "img", img)
     check_float(OP, "img_target", img_target, dtype=img.dtype)
-    check_same_device(OP, hidden=hidden, weight=weight, labels=labels, img=img, img_target=img_target,
-                      img_mask=img_mask)  # fmt: skip
+    tensors = dict(hidden=hidden, weight=weight, labels=labels, img=img, img_target=img_target, img_mask=img_mask)
+    check_same_device(OP, **tensors)
     N, H = hidden.shape
     if weight.shape[1] != H:
         raise ValueError(f"{OP}: weight must be (V, {H}) to match hidden (N, {H}), got {tuple(weight.shape)}")
@@ -250,8 +356,9 @@ def ce_mse(
             raise ValueError(f"{OP}: num_items must be >= 0, got {num_items}")
         num_items = float(num_items)
     b = _backend.resolve(OP, backend, hidden.device)
-    grad = torch.is_grad_enabled()
-    out = _ce_mse_op(hidden, weight, labels, img, img_target, img_mask, float(lam), int(ignore_index),
-                     num_items, grad and hidden.requires_grad, grad and weight.requires_grad,
-                     grad and img.requires_grad, b)  # fmt: skip
+    g = torch.is_grad_enabled()
+    needs = (g and hidden.requires_grad, g and weight.requires_grad, g and img.requires_grad)
+    out = _ce_mse_op(
+        hidden, weight, labels, img, img_target, img_mask, float(lam), int(ignore_index), num_items, *needs, b
+    )
     return out[0], out[1], out[2]
