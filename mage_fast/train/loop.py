@@ -48,7 +48,7 @@ from mage_fast.train.engine import (
     step_probe,
     zero_stage,
 )
-from mage_fast.train.preempt import EXIT_PREEMPTED, StopRequest
+from mage_fast.train.preempt import EXIT_PREEMPTED, StopRequest, pause_for_signal
 from mage_fast.train.sampler import ResumableBatches
 from mage_fast.train.step import StepResult, to_device, train_step
 
@@ -398,6 +398,7 @@ def _loop(run: Run, prog: Progress, stop: StopRequest) -> tuple[list[dict], list
                 accuracy.append(_accuracy(run, prog.step, logs))
             if _due(cfg.save_every, prog.step, cfg.max_steps) or res.stop:
                 _save(run, prog)
+            pause_for_signal(prog.step, stop)
             if res.stop and prog.step < cfg.max_steps:
                 return history, accuracy, True
     finally:

@@ -10,8 +10,10 @@ the save; a SIGKILL after the grace period leaves a folder without its marker, w
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+import time
 
 # sysexits.h EX_TEMPFAIL: a temporary failure; the same command again resumes from the checkpoint.
 EXIT_PREEMPTED = 75
@@ -42,3 +44,16 @@ class StopRequest:
         for num, handler in self._previous.items():
             signal.signal(num, handler)
         self._previous.clear()
+
+
+def pause_for_signal(step: int, stop: StopRequest) -> None:
+    """Fault injection for tests (documented in the README): MAGE_FAST_PAUSE_AFTER="6:20" makes
+    every rank wait after step 6 until a stop signal reaches it or 20 s pass (default 30), so a
+    test's signal lands between two steps however fast the steps are, never after the last one."""
+    spec = os.environ.get("MAGE_FAST_PAUSE_AFTER", "")
+    at, _, seconds = spec.partition(":")
+    if not at or int(at) != step:
+        return
+    deadline = time.monotonic() + float(seconds or 30)
+    while not stop.requested() and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -212,11 +212,11 @@ def test_zero3_damaged_checkpoints_fall_back_and_sigterm_saves_the_current_step(
     assert f"step00000006: DAMAGED: {OPTIM1} has another content than recorded" in v.stdout
     assert "step00000004: ok" in v.stdout
 
-    # A SIGTERM to the whole launch (as a scheduler sends it) once step 6 is logged, then more to
-    # the ranks until they exit: every rank finishes its step, the checkpoint of that step is
+    # A SIGTERM to the whole launch (as a scheduler sends it) while the ranks wait after step 6
+    # (MAGE_FAST_PAUSE_AFTER), then more to the ranks until they exit: every rank finishes its step, the checkpoint of that step is
     # committed (the repeated signals during the save do not break it), the ranks exit 75.
     args = _common(run, shapes_dir, strict_zero3) + STEPS + ["keep_last=3", "save_every=100"]
-    proc, log = _start(args, tmp_path / "term.log")
+    proc, log = _start(args, tmp_path / "term.log", env={"MAGE_FAST_PAUSE_AFTER": "6:60"})
     _wait_for_step(proc, run, 6, 0, tmp_path / "term.log")
     ranks = _ranks(proc)
     assert len(ranks) == 2
@@ -244,12 +244,12 @@ def test_zero3_damaged_checkpoints_fall_back_and_sigterm_saves_the_current_step(
 
 @pytest.mark.slow
 def test_zero2_sigusr1_on_one_rank_stops_all_and_damaged_checkpoints_fall_back(shapes_dir, tmp_path):
-    # SIGUSR1 to rank 1 alone: the flag joins the step's all-reduce, both ranks save the step and
+    # SIGUSR1 to rank 1 alone while the ranks wait after step 5 (rank 0 for 5 s): the flag joins the step's all-reduce, both ranks save the step and
     # exit 75, which the deepspeed launcher passes on. Then the newest two checkpoints are damaged
     # (truncated, bit-flipped): resume falls back to step 2 and repeats steps 3.. exactly.
     run, ds = str(tmp_path / "run"), os.path.join(ROOT, "configs/deepspeed/zero2.json")
     args = _common(run, shapes_dir, ds) + ["max_steps=8", "save_every=2", "keep_last=3"]
-    proc, log = _start(args, tmp_path / "usr1.log")
+    proc, log = _start(args, tmp_path / "usr1.log", env={"MAGE_FAST_PAUSE_AFTER": "5:5"})
     _wait_for_step(proc, run, 5, 0, tmp_path / "usr1.log")
     ranks = _ranks(proc)
     assert len(ranks) == 2
