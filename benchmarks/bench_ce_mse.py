@@ -26,11 +26,10 @@ from benchmarks.harness import (
     Inputs,
     OpBench,
     Provider,
-    backend_available,
-    compile_available,
     compiled,
     main,
     module_available,
+    standard_providers,
 )
 
 OP = "ce_mse"
@@ -143,14 +142,9 @@ BENCH = OpBench(
     flops=flops,
     nbytes=nbytes,
     bound="compute",
+    # The op computes every gradient in its forward; its backward only rescales them.
     providers=[
-        Provider("torch", _reference),
-        Provider("compile", _compiled, compile_available, needs_warmup=True),
-        # The op computes every gradient in its forward; its backward only rescales them.
-        *[
-            Provider(n if n != "torch" else "op_torch", _backend(n), backend_available(OP, n), grad_in_forward=True)
-            for n in ("torch", "cpp", "triton", "cuda")
-        ],  # fmt: skip
+        *standard_providers(OP, _reference, _compiled, _backend, grad_in_forward=True),
         Provider("liger", _liger, lambda d: module_available("liger_kernel", d), grad_in_forward=True),
         Provider("cce", _cce, lambda d: module_available("cut_cross_entropy", d)),
         # torch 2.13's chunked CE on CPU: ~14 s a call at N=256 (the eager reference: 0.8 s).

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from benchmarks.harness import Inputs, OpBench, Provider, backend_available, compile_available, compiled, main
+from benchmarks.harness import Inputs, OpBench, compiled, main
 
 OP = "ian_projection"
 _GPU = [{"B": b, "M": b * 576, "C": 1024, "D": d} for d in (2048, 4096) for b in (4, 16, 64)]
@@ -87,14 +87,7 @@ BENCH = OpBench(
     flops=flops,
     nbytes=nbytes,
     bound="compute",
-    providers=[
-        Provider("torch", _reference),
-        Provider("compile", _compiled, compile_available, needs_warmup=True),
-        *[
-            Provider("op_torch" if n == "torch" else n, _backend(n), backend_available(OP, n))
-            for n in ("torch", "cpp", "triton", "cuda")
-        ],  # fmt: skip
-    ],
+    providers=standard_providers(OP, _reference, _compiled, _backend),
 )
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from benchmarks.harness import Inputs, OpBench, Provider, backend_available, compile_available, compiled, main
+from benchmarks.harness import Inputs, OpBench, compiled, main
 
 OP = "patch_pool"
 _GPU = [{"B": b, "G": g, "C": c, "k": k} for b in (16, 64) for g in (24, 27) for c in (1024, 1152) for k in (2, 3)]
@@ -83,14 +83,7 @@ BENCH = OpBench(
     flops=flops,
     nbytes=nbytes,
     bound="memory",
-    providers=[
-        Provider("torch", _reference),
-        Provider("compile", _compiled, compile_available, needs_warmup=True),
-        *[
-            Provider("op_torch" if n == "torch" else n, _backend(n), backend_available(OP, n))
-            for n in ("torch", "cpp", "triton", "cuda")
-        ],  # fmt: skip
-    ],
+    providers=standard_providers(OP, _reference, _compiled, _backend),
 )
 
 if __name__ == "__main__":

@@ -111,6 +111,26 @@ def backend_available(op: str, backend: str) -> Callable[[torch.device], str | N
     return check
 
 
+OP_BACKENDS = ("torch", "cpp", "triton", "cuda")
+
+
+def standard_providers(
+    op: str,
+    reference: Callable[[dict], Callable[[Inputs], torch.Tensor]],
+    compiled_ref: Callable[[dict], Callable[[Inputs], torch.Tensor]],
+    backend: Callable[[str], Callable[[dict], Callable[[Inputs], torch.Tensor]]],
+    grad_in_forward: bool = False,
+) -> list[Provider]:
+    """Every op's providers: the eager reference ("torch"), it under torch.compile ("compile"),
+    and each `mage_fast.ops` backend ("op_torch" for the op's torch backend, "cpp", "triton",
+    "cuda"); `grad_in_forward` for ops that compute their gradients in the forward."""
+    ops = [
+        Provider("op_torch" if n == "torch" else n, backend(n), backend_available(op, n), grad_in_forward)
+        for n in OP_BACKENDS
+    ]
+    return [Provider("torch", reference), Provider("compile", compiled_ref, compile_available, needs_warmup=True), *ops]
+
+
 def compile_available(device: torch.device) -> str | None:
     if device.type == "cpu" and not any(
         os.path.exists(os.path.join(p, c)) for p in os.environ.get("PATH", "").split(":") for c in ("g++", "c++")

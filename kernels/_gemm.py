@@ -65,23 +65,67 @@ def _gemm_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_n = tl.cdiv(N, BLOCK_N)
-    # Grouped tile order: GROUP_M row tiles share each column tile of b while it sits in L2.
-    width = GROUP_M * num_n
-    first_m = (pid // width) * GROUP_M
-    size_m = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % size_m
-    pid_n = (pid % width) // size_m
-
+    pid_m, pid_n = _tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = tl.arange(0, BLOCK_K)
     mask_m = rm < M
     mask_n = rn < N
     rm64 = rm.to(tl.int64)  # row offsets of large operands (W is V x H) overflow int32
     rn64 = rn.to(tl.int64)
+    acc = _dot_tiles(
+        a_ptr, b_ptr, rm64, rn64, mask_m, mask_n, K, s_am, s_ak, s_bk, s_bn, DOT_F32, PREC, BLOCK_M, BLOCK_N, BLOCK_K
+    )
+    mask = mask_m[:, None] & mask_n[None, :]
+    c_ptrs = c_ptr + rm64[:, None] * s_cm + rn64[None, :] * s_cn
+    x_ptrs = aux_ptr + rm64[:, None] * s_xm + rn64[None, :] * s_xn
+    if EPI == 1:
+        z = acc + tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        if WRITE_AUX:
+            tl.store(x_ptrs, round_to(z, aux_ptr.dtype.element_ty), mask=mask)
+        out = _gelu(z)
+    elif EPI == 2:
+        z = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
+        out = tl.where(mask, acc * _gelu_grad(z), 0.0)
+        tl.store(part_ptr + pid_m.to(tl.int64) * N + rn, tl.sum(out, axis=0), mask=mask_n)
+    elif EPI == 3:
+        out = acc + tl.load(c_ptrs, mask=mask, other=0.0)
+    else:
+        out = acc
+    tl.store(c_ptrs, round_to(out, c_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """This program's (row tile, column tile), in grouped order: GROUP_M row tiles share each
+    column tile of b while it sits in L2."""
+    pid = tl.program_id(0)
+    width = GROUP_M * tl.cdiv(N, BLOCK_N)
+    first_m = (pid // width) * GROUP_M
+    size_m = tl.minimum(tl.cdiv(M, BLOCK_M) - first_m, GROUP_M)
+    return first_m + (pid % width) % size_m, (pid % width) // size_m
+
+
+@triton.jit
+def _dot_tiles(
+    a_ptr,
+    b_ptr,
+    rm64,
+    rn64,
+    mask_m,
+    mask_n,
+    K,
+    s_am,
+    s_ak,
+    s_bk,
+    s_bn,
+    DOT_F32: tl.constexpr,
+    PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """The fp32 (BLOCK_M, BLOCK_N) tile of a @ b at rows rm64, columns rn64, over K in BLOCK_K steps."""
+    rk = tl.arange(0, BLOCK_K)
     a_ptrs = a_ptr + rm64[:, None] * s_am + rk[None, :] * s_ak
     b_ptrs = b_ptr + rk[:, None] * s_bk + rn64[None, :] * s_bn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -95,25 +139,7 @@ def _gemm_kernel(
         acc = tl.dot(a, b, acc, input_precision=PREC)
         a_ptrs += BLOCK_K * s_ak
         b_ptrs += BLOCK_K * s_bk
-
-    mask = mask_m[:, None] & mask_n[None, :]
-    c_ptrs = c_ptr + rm64[:, None] * s_cm + rn64[None, :] * s_cn
-    if EPI == 1:
-        z = acc + tl.load(bias_ptr + rn, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        if WRITE_AUX:
-            x_ptrs = aux_ptr + rm64[:, None] * s_xm + rn64[None, :] * s_xn
-            tl.store(x_ptrs, round_to(z, aux_ptr.dtype.element_ty), mask=mask)
-        out = _gelu(z)
-    elif EPI == 2:
-        x_ptrs = aux_ptr + rm64[:, None] * s_xm + rn64[None, :] * s_xn
-        z = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
-        out = tl.where(mask, acc * _gelu_grad(z), 0.0)
-        tl.store(part_ptr + pid_m.to(tl.int64) * N + rn, tl.sum(out, axis=0), mask=mask_n)
-    elif EPI == 3:
-        out = acc + tl.load(c_ptrs, mask=mask, other=0.0)
-    else:
-        out = acc
-    tl.store(c_ptrs, round_to(out, c_ptr.dtype.element_ty), mask=mask)
+    return acc
 
 
 def part_rows(m: int) -> int:
@@ -138,9 +164,32 @@ def matmul(
     """
     M, K = a.shape
     N = b.shape[1]
+    epi = _EPI[epilogue]
+    _check(a, b, out, epi, bias, aux, part)
+    if M == 0 or N == 0:
+        return out
+    if K == 0:
+        return _zero_k(out, epi, bias, aux)
+    xs = aux if aux is not None else out
+    part = part if part is not None else out  # unread unless "gelu_grad"
+    cfg = _launch.gemm_config(M, N, K, a.dtype, epilogue)
+    bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
+    _gemm_kernel[(triton.cdiv(M, bm) * triton.cdiv(N, bn),)](
+        a, b, out, bias if bias is not None else out, xs, part, M, N, K,
+        *a.stride(), *b.stride(), *out.stride(), *xs.stride(),
+        EPI=epi, WRITE_AUX=aux is not None and epi == 1,
+        DOT_F32=_launch.DOT_F32, PREC=_launch.dot_precision(a.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **cfg.kwargs,
+    )  # fmt: skip
+    return out
+
+
+def _check(a, b, out, epi: int, bias, aux, part) -> None:
+    """The shapes and dtypes `matmul` relies on (its callers are ours: asserts, not user errors)."""
+    M, K = a.shape
+    N = b.shape[1]
     assert b.shape[0] == K and tuple(out.shape) == (M, N), (a.shape, b.shape, out.shape)
     assert a.dtype == b.dtype, (a.dtype, b.dtype)
-    epi = _EPI[epilogue]
     if epi == 1:
         assert bias is not None and bias.shape == (N,)
     if epi == 2:
@@ -148,45 +197,16 @@ def matmul(
         assert part.shape == (part_rows(M), N) and part.is_contiguous()
     if epi == 3:
         assert out.dtype == torch.float32
-    if M == 0 or N == 0:
+
+
+def _zero_k(out: torch.Tensor, epi: int, bias, aux) -> torch.Tensor:
+    """K == 0: nothing to accumulate, the epilogue of a zero product."""
+    if epi == 3:
         return out
-    if K == 0:  # nothing to accumulate: the epilogue of a zero product
-        if epi == 3:
-            return out
-        acc = torch.zeros((M, N), dtype=torch.float32, device=out.device)
-        z = acc + bias.float() if epi == 1 else acc
-        if epi == 1 and aux is not None:
+    z = torch.zeros(out.shape, dtype=torch.float32, device=out.device)
+    if epi == 1:
+        z = z + bias.float()
+        if aux is not None:
             aux.copy_(z)
-        out.copy_(torch.nn.functional.gelu(z) if epi == 1 else z)
-        return out
-    xs = aux if aux is not None else out
-    part = part if part is not None else out  # unread unless "gelu_grad"
-    cfg = _launch.gemm_config(M, N, K, a.dtype, epilogue)
-    bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
-    _gemm_kernel[(triton.cdiv(M, bm) * triton.cdiv(N, bn),)](
-        a,
-        b,
-        out,
-        bias if bias is not None else out,
-        xs,
-        part,
-        M,
-        N,
-        K,
-        a.stride(0),
-        a.stride(1),
-        b.stride(0),
-        b.stride(1),
-        out.stride(0),
-        out.stride(1),
-        xs.stride(0),
-        xs.stride(1),
-        EPI=epi,
-        WRITE_AUX=aux is not None and epi == 1,
-        DOT_F32=_launch.DOT_F32,
-        PREC=_launch.dot_precision(a.dtype),
-        num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages,
-        **cfg.kwargs,
-    )
+    out.copy_(torch.nn.functional.gelu(z) if epi == 1 else z)
     return out

@@ -182,78 +182,76 @@ class LlavaDataset(Dataset):
 
     # ---- validation --------------------------------------------------------------------------
     def _validate(self, rows: list[Any], cache_tokens: bool) -> None:
-        st, t = self.stats, self.template
-        st.total = len(rows)
-        parsed = []  # (sid, (turns, tools), images, captions, rendered): rows that pass the cheap checks
-        for i, row in enumerate(rows):
-            if isinstance(row, _BadLine):
-                st.add("malformed", row.id, row.error)
-                continue
-            sid = str(row["id"]) if isinstance(row, dict) and row.get("id") is not None else f"row {i}"
-            try:
-                if not isinstance(row, dict):
-                    raise ValueError("row is not an object")
-                tools = _check_tools(row)
-                messages = to_messages(row.get("conversations"))
-                images, captions = _parse_media(row)
-            except RowError as e:  # tool rows: the validator's reasons
-                st.add(e.reason, sid, e.detail)
-                continue
-            except ValueError as e:
-                st.add("malformed", sid, str(e))
-                continue
-            # images come in human turns and, for tool results, in observation turns
-            n_user = sum(m["content"].count(IMAGE_TOKEN) for m in messages if m["role"] in ("user", "tool"))
-            n_all = sum(m["content"].count(IMAGE_TOKEN) for m in messages)
-            if n_user != len(images) or n_all != n_user:
-                st.add(
-                    "placeholder_mismatch",
-                    sid,
-                    f"{n_all} {IMAGE_TOKEN} ({n_user} in human/observation turns) for {len(images)} images",
-                )
-                continue
-            try:
-                rendered = t.render(messages, tools=tools)
-            except Exception as e:  # e.g. a chat template raising on the turn order
-                st.add("malformed", sid, f"template: {type(e).__name__}: {e}")
-                continue
-            parsed.append((sid, (row["conversations"], tools), images, captions, rendered))
-        # Existence and structure of every distinct image, once (split over ranks, cached).
+        """Every row through the cheap checks, then the image check (once per distinct image,
+        split over ranks, cached), then tokenization in blocks of 1024 (one tokenizer call each)."""
+        self.stats.total = len(rows)
+        parsed = [p for i, row in enumerate(rows) if (p := self._parse_row(i, row)) is not None]
         image_ok = self.image_check([os.path.join(self.image_root, x) for p in parsed for x in p[2]])
-        tok_ids, tok_mask, offsets = [], [], [0]
-        for b in range(0, len(parsed), 1024):  # tokenize in blocks: one tokenizer call each
+        tokens: dict[str, list] | None = {"ids": [], "mask": [], "offsets": [0]} if cache_tokens else None
+        for b in range(0, len(parsed), 1024):
             block = parsed[b : b + 1024]
-            encoded = t.tokenize([p[4] for p in block])
-            for (sid, messages, images, captions, _), (ids, mask) in zip(block, encoded):
-                if int((ids == t.image_token_id).sum()) != len(images):
-                    st.add("placeholder_mismatch", sid, "image tokens after rendering != images")
-                    continue
-                length = t.expanded_length(ids)
-                if length > self.max_length:
-                    st.add("over_length", sid, f"{length} tokens > max_length {self.max_length}")
-                    continue
-                if not mask.any():
-                    st.add("no_labels", sid, "no assistant token")
-                    continue
-                paths = [os.path.join(self.image_root, p) for p in images]
-                bad = next(filter(None, (image_ok[p] for p in paths)), None)
-                if bad:
-                    st.add(bad[0], sid, bad[1])
-                    continue
-                self.ids.append(sid)
-                self.images.append(paths)
-                self.captions.append(captions)
-                self.lengths.append(length)
-                if cache_tokens:
-                    tok_ids.append(ids.astype(np.int32))
-                    tok_mask.append(mask)
-                    offsets.append(offsets[-1] + len(ids))
-                else:
-                    self._convs.append(messages)
-        if cache_tokens:  # one flat buffer: no per-sample objects for forked workers to copy
-            self._tok_ids = np.concatenate(tok_ids) if tok_ids else np.zeros(0, np.int32)
-            self._tok_mask = np.concatenate(tok_mask) if tok_mask else np.zeros(0, bool)
-            self._offsets = np.asarray(offsets, dtype=np.int64)
+            for row, (ids, mask) in zip(block, self.template.tokenize([p[4] for p in block])):
+                self._keep(row, ids, mask, image_ok, tokens)
+        if tokens is not None:  # one flat buffer: no per-sample objects for forked workers to copy
+            self._tok_ids = np.concatenate(tokens["ids"]) if tokens["ids"] else np.zeros(0, np.int32)
+            self._tok_mask = np.concatenate(tokens["mask"]) if tokens["mask"] else np.zeros(0, bool)
+            self._offsets = np.asarray(tokens["offsets"], dtype=np.int64)
+
+    def _parse_row(self, i: int, row: Any) -> tuple | None:
+        """The cheap checks of row i -> (id, (conversations, tools), images, captions, rendered),
+        or None with the reason counted."""
+        st = self.stats
+        if isinstance(row, _BadLine):
+            st.add("malformed", row.id, row.error)
+            return None
+        sid = str(row["id"]) if isinstance(row, dict) and row.get("id") is not None else f"row {i}"
+        try:
+            if not isinstance(row, dict):
+                raise ValueError("row is not an object")
+            tools = _check_tools(row)
+            messages = to_messages(row.get("conversations"))
+            images, captions = _parse_media(row)
+        except RowError as e:  # tool rows: the validator's reasons
+            return st.add(e.reason, sid, e.detail)
+        except ValueError as e:
+            return st.add("malformed", sid, str(e))
+        # images come in human turns and, for tool results, in observation turns
+        n_user = sum(m["content"].count(IMAGE_TOKEN) for m in messages if m["role"] in ("user", "tool"))
+        n_all = sum(m["content"].count(IMAGE_TOKEN) for m in messages)
+        if n_user != len(images) or n_all != n_user:
+            detail = f"{n_all} {IMAGE_TOKEN} ({n_user} in human/observation turns) for {len(images)} images"
+            return st.add("placeholder_mismatch", sid, detail)
+        try:
+            rendered = self.template.render(messages, tools=tools)
+        except Exception as e:  # e.g. a chat template raising on the turn order
+            return st.add("malformed", sid, f"template: {type(e).__name__}: {e}")
+        return sid, (row["conversations"], tools), images, captions, rendered
+
+    def _keep(self, row: tuple, ids: np.ndarray, mask: np.ndarray, image_ok: dict, tokens: dict | None) -> None:
+        """The checks after tokenization; a row that passes them joins the dataset."""
+        st, (sid, messages, images, captions, _) = self.stats, row
+        if int((ids == self.template.image_token_id).sum()) != len(images):
+            return st.add("placeholder_mismatch", sid, "image tokens after rendering != images")
+        length = self.template.expanded_length(ids)
+        if length > self.max_length:
+            return st.add("over_length", sid, f"{length} tokens > max_length {self.max_length}")
+        if not mask.any():
+            return st.add("no_labels", sid, "no assistant token")
+        paths = [os.path.join(self.image_root, p) for p in images]
+        bad = next(filter(None, (image_ok[p] for p in paths)), None)
+        if bad:
+            return st.add(bad[0], sid, bad[1])
+        self.ids.append(sid)
+        self.images.append(paths)
+        self.captions.append(captions)
+        self.lengths.append(length)
+        if tokens is None:
+            self._convs.append(messages)
+            return None
+        tokens["ids"].append(ids.astype(np.int32))
+        tokens["mask"].append(mask)
+        tokens["offsets"].append(tokens["offsets"][-1] + len(ids))
+        return None
 
     def _check_threshold(self, max_bad_fraction: float) -> None:
         st = self.stats

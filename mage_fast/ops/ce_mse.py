@@ -235,6 +235,9 @@ def _fake(hidden, weight, labels, img, img_target, img_mask, lam, ignore_index, 
 
 
 def _setup_context(ctx, inputs, output) -> None:
+    # No incoming gradient for the stored outputs (nobody differentiates them): without this,
+    # autograd materialises a zeros tensor of each, i.e. a V x H one for grad_weight per backward.
+    ctx.set_materialize_grads(False)
     ctx.lam = inputs[6]
     ctx.flags = inputs[9:12]
     ctx.dtypes = (inputs[0].dtype, inputs[1].dtype, inputs[3].dtype)

@@ -160,6 +160,9 @@ _ian_projection_op.register_fake(_fwd_fake)
 def _setup_context(ctx, inputs, output) -> None:
     x, w1, _, w2, _, ln_w, _, _, save, backend = inputs
     _, z1, xhat, rstd = output
+    # z1, xhat and rstd are saved, never differentiated: without this, autograd materialises a
+    # zeros tensor of each (two N x D) in every backward.
+    ctx.set_materialize_grads(False)
     ctx.save = save
     ctx.backend = backend
     ctx.save_for_backward(x, w1, w2, ln_w, z1, xhat, rstd)
@@ -209,6 +212,8 @@ def _backward(ctx, dy, _dz1, _dxhat, _drstd):
     if not ctx.save:
         raise RuntimeError("ian_projection: backward needs the forward run with save=True")
     x, w1, w2, ln_w, z1, xhat, rstd = ctx.saved_tensors
+    if dy is None:  # y does not reach the loss
+        return (None,) * 10
     needs = tuple(ctx.needs_input_grad[:7])
     row = TABLE[ctx.backend]
     if row.opaque_backward:

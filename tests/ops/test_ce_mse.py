@@ -306,6 +306,20 @@ def test_retain_graph_and_in_place_backward(backend: str) -> None:
     assert torch.equal(raw[4], kept)
 
 
+def test_backward_materialises_no_zero_gradients(backend: str) -> None:
+    # Nobody differentiates the stored gradients (outputs 4-7): autograd must not build a zero
+    # gradient for each of them, which for grad_weight is a V x H buffer written every backward.
+    h, w, lab, img, tgt, mask = make()
+    hl, wl, il = leaves(h, w, img)
+    out = ce_mse(hl, wl, lab, il, tgt, mask, LAM, backend=backend)
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if h.is_cuda else [])
+    with torch.profiler.profile(activities=acts, profile_memory=True) as prof:
+        combo(out).backward()
+    zeros = [e for e in prof.events() if e.name in ("aten::zeros", "aten::zeros_like")]
+    biggest = max((max(e.cpu_memory_usage, e.device_memory_usage) for e in zeros), default=0)
+    assert biggest < wl.numel() * 4, f"the backward allocated a zero gradient of {biggest} bytes"
+
+
 @pytest.mark.parametrize("num_items", [None, 50.0])
 def test_opcheck(backend: str, num_items) -> None:
     h, w, lab, img, tgt, mask = make(n=9, m=3)

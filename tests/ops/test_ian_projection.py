@@ -54,6 +54,19 @@ def test_strided_incoming_grad(backend: str) -> None:
         assert_close32(f"d{name}", ga, gr, atol=5e-5, rtol=5e-5)
 
 
+def test_backward_materialises_no_zero_gradients(backend: str) -> None:
+    # z1, xhat and rstd are saved outputs nobody differentiates: autograd must not build a zero
+    # gradient of each (two N x D buffers) in every backward.
+    a = leaves(*make((300,)))
+    y = ian_projection(*a, backend=backend)
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if y.is_cuda else [])
+    with torch.profiler.profile(activities=acts, profile_memory=True) as prof:
+        y.backward(torch.randn_like(y))
+    zeros = [e for e in prof.events() if e.name in ("aten::zeros", "aten::zeros_like")]
+    biggest = max((max(e.cpu_memory_usage, e.device_memory_usage) for e in zeros), default=0)
+    assert biggest < y.numel() * 4, f"the backward allocated a zero gradient of {biggest} bytes"
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision(backend: str, dtype: torch.dtype) -> None:
     ts = make((3, 13), dtype=dtype)
