@@ -40,6 +40,7 @@ _CPU = [
     {"N": 4096, "H": 1024, "V": 32000, "modes": ("full",), "light": True},  # the memory point
 ]
 _SMOKE = [{"N": 64, "H": 64, "V": 512}, {"N": 128, "H": 64, "V": 1000}]
+SHAPES = {"gpu": _GPU, "cpu": _CPU, "smoke": _SMOKE}
 
 
 def make_inputs(shape: dict, dtype: torch.dtype, device: torch.device) -> Inputs:
@@ -135,22 +136,15 @@ def _torch_lce(shape: dict) -> Callable[[Inputs], torch.Tensor]:
     return lambda i: F.linear_cross_entropy(i["hidden"], i["weight"], i["labels"], options=opts)
 
 
-BENCH = OpBench(
-    op=OP,
-    shapes={"gpu": _GPU, "cpu": _CPU, "smoke": _SMOKE},
-    make_inputs=make_inputs,
-    flops=flops,
-    nbytes=nbytes,
-    bound="compute",
-    # The op computes every gradient in its forward; its backward only rescales them.
-    providers=[
-        *standard_providers(OP, _reference, _compiled, _backend, grad_in_forward=True),
-        Provider("liger", _liger, lambda d: module_available("liger_kernel", d), grad_in_forward=True),
-        Provider("cce", _cce, lambda d: module_available("cut_cross_entropy", d)),
-        # torch 2.13's chunked CE on CPU: ~14 s a call at N=256 (the eager reference: 0.8 s).
-        Provider("torch_lce", _torch_lce, _torch_lce_available, grad_in_forward=True, light_on_cpu=True),
-    ],
-)
+# The op computes every gradient in its forward; its backward only rescales them.
+PROVIDERS = [
+    *standard_providers(OP, _reference, _compiled, _backend, grad_in_forward=True),
+    Provider("liger", _liger, lambda d: module_available("liger_kernel", d), grad_in_forward=True),
+    Provider("cce", _cce, lambda d: module_available("cut_cross_entropy", d)),
+    # torch 2.13's chunked CE on CPU: ~14 s a call at N=256 (the eager reference: 0.8 s).
+    Provider("torch_lce", _torch_lce, _torch_lce_available, grad_in_forward=True, light_on_cpu=True),
+]
+BENCH = OpBench(OP, SHAPES, make_inputs, flops, nbytes, "compute", PROVIDERS)
 
 if __name__ == "__main__":
     sys.exit(main(BENCH, "benchmarks.bench_ce_mse"))

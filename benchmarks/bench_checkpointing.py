@@ -48,10 +48,16 @@ def measure(config: str, overrides: list[str], on: bool, device: torch.device) -
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else common.cpu_peak_rss()
     grads = [p.grad.double().norm() ** 2 for p in model.parameters() if p.grad is not None]
     gnorm = float(torch.stack(grads).sum().sqrt())
-    return {"op": "checkpointing", "provider": "llm+vision" if on else "off", "mode": "full",
-            "dtype": "float32", "peak_mem_mb": common.fmt_mb(peak - base),
-            "mem_method": common.memory_method(device) + "_increment", "status": "ok",
-            "note": f"loss {float(out['loss']):.9f}; grad norm {gnorm:.9f}; one forward+backward, no DeepSpeed"}  # fmt: skip
+    return {
+        "op": "checkpointing",
+        "provider": "llm+vision" if on else "off",
+        "mode": "full",
+        "dtype": "float32",
+        "peak_mem_mb": common.fmt_mb(peak - base),
+        "mem_method": common.memory_method(device) + "_increment",
+        "status": "ok",
+        "note": f"loss {float(out['loss']):.9f}; grad norm {gnorm:.9f}; one forward+backward, no DeepSpeed",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,12 +75,21 @@ def main(argv: list[str] | None = None) -> int:
     cfg, sb = bench_step.load(args.config, args.override)
     name = os.path.splitext(os.path.basename(args.config))[0].removeprefix("step_")
     shape = f"{name},B={cfg.micro_batch_size},L={sb.seq_len},llm_layers={cfg.model.llm.num_layers}"
-    ident = {"shape": shape, "device": common.device_class(device),
-             "commit": common.git_commit(), "date": common.run_date(), "device_name": common.device_name(device)}  # fmt: skip
+    ident = {"shape": shape, **common.run_identity(device)}
     rows = []
     for flag in ("off", "on"):
-        cmd = [sys.executable, "-m", "benchmarks.bench_checkpointing", "--config", args.config, "--device",
-               args.device, "--child", flag, *args.override]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "benchmarks.bench_checkpointing",
+            "--config",
+            args.config,
+            "--device",
+            args.device,
+            "--child",
+            flag,
+            *args.override,
+        ]
         proc = subprocess.run(cmd, cwd=common.ROOT, capture_output=True, text=True)
         found = [ln for ln in proc.stdout.splitlines() if ln.startswith(ROW_TAG)]
         if proc.returncode != 0 or not found:

@@ -27,6 +27,7 @@ OP = "ian_projection"
 _GPU = [{"B": b, "M": b * 576, "C": 1024, "D": d} for d in (2048, 4096) for b in (4, 16, 64)]
 _CPU = [{"B": b, "M": b * 576, "C": 1024, "D": d} for b, d in ((1, 1024), (4, 1024), (1, 2048))]
 _SMOKE = [{"B": 1, "M": 64, "C": 32, "D": 48}, {"B": 1, "M": 100, "C": 40, "D": 64}]
+SHAPES = {"gpu": _GPU, "cpu": _CPU, "smoke": _SMOKE}
 _NAMES = ("x", "w1", "b1", "w2", "b2", "ln_w", "ln_b")
 
 
@@ -38,8 +39,15 @@ def make_inputs(shape: dict, dtype: torch.dtype, device: torch.device) -> Inputs
         v = torch.full(size, fill, device=device) if fill is not None else torch.randn(*size, device=device) * scale
         return v.to(dtype).requires_grad_()
 
-    return {"x": t(M, C), "w1": t(D, C, scale=C**-0.5), "b1": t(D, scale=0.02), "w2": t(D, D, scale=D**-0.5),
-            "b2": t(D, scale=0.02), "ln_w": t(D, fill=1.0), "ln_b": t(D, fill=0.0)}  # fmt: skip
+    return {
+        "x": t(M, C),
+        "w1": t(D, C, scale=C**-0.5),
+        "b1": t(D, scale=0.02),
+        "w2": t(D, D, scale=D**-0.5),
+        "b2": t(D, scale=0.02),
+        "ln_w": t(D, fill=1.0),
+        "ln_b": t(D, fill=0.0),
+    }
 
 
 def flops(shape: dict, mode: str) -> float:
@@ -81,13 +89,7 @@ def _backend(name: str) -> Callable[[dict], Callable[[Inputs], torch.Tensor]]:
 
 
 BENCH = OpBench(
-    op=OP,
-    shapes={"gpu": _GPU, "cpu": _CPU, "smoke": _SMOKE},
-    make_inputs=make_inputs,
-    flops=flops,
-    nbytes=nbytes,
-    bound="compute",
-    providers=standard_providers(OP, _reference, _compiled, _backend),
+    OP, SHAPES, make_inputs, flops, nbytes, "compute", standard_providers(OP, _reference, _compiled, _backend)
 )
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ OP = "patch_pool"
 _GPU = [{"B": b, "G": g, "C": c, "k": k} for b in (16, 64) for g in (24, 27) for c in (1024, 1152) for k in (2, 3)]
 _CPU = [{"B": 16, "G": g, "C": 1024, "k": k} for g in (24, 27) for k in (2, 3)]
 _SMOKE = [{"B": 2, "G": 6, "C": 32, "k": 2}, {"B": 3, "G": 7, "C": 48, "k": 3}]
+SHAPES = {"gpu": _GPU, "cpu": _CPU, "smoke": _SMOKE}
 
 
 def _out_tokens(shape: dict) -> int:
@@ -77,13 +78,7 @@ def _backend(name: str) -> Callable[[dict], Callable[[Inputs], torch.Tensor]]:
 
 
 BENCH = OpBench(
-    op=OP,
-    shapes={"gpu": _GPU, "cpu": _CPU, "smoke": _SMOKE},
-    make_inputs=make_inputs,
-    flops=flops,
-    nbytes=nbytes,
-    bound="memory",
-    providers=standard_providers(OP, _reference, _compiled, _backend),
+    OP, SHAPES, make_inputs, flops, nbytes, "memory", standard_providers(OP, _reference, _compiled, _backend)
 )
 
 if __name__ == "__main__":

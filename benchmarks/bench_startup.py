@@ -102,9 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     paths = make_images(os.path.join(args.out, "images"), args.n)
     print(f"[startup] {len(paths)} images ready in {time.time() - t0:.0f} s", flush=True)
-    ident = {"op": "startup", "mode": "full", "dtype": "uint8", "device": "cpu", "commit": common.git_commit(),
-             "date": common.run_date(), "device_name": common.device_name(torch.device("cpu")), "reps": 1,
-             "status": "ok"}  # fmt: skip
+    ident = {
+        "op": "startup",
+        "mode": "full",
+        "dtype": "uint8",
+        **common.run_identity(torch.device("cpu")),
+        "reps": 1,
+        "status": "ok",
+    }
     rows = []
     for world in (1, 2):
         cache = os.path.join(args.out, f"run{world}", "image_check.json")
@@ -113,8 +118,15 @@ def main(argv: list[str] | None = None) -> int:
         for case, provider in (("full_decode", "full_decode"), ("scan", "scan"), ("scan", "scan_resume")):
             s = run_case(case, world, paths, cache)
             note = f"{len(paths)} 640x480 JPEGs; slowest rank's wall time; 1 torch thread and 1 check process per rank"
-            rows.append({**ident, "provider": provider, "shape": f"n={len(paths)},ranks={world}",
-                         "ms_median": round(s * 1e3, 1), "note": note})  # fmt: skip
+            rows.append(
+                {
+                    **ident,
+                    "provider": provider,
+                    "shape": f"n={len(paths)},ranks={world}",
+                    "ms_median": round(s * 1e3, 1),
+                    "note": note,
+                }
+            )
             print(f"[startup] {provider:>12} {world} rank(s): {s:.2f} s", flush=True)
     if args.csv:
         common.append_rows(rows, args.csv)

@@ -293,13 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg, sb = load(args.config, args.override)  # run_setting sets cfg.model.kernels
         else:
             rows.append(_spawn(args, setting, peaks, str(dtype).replace("torch.", "")))
-    ident = {
-        "shape": shape,
-        "device": common.device_class(device),
-        "commit": common.git_commit(),
-        "date": common.run_date(),
-        "device_name": common.device_name(device),
-    }
+    ident = {"shape": shape, **common.run_identity(device)}
     _report(rows, ident, args)
     print(f"[step] {len(rows)} row(s) -> {args.csv or '(not written)'} in {time.time() - t0:.0f} s", flush=True)
     errors = sum(r["status"] != "ok" for r in rows)

@@ -34,10 +34,26 @@ RESULTS_CSV = os.path.join(RESULTS_DIR, "results.csv")
 
 KEY = ("op", "provider", "mode", "shape", "dtype", "device", "commit", "date")
 COLUMNS = KEY + (
-    "device_name", "ms_median", "ms_p20", "ms_p80", "reps", "first_ms", "peak_mem_mb", "mem_method",
-    "flops", "bytes", "tflops", "gbps", "bound", "pct_peak", "peak_tflops", "peak_gbps",
-    "tokens_per_s", "status", "note",
-)  # fmt: skip
+    "device_name",
+    "ms_median",
+    "ms_p20",
+    "ms_p80",
+    "reps",
+    "first_ms",
+    "peak_mem_mb",
+    "mem_method",
+    "flops",
+    "bytes",
+    "tflops",
+    "gbps",
+    "bound",
+    "pct_peak",
+    "peak_tflops",
+    "peak_gbps",
+    "tokens_per_s",
+    "status",
+    "note",
+)
 MODES = ("forward", "backward", "full")
 
 
@@ -86,6 +102,16 @@ def run_date() -> str:
     if env:
         return env
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def run_identity(device: torch.device) -> dict[str, str]:
+    """The CSV columns that name a run: device class and name, commit, date."""
+    return {
+        "device": device_class(device),
+        "commit": git_commit(),
+        "date": run_date(),
+        "device_name": device_name(device),
+    }
 
 
 def dtype_of(name: str) -> torch.dtype:
@@ -266,8 +292,11 @@ def measure_peaks(device: torch.device, dtype: torch.dtype, small: bool = False)
     mm_s = _best_s(lambda: _matmuler(n_mm, mm_dtype, device), reps, device)
     if device.type == "cuda":
         torch.cuda.empty_cache()  # hand the 2+ GiB back before the measured children start
-    return Peaks(gbps=2 * n_copy * 4 / copy_s / 1e9, tflops=2 * n_mm**3 / mm_s / 1e12,
-                 matmul_dtype=str(mm_dtype).replace("torch.", ""))  # fmt: skip
+    return Peaks(
+        gbps=2 * n_copy * 4 / copy_s / 1e9,
+        tflops=2 * n_mm**3 / mm_s / 1e12,
+        matmul_dtype=str(mm_dtype).replace("torch.", ""),
+    )
 
 
 def _copier(n: int, device: torch.device) -> Callable[[], object]:

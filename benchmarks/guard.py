@@ -70,8 +70,11 @@ def _ratio(ref: dict, row: dict, column: str) -> float | None:
 
 def compute_ratios(rows: list[dict]) -> list[Ratio]:
     """Ratios of every ok non-reference row to its reference row of the same run."""
-    refs = {(r["op"], r["mode"], r["shape"], r["dtype"], r["date"]): r for r in rows
-            if r["provider"] == reference_of(r["op"]) and r.get("status") == "ok"}  # fmt: skip
+    refs = {
+        (r["op"], r["mode"], r["shape"], r["dtype"], r["date"]): r
+        for r in rows
+        if r["provider"] == reference_of(r["op"]) and r.get("status") == "ok"
+    }
     out = []
     for r in rows:
         if r["provider"] == reference_of(r["op"]) or r.get("status") != "ok":
@@ -79,8 +82,19 @@ def compute_ratios(rows: list[dict]) -> list[Ratio]:
         ref = refs.get((r["op"], r["mode"], r["shape"], r["dtype"], r["date"]))
         if ref is None:
             continue
-        out.append(Ratio(r["op"], r["provider"], r["mode"], r["shape"], r["dtype"], _ratio(ref, r, "ms_median"),
-                         _ratio(ref, r, "peak_mem_mb"), r["ms_median"], ref["ms_median"]))  # fmt: skip
+        out.append(
+            Ratio(
+                r["op"],
+                r["provider"],
+                r["mode"],
+                r["shape"],
+                r["dtype"],
+                _ratio(ref, r, "ms_median"),
+                _ratio(ref, r, "peak_mem_mb"),
+                r["ms_median"],
+                ref["ms_median"],
+            )
+        )
     return out
 
 
@@ -110,9 +124,11 @@ def check(rows: list[dict], baseline: dict) -> tuple[list[str], list[str]]:
                 continue
             floor = floors.get(kind)
             verdict = "unguarded" if floor is None else ("ok" if value >= floor else "FAIL")
-            line = (f"{verdict:>9}  {q.op} {q.provider} {q.mode} {q.shape} ({q.dtype}): {kind} ratio {value:.3f}"
-                    + ("" if floor is None else f" (floor {floor:g})")
-                    + (f"  [{q.provider} {q.ms} ms vs {reference_of(q.op)} {q.ref_ms} ms]" if kind == "speed" else ""))  # fmt: skip
+            line = (
+                f"{verdict:>9}  {q.op} {q.provider} {q.mode} {q.shape} ({q.dtype}): {kind} ratio {value:.3f}"
+                + ("" if floor is None else f" (floor {floor:g})")
+                + (f"  [{q.provider} {q.ms} ms vs {reference_of(q.op)} {q.ref_ms} ms]" if kind == "speed" else "")
+            )
             report.append(line)
             if verdict == "FAIL":
                 fails.append(line.strip())

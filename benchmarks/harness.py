@@ -427,12 +427,7 @@ def main(bench: OpBench, module: str, argv: list[str] | None = None) -> int:
                 rows += _spawn(bench, module, args, group, dtype)
     by_label = {shape_label(s): s for s in shapes}
     itemsize = torch.empty(0, dtype=common.dtype_of(dtype)).element_size()
-    ident = {
-        "device": common.device_class(device),
-        "commit": common.git_commit(),
-        "date": common.run_date(),
-        "device_name": common.device_name(device),
-    }
+    ident = common.run_identity(device)
     for r in rows:
         r.update(ident)
         if r["provider"] == "compile" and args.compile_backend != "inductor":

@@ -81,8 +81,10 @@ def plot_step(rows: list[dict], path: str) -> None:
     ok = [r for r in rows if r["status"] == "ok"]
     labels = [f"{r['shape']}\n{r['provider']}" for r in ok]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    for ax, (name, what) in zip(axes, (("tokens_per_s", "tokens/s"), ("pct_peak", "MFU (%)"),
-                                       ("peak_mem_mb", "peak memory (MiB, whole process)"))):  # fmt: skip
+    for ax, (name, what) in zip(
+        axes,
+        (("tokens_per_s", "tokens/s"), ("pct_peak", "MFU (%)"), ("peak_mem_mb", "peak memory (MiB, whole process)")),
+    ):
         ax.bar(
             range(len(ok)),
             [_f(r[name]) for r in ok],

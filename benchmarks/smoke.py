@@ -26,14 +26,36 @@ def main() -> int:
     os.makedirs(OUT)
     csv = os.path.join(OUT, "results.csv")
     os.environ["BENCH_DATE"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    flags = ["--sweep", "smoke", "--threads", "1", "--compile-backend", "aot_eager", "--budget", "0.05",
-             "--csv", csv, "--strict"]  # fmt: skip
+    flags = [
+        "--sweep",
+        "smoke",
+        "--threads",
+        "1",
+        "--compile-backend",
+        "aot_eager",
+        "--budget",
+        "0.05",
+        "--csv",
+        csv,
+        "--strict",
+    ]
     failed = []
     for bench, isolate in ((bench_patch_pool, "op"), (bench_ian_projection, "none"), (bench_ce_mse, "none")):
         if harness.main(bench.BENCH, bench.__name__, [*flags, "--isolate", isolate]) != 0:
             failed.append(bench.BENCH.op)
-    step = ["--isolate", "none", "--threads", "1", "--csv", csv, "--strict", "train.micro_batch_size=4",
-            "bench.seq_len=64", "bench.warmup=1", "bench.steps=2"]  # fmt: skip
+    step = [
+        "--isolate",
+        "none",
+        "--threads",
+        "1",
+        "--csv",
+        csv,
+        "--strict",
+        "train.micro_batch_size=4",
+        "bench.seq_len=64",
+        "bench.warmup=1",
+        "bench.steps=2",
+    ]
     if bench_step.main(step) != 0:
         failed.append("step")
     if plot.main(["--csv", csv, "--out", OUT]) != 0:

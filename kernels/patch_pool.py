@@ -50,24 +50,10 @@ def _cell(H, W, Wo, C, K: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.const
 
 @triton.jit
 def _patch_pool_fwd_kernel(
-    x_ptr,
-    y_ptr,
-    H,
-    W,
-    Wo,
-    C,
-    s_xb,
-    s_xt,
-    s_xc,
-    s_yb,
-    s_yt,
-    s_yc,
-    K: tl.constexpr,
-    BLOCK_W: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    EVEN_HW: tl.constexpr,
-    MASKED: tl.constexpr,
-):
+    x_ptr, y_ptr, H, W, Wo, C,
+    s_xb, s_xt, s_xc, s_yb, s_yt, s_yc,  # (batch, token, channel) strides of each
+    K: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, EVEN_HW: tl.constexpr, MASKED: tl.constexpr,
+):  # fmt: skip
     b, h0, w0, o, c, mask, inv = _cell(H, W, Wo, C, K, BLOCK_W, BLOCK_C, EVEN_HW)
     x_base = x_ptr + b.to(tl.int64) * s_xb + c[None, :] * s_xc
     acc = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
@@ -91,24 +77,10 @@ def _patch_pool_fwd_kernel(
 
 @triton.jit
 def _patch_pool_bwd_kernel(
-    g_ptr,
-    dx_ptr,
-    H,
-    W,
-    Wo,
-    C,
-    s_gb,
-    s_gt,
-    s_gc,
-    s_db,
-    s_dt,
-    s_dc,
-    K: tl.constexpr,
-    BLOCK_W: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    EVEN_HW: tl.constexpr,
-    MASKED: tl.constexpr,
-):
+    g_ptr, dx_ptr, H, W, Wo, C,
+    s_gb, s_gt, s_gc, s_db, s_dt, s_dc,  # (batch, token, channel) strides of each
+    K: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, EVEN_HW: tl.constexpr, MASKED: tl.constexpr,
+):  # fmt: skip
     b, h0, w0, o, c, mask, inv = _cell(H, W, Wo, C, K, BLOCK_W, BLOCK_C, EVEN_HW)
     g_ptrs = g_ptr + b.to(tl.int64) * s_gb + o[:, None] * s_gt + c[None, :] * s_gc
     if MASKED:

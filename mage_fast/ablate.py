@@ -45,8 +45,15 @@ def train_one(out: str, aligner: str, lam: float, seed: int, steps: int) -> dict
     """One run (reused when its summary exists): accuracy per qtype, step seconds, peak MB."""
     run = os.path.join(out, "runs", f"{aligner}_l{lam:g}_s{seed}")
     if not os.path.isfile(os.path.join(run, "summary.json")):
-        args = [f"run_dir={run}", f"data.root={os.path.join(out, 'data')}", f"model.aligner.type={aligner}",
-                f"model.mse_lambda={lam}", f"seed={seed}", f"max_steps={steps}", "resume=false"]  # fmt: skip
+        args = [
+            f"run_dir={run}",
+            f"data.root={os.path.join(out, 'data')}",
+            f"model.aligner.type={aligner}",
+            f"model.mse_lambda={lam}",
+            f"seed={seed}",
+            f"max_steps={steps}",
+            "resume=false",
+        ]
         subprocess.run([sys.executable, "-m", "mage_fast.ablate", "--child", *args], check=True)
     with open(os.path.join(run, "summary.json")) as f:
         summary = json.load(f)
@@ -54,8 +61,14 @@ def train_one(out: str, aligner: str, lam: float, seed: int, steps: int) -> dict
         peak = json.load(f)["peak_rss_mb"]
     walls = [h["wall"] for h in summary["history"]]
     dts = [b - a for a, b in zip(walls[5:], walls[6:])]
-    return {"aligner": aligner, "lambda": lam, "seed": seed, "accuracy": summary["accuracy"][-1]["accuracy"],
-            "step_s": statistics.median(dts) if dts else float("nan"), "peak_rss_mb": peak}  # fmt: skip
+    return {
+        "aligner": aligner,
+        "lambda": lam,
+        "seed": seed,
+        "accuracy": summary["accuracy"][-1]["accuracy"],
+        "step_s": statistics.median(dts) if dts else float("nan"),
+        "peak_rss_mb": peak,
+    }
 
 
 def tokens_per_image(aligner: str) -> int:
@@ -75,10 +88,16 @@ def aggregate(results: list[dict]) -> list[dict]:
         if not rs:
             continue
         acc = {q: _mean_std([r["accuracy"].get(q, float("nan")) for r in rs]) for q in QTYPES}
-        rows.append({"variant": name(aligner, lam), "seeds": len(rs), "accuracy": acc,
-                     "tokens": tokens_per_image(aligner),
-                     "step_ms": 1000 * statistics.mean(r["step_s"] for r in rs),
-                     "peak_mb": max(r["peak_rss_mb"] for r in rs)})  # fmt: skip
+        rows.append(
+            {
+                "variant": name(aligner, lam),
+                "seeds": len(rs),
+                "accuracy": acc,
+                "tokens": tokens_per_image(aligner),
+                "step_ms": 1000 * statistics.mean(r["step_s"] for r in rs),
+                "peak_mb": max(r["peak_rss_mb"] for r in rs),
+            }
+        )
     return rows
 
 
@@ -105,8 +124,14 @@ def plot(rows: list[dict], path: str) -> None:
     w = 0.8 / max(1, len(rows))
     for i, r in enumerate(rows):
         xs = [q + i * w for q in range(len(QTYPES))]
-        ax.bar(xs, [r["accuracy"][q][0] for q in QTYPES], w, yerr=[r["accuracy"][q][1] for q in QTYPES],
-               label=f"{r['variant']} ({r['tokens']} tok)", capsize=2)  # fmt: skip
+        ax.bar(
+            xs,
+            [r["accuracy"][q][0] for q in QTYPES],
+            w,
+            yerr=[r["accuracy"][q][1] for q in QTYPES],
+            label=f"{r['variant']} ({r['tokens']} tok)",
+            capsize=2,
+        )
     ax.set_xticks([q + 0.4 - w / 2 for q in range(len(QTYPES))], QTYPES)
     ax.set_ylabel("held-out exact match")
     ax.set_ylim(0, 1.05)

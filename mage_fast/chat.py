@@ -49,8 +49,9 @@ def run_tools(a: argparse.Namespace, question: str) -> int:
 
     from mage_fast.tools.agent import Episode, load_agent
 
-    agent = load_agent(a.model, a.tool_module, timeout_s=a.tool_timeout, max_steps=a.max_steps,
-                       max_new_tokens=a.max_new_tokens)  # fmt: skip
+    agent = load_agent(
+        a.model, a.tool_module, timeout_s=a.tool_timeout, max_steps=a.max_steps, max_new_tokens=a.max_new_tokens
+    )
     images = [load_image(p) for p in a.image]
     ep = agent.run([Episode([{"from": "human", "value": question}], images)])[0]
     os.makedirs(a.save_dir, exist_ok=True)

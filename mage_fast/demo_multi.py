@@ -28,10 +28,25 @@ ALIGNERS = ("ian", "sam")
 
 def train_one(config: str, data: str, run: str, aligner: str, overrides: list[str]) -> float:
     """Train one aligner in a child process; returns its wall time in seconds."""
-    cmd = [sys.executable, "-m", "mage_fast.train", "--config", config, f"run_dir={run}", f"data.root={data}",
-           f"model.aligner.type={aligner}", *overrides]  # fmt: skip
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29517"),
-               RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "mage_fast.train",
+        "--config",
+        config,
+        f"run_dir={run}",
+        f"data.root={data}",
+        f"model.aligner.type={aligner}",
+        *overrides,
+    ]
+    env = dict(
+        os.environ,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=os.environ.get("MASTER_PORT", "29517"),
+        RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_RANK="0",
+    )
     t0 = time.time()
     subprocess.run(cmd, check=True, env=env)
     return time.time() - t0
@@ -50,8 +65,15 @@ def answer_and_score(run: str, data: str, max_new_tokens: int) -> dict:
 def _batches(model, tok, data: str, n: int, size: int) -> list[dict]:
     from mage_fast.data import Collator, ImageTransform, LlavaDataset
 
-    ds = LlavaDataset(os.path.join(data, "train.json"), tok, image_root=data, transform=ImageTransform(model.image_size),
-                      num_image_tokens=model.num_image_tokens, max_length=256, max_bad_fraction=0.0)  # fmt: skip
+    ds = LlavaDataset(
+        os.path.join(data, "train.json"),
+        tok,
+        image_root=data,
+        transform=ImageTransform(model.image_size),
+        num_image_tokens=model.num_image_tokens,
+        max_length=256,
+        max_bad_fraction=0.0,
+    )
     collate = Collator(tok.pad_token_id, model.image_size)
     return [collate([ds[i * size + j] for j in range(size)]) for i in range(n)]
 
@@ -92,8 +114,10 @@ def step_times(runs: dict[str, str], data: str, batch_size: int, repeats: int) -
 def write_results(out: str, table: dict, times: dict, walls: dict, steps: int) -> str:
     """results.json, results.md and results.png; returns the markdown table."""
     ratio = times["sam"] / times["ian"]
-    lines = ["| task | n | " + " | ".join(f"{m} ian | {m} sam" for m in METRICS) + " |",
-             "|---|---|" + "---|---|" * len(METRICS)]  # fmt: skip
+    lines = [
+        "| task | n | " + " | ".join(f"{m} ian | {m} sam" for m in METRICS) + " |",
+        "|---|---|" + "---|---|" * len(METRICS),
+    ]
     for task, row in table["ian"].items():
         cells = " | ".join(f"{row[m]:.2f} | {table['sam'][task][m]:.2f}" for m in METRICS)
         lines.append(f"| {task} | {row['n']} | {cells} |")

@@ -44,11 +44,16 @@ def _prepare(rows: list, template: ConversationTemplate, transform: ImageTransfo
             print(f"skip {sid}: {type(e).__name__}: {e}")
             continue
         s = transform.size
-        items.append({
-            "id": sid, "qtype": row.get("qtype", "all"), "gt": msgs[-1]["content"],
-            "prompt": msgs[-2]["content"].replace("<image>", "").strip(), "input_ids": ids,
-            "pixel_values": torch.stack(pix) if pix else torch.zeros(0, 3, s, s),
-        })  # fmt: skip
+        items.append(
+            {
+                "id": sid,
+                "qtype": row.get("qtype", "all"),
+                "gt": msgs[-1]["content"],
+                "prompt": msgs[-2]["content"].replace("<image>", "").strip(),
+                "input_ids": ids,
+                "pixel_values": torch.stack(pix) if pix else torch.zeros(0, 3, s, s),
+            }
+        )
     return items
 
 
@@ -97,15 +102,26 @@ def write_answers(items: list[dict], path: str, model_id: str) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         for it in items:
-            row = {"question_id": it["id"], "prompt": it["prompt"], "text": it["text"], "model_id": model_id,
-                   "metadata": {"qtype": it["qtype"], "gt": it["gt"], "correct": it["correct"]}}  # fmt: skip
+            row = {
+                "question_id": it["id"],
+                "prompt": it["prompt"],
+                "text": it["text"],
+                "model_id": model_id,
+                "metadata": {"qtype": it["qtype"], "gt": it["gt"], "correct": it["correct"]},
+            }
             f.write(json.dumps(row) + "\n")
     os.replace(tmp, path)
 
 
 @torch.no_grad()
-def evaluate(model_dir: str, data: str, out: str | None = None, batch_size: int = 64,
-             max_new_tokens: int = 16, image_root: str | None = None) -> dict:  # fmt: skip
+def evaluate(
+    model_dir: str,
+    data: str,
+    out: str | None = None,
+    batch_size: int = 64,
+    max_new_tokens: int = 16,
+    image_root: str | None = None,
+) -> dict:
     """Accuracy per qtype (and overall); writes answers JSONL and metrics JSON when `out` is set."""
     t0 = time.time()
     model, tok = load_pretrained(model_dir)

@@ -18,8 +18,7 @@ from collections import defaultdict
 
 from mage_fast.bench.common import SHORT_ANSWER, Question, percent, user_turn
 
-PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark",
-              "artwork", "OCR")  # fmt: skip
+PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR")
 COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 _IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -86,13 +85,25 @@ def score(questions: list[Question], answers: dict[str, str]) -> dict:
         flat = [r for rs in images.values() for r in rs]
         acc = percent(sum(flat), len(flat))
         acc_plus = percent(sum(all(rs) for rs in images.values()), len(images))
-        subtasks[sub] = {"acc": acc, "acc_plus": acc_plus, "score": acc + acc_plus, "questions": len(flat),
-                         "images": len(images), "other": other[sub]}  # fmt: skip
+        subtasks[sub] = {
+            "acc": acc,
+            "acc_plus": acc_plus,
+            "score": acc + acc_plus,
+            "questions": len(flat),
+            "images": len(images),
+            "other": other[sub],
+        }
     perception = sum(subtasks[s]["score"] for s in PERCEPTION if s in subtasks)
     cognition = sum(subtasks[s]["score"] for s in COGNITION if s in subtasks)
     absent = [s for s in PERCEPTION + COGNITION if s not in subtasks]
-    return {"subtasks": subtasks, "perception": perception, "cognition": cognition,
-            "total": perception + cognition, "absent_subtasks": absent, "missing": missing}  # fmt: skip
+    return {
+        "subtasks": subtasks,
+        "perception": perception,
+        "cognition": cognition,
+        "total": perception + cognition,
+        "absent_subtasks": absent,
+        "missing": missing,
+    }
 
 
 def report(result: dict) -> str:

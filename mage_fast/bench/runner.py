@@ -99,8 +99,13 @@ def max_new_tokens(n: int) -> Callable:
 def _option_batch(bench: Bench, qs: list[Question]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every (question, option) pair as a conversation whose answer is the option text, padded on
     the right: input_ids, labels, attention_mask (B·4, L)."""
-    enc = [bench.template.encode([{"from": "human", "value": f"<image>\n{q.meta['question']}"},
-                                  {"from": "gpt", "value": c}]) for q in qs for c in q.choices]  # fmt: skip
+    enc = [
+        bench.template.encode(
+            [{"from": "human", "value": f"<image>\n{q.meta['question']}"}, {"from": "gpt", "value": c}]
+        )
+        for q in qs
+        for c in q.choices
+    ]
     length = max(len(i) for i, _ in enc)
     pad = bench.tokenizer.pad_token_id
     ids = torch.full((len(enc), length), pad, dtype=torch.long)

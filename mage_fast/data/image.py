@@ -65,9 +65,13 @@ class ImageTransform:
         """Write ``preprocessor_config.json`` into the folder ``path``, in the HF form that
         :meth:`from_pretrained_dir` reads back (an exported model carries its training transform)."""
         os.makedirs(path, exist_ok=True)
-        cfg = {"image_mean": list(self.mean), "image_std": list(self.std), "resample": 3,
-               "size": {"height": self.size, "width": self.size},
-               "crop_size": {"height": self.size, "width": self.size}}  # fmt: skip
+        cfg = {
+            "image_mean": list(self.mean),
+            "image_std": list(self.std),
+            "resample": 3,
+            "size": {"height": self.size, "width": self.size},
+            "crop_size": {"height": self.size, "width": self.size},
+        }
         with open(os.path.join(path, "preprocessor_config.json"), "w", encoding="utf-8") as f:
             json.dump(cfg, f, indent=1)
 

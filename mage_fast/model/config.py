@@ -19,6 +19,16 @@ def check_choice(key: str, value: str, choices: object) -> None:
         raise ValueError(f"{key} must be one of {get_args(choices)}, got {value!r}")
 
 
+def hf_sizes(cfg: VisionConfig | LLMConfig) -> dict[str, int]:
+    """The sizes every transformer config shares, under Hugging Face's names."""
+    return {
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+    }
+
+
 @dataclass
 class VisionConfig:
     """Vision tower: a local HF folder (`path`) or a small random-init config from the fields below."""

@@ -8,7 +8,7 @@ import os
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-from mage_fast.model.config import LLMConfig
+from mage_fast.model.config import LLMConfig, hf_sizes
 
 
 def pick_attn_implementation(requested: str) -> str:
@@ -38,10 +38,7 @@ def build_llm(cfg: LLMConfig, vocab_size: int) -> torch.nn.Module:
     conf_cls = LlamaConfig if cfg.arch == "llama" else Qwen2Config
     hf = conf_cls(
         vocab_size=vocab_size,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
+        **hf_sizes(cfg),
         num_key_value_heads=cfg.num_kv_heads,
         max_position_embeddings=cfg.max_position_embeddings,
         pad_token_id=None,  # pad_token_id=0 crashed model init under zero.Init

@@ -39,17 +39,24 @@ def exported_config(model: MageModel) -> ModelConfig:
     cfg = dataclasses.replace(
         model.cfg,
         vision=dataclasses.replace(
-            model.cfg.vision, path=None, select_layer=-1,
+            model.cfg.vision,
+            path=None,
+            select_layer=-1,
             num_layers=model.vision_tower.tower.config.num_hidden_layers,
         ),
         llm=dataclasses.replace(model.cfg.llm, path=None),
         tokenizer="",
-    )  # fmt: skip
+    )
     return cfg
 
 
-def write_export(out_dir: str, model: MageModel, tokenizer, state: dict[str, dict[str, torch.Tensor]],
-                 transform: ImageTransform | None = None) -> None:  # fmt: skip
+def write_export(
+    out_dir: str,
+    model: MageModel,
+    tokenizer,
+    state: dict[str, dict[str, torch.Tensor]],
+    transform: ImageTransform | None = None,
+) -> None:
     """Write the folder from full (gathered) state dicts of the parts: vision_tower, aligner, llm.
     `transform`: the pixel transform training used (default: CLIP's at the tower's size)."""
     parent = os.path.dirname(os.path.abspath(out_dir)) or "."

@@ -58,8 +58,9 @@ def context_pairs(counts: torch.Tensor, include_self: bool) -> tuple[torch.Tenso
     return tuple(torch.tensor(x, dtype=torch.long, device=dev) for x in (units, srcs, guided, ctx_of))
 
 
-def grouped_softmax_sum(scores: torch.Tensor, v: torch.Tensor, unit: torch.Tensor, src: torch.Tensor,
-                        n_units: int) -> torch.Tensor:  # fmt: skip
+def grouped_softmax_sum(
+    scores: torch.Tensor, v: torch.Tensor, unit: torch.Tensor, src: torch.Tensor, n_units: int
+) -> torch.Tensor:
     """Per unit and patch position: sum over the unit's pairs of softmax(scores[src]) · v[src].
 
     scores (N, P) fp32, v (N, P, C), unit/src (Q,) → (n_units, P, C) in v's dtype.

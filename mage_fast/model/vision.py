@@ -18,7 +18,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
-from mage_fast.model.config import VisionConfig
+from mage_fast.model.config import VisionConfig, hf_sizes
 
 _MODELS = {"clip": (CLIPVisionConfig, CLIPVisionModel), "siglip": (SiglipVisionConfig, SiglipVisionModel)}
 
@@ -37,10 +37,7 @@ def _hf_config(cfg: VisionConfig):
     conf_cls, _ = _MODELS[cfg.type]
     extra = {"vision_use_head": False} if cfg.type == "siglip" else {}
     hf = conf_cls(
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
+        **hf_sizes(cfg),
         image_size=cfg.image_size,
         patch_size=cfg.patch_size,
         **extra,

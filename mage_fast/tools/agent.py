@@ -55,8 +55,15 @@ class Episode:
 class Agent:
     """A model + tokenizer + registry; :meth:`run` plays episodes to the end (batched by length)."""
 
-    def __init__(self, model: Any, tokenizer: Any, registry: Registry, transform: ImageTransform,
-                 max_steps: int = 4, max_new_tokens: int = 96):  # fmt: skip
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        registry: Registry,
+        transform: ImageTransform,
+        max_steps: int = 4,
+        max_new_tokens: int = 96,
+    ):
         self.model, self.tok, self.registry, self.transform = model, tokenizer, registry, transform
         self.template = ConversationTemplate(tokenizer, num_image_tokens=model.num_image_tokens)
         self.max_steps, self.max_new_tokens = int(max_steps), int(max_new_tokens)
@@ -131,5 +138,6 @@ def load_agent(model_dir: str, modules: list[str] = (), timeout_s: float = 30.0,
 
     model, tok = load_pretrained(model_dir)
     model.eval()
-    return Agent(model, tok, make_registry(modules, timeout_s=timeout_s),
-                 image_transform(model_dir, model.image_size), **kw)  # fmt: skip
+    return Agent(
+        model, tok, make_registry(modules, timeout_s=timeout_s), image_transform(model_dir, model.image_size), **kw
+    )

@@ -149,8 +149,13 @@ def to_openai(row: Mapping[str, Any]) -> dict[str, Any]:
             for c in parse_calls(value):
                 cid = c.id or f"call_{len(ids)}"
                 ids.append(cid)
-                tcs.append({"id": cid, "type": "function",
-                            "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)}})  # fmt: skip
+                tcs.append(
+                    {
+                        "id": cid,
+                        "type": "function",
+                        "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)},
+                    }
+                )
             messages.append({"role": "assistant", "content": None, "tool_calls": tcs})
             continue
         m: dict[str, Any] = {"role": back[role], "content": _text_to_parts(value, images)}

@@ -130,12 +130,22 @@ def score_episodes(records: list[dict[str, Any]]) -> dict[str, Any]:
         if r["ref_answer"] is not None and (r["ref_calls"] or r["target"] is None):
             ans.append(ep.final is not None and norm_text(ep.final) == norm_text(r["ref_answer"]))
     return {
-        "valid_call": _ratio(valid), "tool_name": _ratio(name), "argument_match": _ratio(args),
-        "argument_f1": f1(tp, n_pred, n_ref) if n_ref else None, "over_call": _ratio(over),
-        "end_to_end": _ratio(e2e), "answer": _ratio(ans),
-        "n": {"rows": len(records), "call_turns": len(valid), "tool_rows": len(name), "no_tool_rows": len(over),
-              "image_targets": len(e2e), "answers": len(ans)},
-    }  # fmt: skip
+        "valid_call": _ratio(valid),
+        "tool_name": _ratio(name),
+        "argument_match": _ratio(args),
+        "argument_f1": f1(tp, n_pred, n_ref) if n_ref else None,
+        "over_call": _ratio(over),
+        "end_to_end": _ratio(e2e),
+        "answer": _ratio(ans),
+        "n": {
+            "rows": len(records),
+            "call_turns": len(valid),
+            "tool_rows": len(name),
+            "no_tool_rows": len(over),
+            "image_targets": len(e2e),
+            "answers": len(ans),
+        },
+    }
 
 
 def _load(path: str) -> Image.Image:
@@ -157,13 +167,29 @@ def prepare(rows: list[dict[str, Any]], root: str) -> list[dict[str, Any]]:
         k = count_placeholders(prompt)[0]
         target = _load(os.path.join(root, row["target"])) if row.get("target") else None
         ep = Episode(prompt, [_load(os.path.join(root, p)) for p in images[:k]])
-        out.append({"id": row.get("id"), "kind": row.get("kind", "all"), "ref_calls": calls, "ref_answer": answer,
-                    "target": target, "episode": ep})  # fmt: skip
+        out.append(
+            {
+                "id": row.get("id"),
+                "kind": row.get("kind", "all"),
+                "ref_calls": calls,
+                "ref_answer": answer,
+                "target": target,
+                "episode": ep,
+            }
+        )
     return out
 
 
-def evaluate(model_dir: str, data: str, modules: list[str] = (), limit: int = 0, batch: int = 64,
-             max_steps: int = 4, image_root: str | None = None, timeout_s: float = 30.0) -> dict[str, Any]:  # fmt: skip
+def evaluate(
+    model_dir: str,
+    data: str,
+    modules: list[str] = (),
+    limit: int = 0,
+    batch: int = 64,
+    max_steps: int = 4,
+    image_root: str | None = None,
+    timeout_s: float = 30.0,
+) -> dict[str, Any]:
     """Scores overall and per row ``kind`` of the first ``limit`` rows (0: all)."""
     from mage_fast.data.llava import read_rows
 
@@ -207,8 +233,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=None, help="write the scores as JSON here")
     a = p.parse_args(argv)
     tc = tools_config(a.config)
-    s = evaluate(a.model, a.data, tc.modules + a.tool_module, a.limit, max_steps=a.max_steps or tc.max_steps,
-                 image_root=a.image_root, timeout_s=tc.timeout_s)  # fmt: skip
+    s = evaluate(
+        a.model,
+        a.data,
+        tc.modules + a.tool_module,
+        a.limit,
+        max_steps=a.max_steps or tc.max_steps,
+        image_root=a.image_root,
+        timeout_s=tc.timeout_s,
+    )
     keys = ["valid_call", "tool_name", "argument_match", "argument_f1", "over_call", "end_to_end", "answer"]
     print(f"{'split':<14}" + "".join(f"{k:>15}" for k in keys) + f"{'rows':>6}")
     for split, m in s.items():

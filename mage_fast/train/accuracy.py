@@ -22,8 +22,16 @@ from mage_fast.train.dist import all_gather_objects
 class AccuracyEval:
     """Items of an answers file (first `limit` rows; 0: all) prepared once, scored on demand."""
 
-    def __init__(self, path: str, model, tok, transform: ImageTransform, limit: int = 0,
-                 batch_size: int = 64, max_new_tokens: int = 8) -> None:  # fmt: skip
+    def __init__(
+        self,
+        path: str,
+        model,
+        tok,
+        transform: ImageTransform,
+        limit: int = 0,
+        batch_size: int = 64,
+        max_new_tokens: int = 8,
+    ) -> None:
         rows = read_rows(path)
         rows = rows[:limit] if limit else rows
         self.items = prepare(rows, model, tok, os.path.dirname(os.path.abspath(path)), transform)

@@ -48,9 +48,15 @@ def convert(run_dir: str, tag: str, workers: int = 1) -> str:
     t0 = time.time()
     # inject_missing_state: ZeRO-1/2 conversion needs `universal_checkpoint_info` in the client
     # state; checkpoint.save writes it, and this covers checkpoints saved without it.
-    args = SimpleNamespace(input_folder=src, output_folder=out, num_extract_workers=workers,
-                           num_merge_workers=workers, keep_temp_folder=False, strict=True,
-                           inject_missing_state=True)  # fmt: skip
+    args = SimpleNamespace(
+        input_folder=src,
+        output_folder=out,
+        num_extract_workers=workers,
+        num_merge_workers=workers,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,
+    )
     ds_to_universal.main(args)
     with open(os.path.join(src, checkpoint.META)) as f:
         meta = json.load(f)

@@ -297,8 +297,11 @@ def step_probe(engine) -> dict:
         s, s2 = s + float(x.sum()), s2 + float((x * x).sum())
     total, squares = all_reduce_vec([s, s2])
     groups = engine.optimizer.param_groups
-    return {"lr": {g.get("name", str(i)): g["lr"] for i, g in enumerate(groups)},
-            "sched_steps": int(engine.lr_scheduler.last_epoch), "param_sum": [total, squares]}  # fmt: skip
+    return {
+        "lr": {g.get("name", str(i)): g["lr"] for i, g in enumerate(groups)},
+        "sched_steps": int(engine.lr_scheduler.last_epoch),
+        "param_sum": [total, squares],
+    }
 
 
 class OptimizerTimer:

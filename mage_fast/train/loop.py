@@ -237,8 +237,9 @@ def build_run(cfg: TrainConfig) -> Run:
         acc_eval = AccuracyEval(path, model, tokenizer, transform, limit=cfg.data.answers_limit)
     batches = ResumableBatches(len(data), cfg.micro_batch_size, rank, world, cfg.seed)
     collate = Collator(tokenizer.pad_token_id, model.image_size)
-    return Run(cfg, rank, world, ds, engine, tokenizer, transform, data, collate, batches, acc_eval, hf_ds, tag,
-               universal)  # fmt: skip
+    return Run(
+        cfg, rank, world, ds, engine, tokenizer, transform, data, collate, batches, acc_eval, hf_ds, tag, universal
+    )
 
 
 def resume(run: Run) -> Progress:
@@ -246,8 +247,9 @@ def resume(run: Run) -> Progress:
     prog = Progress()
     tag = run.resume_tag
     if tag:
-        checkpoint.check_compatible(run.cfg.run_dir, tag, param_shapes(run.engine.module), run.world,
-                                    resized=bool(run.universal))  # fmt: skip
+        checkpoint.check_compatible(
+            run.cfg.run_dir, tag, param_shapes(run.engine.module), run.world, resized=bool(run.universal)
+        )
         if run.universal:
             client = resize.load(run.engine, run.cfg.run_dir, tag, run.universal, run.cfg.seed, run.rank)
         else:
@@ -452,8 +454,10 @@ def _summary(run: Run, prog: Progress, history: list[dict], accuracy: list[dict]
     barrier()  # every rank's late decode failures are in its log
     late = startup.late_failures(run.cfg.run_dir)
     for r, v in late.items() if run.rank == 0 else ():
-        print(f"failed to decode in the loader ({r}): {len(v['ids'])}, ids {v['ids']}, replaced by "
-              f"{v['replaced_by']}", flush=True)  # fmt: skip
+        print(
+            f"failed to decode in the loader ({r}): {len(v['ids'])}, ids {v['ids']}, replaced by {v['replaced_by']}",
+            flush=True,
+        )
     return {
         "step": prog.step,
         "world_size": run.world,

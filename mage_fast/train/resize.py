@@ -50,8 +50,11 @@ def prepare(run_dir: str, tag: str | None, ds: dict, world: int, rank: int, enab
     if old is None or old == world or not enabled:
         return None
     if rank == 0:
-        print(f"resize: {tag} was written by {old} ranks, this run has {world}: converting to a universal "
-              f"checkpoint in {convert.universal_root(run_dir)}", flush=True)  # fmt: skip
+        print(
+            f"resize: {tag} was written by {old} ranks, this run has {world}: converting to a universal "
+            f"checkpoint in {convert.universal_root(run_dir)}",
+            flush=True,
+        )
         try:
             convert.convert(run_dir, tag)
         except Exception as e:  # the other ranks wait at the barrier; the launcher stops them

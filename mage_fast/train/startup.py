@@ -19,8 +19,14 @@ def dataset_hooks(run_dir: str, rank: int, world: int, workers: int) -> dict:
     """`image_check` and `late_log` keyword arguments of `LlavaDataset.from_config` for this rank.
     The check runs in `workers` processes per rank (data.num_workers; at least one)."""
     gather = functools.partial(all_gather_objects, world=world)
-    check = functools.partial(scan_images, rank=rank, world=world, gather=gather, workers=max(1, workers),
-                              cache=os.path.join(run_dir, CHECK_CACHE))  # fmt: skip
+    check = functools.partial(
+        scan_images,
+        rank=rank,
+        world=world,
+        gather=gather,
+        workers=max(1, workers),
+        cache=os.path.join(run_dir, CHECK_CACHE),
+    )
     return {"image_check": check, "late_log": os.path.join(run_dir, LATE_LOG.format(rank=rank))}
 
 

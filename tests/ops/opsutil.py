@@ -129,3 +129,16 @@ def device_for(backend: str) -> Iterator[None]:
         yield
     finally:
         torch.set_default_device("cpu")
+
+
+def assert_compiled_matches(fn, inputs: list[torch.Tensor]) -> None:
+    """fn(*inputs) (a 0-dim loss) under torch.compile (fullgraph, aot_eager: no C++ codegen)
+    equals eager, value and input grads."""
+    a, b = leaves(*inputs), leaves(*inputs)
+    out = fn(*a)
+    out.backward()
+    cout = torch.compile(fn, backend="aot_eager", fullgraph=True)(*b)
+    cout.backward()
+    assert_close32("out", cout, out)
+    for x, y in zip(a, b):
+        assert_close32("grad", y.grad, x.grad)

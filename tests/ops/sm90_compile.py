@@ -124,26 +124,17 @@ def pool_variants(smoke: bool) -> Iterator[Variant]:
         for c, wo, k, even in ((1024, 12, 2, True), (1152, 7, 2, True), (1024, 9, 3, False)):
             bw, bc, warps = _launch.pool_settings(c, wo, eb, interpret=False)
             masked = wo % bw != 0 or c % bc != 0
-            consts = {"K": k, "BLOCK_W": bw, "BLOCK_C": bc, "EVEN_HW": even, "MASKED": masked, "s_xc": 1, "s_yc": 1}
             tag = f"{dt},C={c},Wo={wo},k={k}"
-            yield Variant(
-                f"pool_fwd[{tag}]",
-                patch_pool._patch_pool_fwd_kernel,
-                {"x_ptr": f"*{dt}", "y_ptr": f"*{dt}"},
-                consts,
-                {"num_warps": warps},
-                ("C", "s_xb", "s_xt", "s_yb", "s_yt"),
-            )
-            bconsts = {**consts, "s_gc": 1, "s_dc": 1}
-            del bconsts["s_xc"], bconsts["s_yc"]
-            yield Variant(
-                f"pool_bwd[{tag}]",
-                patch_pool._patch_pool_bwd_kernel,
-                {"g_ptr": f"*{dt}", "dx_ptr": f"*{dt}"},
-                bconsts,
-                {"num_warps": warps},
-                ("C", "s_gb", "s_gt", "s_db", "s_dt"),
-            )
+            for kind, kernel, ptrs, (si, so) in (
+                ("fwd", patch_pool._patch_pool_fwd_kernel, ("x_ptr", "y_ptr"), ("s_x", "s_y")),
+                ("bwd", patch_pool._patch_pool_bwd_kernel, ("g_ptr", "dx_ptr"), ("s_g", "s_d")),
+            ):
+                layout = {"K": k, "BLOCK_W": bw, "BLOCK_C": bc, "EVEN_HW": even, "MASKED": masked}
+                consts = {**layout, si + "c": 1, so + "c": 1}  # stride 1 along C, as the JIT specialises
+                ints = ("C", si + "b", si + "t", so + "b", so + "t")
+                yield Variant(
+                    f"pool_{kind}[{tag}]", kernel, dict.fromkeys(ptrs, f"*{dt}"), consts, {"num_warps": warps}, ints
+                )
             if smoke:
                 return
 

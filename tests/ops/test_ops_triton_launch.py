@@ -7,7 +7,7 @@ import importlib
 import pytest
 import torch
 from mage_fast.kernels import _gemm, _launch
-from opsutil import assert_close32, leaves
+from opsutil import assert_close32, assert_compiled_matches
 from tritonutil import on_device, requires_triton  # noqa: F401  (on_device: autouse fixture)
 
 from mage_fast.ops import ce_mse, ian_projection, patch_pool
@@ -52,26 +52,17 @@ def test_gemm_strided_operands(dtype: torch.dtype) -> None:
     assert_close32("a @ w^T", out, a.float() @ w.float().t(), atol=1e-4)
 
 
-def _compiled_matches(fn, inputs: list[torch.Tensor]) -> None:
-    a, b = leaves(*inputs), leaves(*inputs)
-    out = fn(*a)
-    out.backward()
-    cout = torch.compile(fn, backend="aot_eager", fullgraph=True)(*b)
-    cout.backward()
-    assert_close32("out", cout, out)
-    for x, y in zip(a, b):
-        assert_close32("grad", y.grad, x.grad)
-
-
 def test_compile_triton_ops() -> None:
     # AOT autograd traces the fakes of the forward and backward custom ops, never a launcher.
     torch._dynamo.reset()
-    _compiled_matches(lambda x: patch_pool(x, (3, 5), 2, backend="triton").square().sum(), [torch.randn(2, 15, 4)])
+    assert_compiled_matches(
+        lambda x: patch_pool(x, (3, 5), 2, backend="triton").square().sum(), [torch.randn(2, 15, 4)]
+    )
     C, D = 6, 10
     ts = [torch.randn(3, C), torch.randn(D, C), torch.randn(D), torch.randn(D, D), torch.randn(D)]
     ts += [torch.ones(D), torch.zeros(D)]
-    _compiled_matches(lambda *t: ian_projection(*t, backend="triton").square().sum(), ts)
+    assert_compiled_matches(lambda *t: ian_projection(*t, backend="triton").square().sum(), ts)
     lab = torch.tensor([1, -100, 3, 0, 19])
     tgt, mask = torch.randn(2, 4), torch.tensor([True, False])
     fn = lambda h, w, img: ce_mse(h, w, lab, img, tgt, mask, 0.5, num_items=4, backend="triton")[0]
-    _compiled_matches(fn, [torch.randn(5, 8), torch.randn(20, 8), torch.randn(2, 4)])
+    assert_compiled_matches(fn, [torch.randn(5, 8), torch.randn(20, 8), torch.randn(2, 4)])
