@@ -411,7 +411,30 @@ def main(bench: OpBench, module: str, argv: list[str] | None = None) -> int:
         f"{peaks.tflops:.3f} TFLOP/s",
         flush=True,
     )
-    rows: list[dict] = []
+    rows = _collect(bench, module, args, providers, shapes, modes, dtype, device, budget)
+    _annotate(bench, args, rows, shapes, dtype, device, peaks)
+    if args.csv:
+        common.append_rows(rows, args.csv)
+    print_table(rows)
+    print(f"[{bench.op}] {len(rows)} row(s) -> {args.csv or '(not written)'} in {time.time() - t0:.0f} s", flush=True)
+    errors = sum(r.get("status") != "ok" for r in rows)
+    if errors:
+        print(f"[{bench.op}] WARNING: {errors} case(s) errored (rows with status=error)", flush=True)
+    return 1 if errors and args.strict else 0
+
+
+def _collect(
+    bench: OpBench,
+    module: str,
+    args: argparse.Namespace,
+    providers: list[str],
+    shapes: list[dict],
+    modes: list[str],
+    dtype: str,
+    device: torch.device,
+    budget: float,
+) -> list[dict]:
+    """The rows of every provider: in this process (--isolate none) or in children."""
     if args.isolate == "none":
         import contextlib
         import io
@@ -419,12 +442,25 @@ def main(bench: OpBench, module: str, argv: list[str] | None = None) -> int:
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
             run_child(bench, providers, shapes, modes, dtype, device, budget)
-        rows = [json.loads(ln[len(ROW_TAG) :]) for ln in buf.getvalue().splitlines() if ln.startswith(ROW_TAG)]
-    else:
-        groups = [[p] for p in providers] if args.isolate == "provider" else [providers]
-        for group in groups:
-            if group:
-                rows += _spawn(bench, module, args, group, dtype)
+        return [json.loads(ln[len(ROW_TAG) :]) for ln in buf.getvalue().splitlines() if ln.startswith(ROW_TAG)]
+    rows: list[dict] = []
+    groups = [[p] for p in providers] if args.isolate == "provider" else [providers]
+    for group in groups:
+        if group:
+            rows += _spawn(bench, module, args, group, dtype)
+    return rows
+
+
+def _annotate(
+    bench: OpBench,
+    args: argparse.Namespace,
+    rows: list[dict],
+    shapes: list[dict],
+    dtype: str,
+    device: torch.device,
+    peaks: common.Peaks,
+) -> None:
+    """Run identity, notes and the roofline columns (against this run's `peaks`) into each row."""
     by_label = {shape_label(s): s for s in shapes}
     itemsize = torch.empty(0, dtype=common.dtype_of(dtype)).element_size()
     ident = common.run_identity(device)
@@ -440,14 +476,6 @@ def main(bench: OpBench, module: str, argv: list[str] | None = None) -> int:
         fl = 0 if model_less else bench.flops(s, r["mode"])
         nb = 0 if model_less else bench.nbytes(s, r["mode"], itemsize)
         r.update(common.roofline(fl, nb, float(r["ms_median"]), bench.bound, peaks))
-    if args.csv:
-        common.append_rows(rows, args.csv)
-    print_table(rows)
-    print(f"[{bench.op}] {len(rows)} row(s) -> {args.csv or '(not written)'} in {time.time() - t0:.0f} s", flush=True)
-    errors = sum(r.get("status") != "ok" for r in rows)
-    if errors:
-        print(f"[{bench.op}] WARNING: {errors} case(s) errored (rows with status=error)", flush=True)
-    return 1 if errors and args.strict else 0
 
 
 def profile_all(

@@ -12,6 +12,10 @@ Kinds (``qtype`` of each row), every row carrying the ``render_scene`` and ``edi
   none           a question the image answers (colour / shape / position / count / describe):
                  no call, so the model learns not to over-call
 
+Argument keys follow the request's word order ("a red circle at top" -> colour, shape, position;
+"make the red circle blue" -> op, colour, shape, to): the model copies the values in the order it
+reads them (JSON objects are unordered, so the calls are the same to the tools and the scorer).
+
 The observation images are what the tools return for the reference calls (saved as PNGs), so
 ``target`` (the last tool image of a row) is what a correct call must reproduce pixel for pixel.
 Written: DIR/images/*.png, DIR/train.json, DIR/eval.json (held-out input images and scenes).
@@ -66,11 +70,11 @@ def _edit(objs: list[Obj], rng: random.Random) -> tuple[dict[str, Any], str, lis
     if op == "add":
         c, s = rng.choice([(c, s) for c in COLOURS for s in SHAPES if (c, s) not in pairs])
         cell = rng.choice(free)
-        e = {"op": "add", "shape": s, "colour": c, "to": POSITIONS[cell]}
+        e = {"op": "add", "colour": c, "shape": s, "to": POSITIONS[cell]}
         return e, f"add a {c} {s} at {POSITIONS[cell]}", objs + [Obj(c, s, cell)]
     o, to = rng.choice(recolours) if op == "recolour" else (rng.choice(objs), None)
     rest = [x for x in objs if x is not o]
-    e = {"op": op, "shape": o.shape, "colour": o.colour}
+    e = {"op": op, "colour": o.colour, "shape": o.shape}
     if op == "remove":
         return e, f"remove the {o.colour} {o.shape}", rest
     if op == "recolour":
@@ -87,7 +91,7 @@ def sample_task(rng: random.Random) -> Task:
     if kind == "draw":
         order = rng.sample(objs, len(objs))
         words = " and ".join(f"a {o.colour} {o.shape} at {o.position}" for o in order)
-        args = {"objects": [{"shape": o.shape, "colour": o.colour, "position": o.position} for o in order]}
+        args = {"objects": [{"colour": o.colour, "shape": o.shape, "position": o.position} for o in order]}
         return Task(kind, None, f"draw {words} .", [Call("render_scene", args)], qtype=kind)
     if kind == "none":
         qs = questions(objs, rng) + [("describe", "describe the image .", grid_caption(objs))]
