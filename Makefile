@@ -70,7 +70,7 @@ clean:
 # executor's scores on the held-out rows (valid-call, tool name, arguments, over-call, end-to-end).
 demo-tools: install
 	test -f $(DEMO)/stage2/export/mage_config.json || $(MAKE) demo
-	$(VENV)/bin/python -m mage_fast.data.shapes_tools --out $(DEMO)/tools --n 3000 --seed 1
+	$(VENV)/bin/python -m mage_fast.data.shapes_tools --out $(DEMO)/tools --n 6300 --n-eval 300 --seed 1
 	PATH=$(abspath $(VENV))/bin:$$PATH deepspeed --num_gpus $(NPROC) --module mage_fast.train \
 	  --config configs/train/demo_tools.yaml run_dir=$(DEMO)/stage3 data.root=$(DEMO)/tools \
 	  init_from=$(DEMO)/stage2/export

@@ -151,11 +151,13 @@ def tool_corpus(n: int = 400, seed: int = 12345) -> list[str]:
     return texts
 
 
-def generate_tools(out: str, n: int, seed: int, size: int = 48, eval_fraction: float = 0.1) -> dict:
-    """Write ``n`` rows (train + held-out eval) to ``out``; returns the split sizes."""
+def generate_tools(out: str, n: int, seed: int, size: int = 48, n_eval: int | None = None) -> dict:
+    """Write ``n`` rows (train + ``n_eval`` held-out, default 10 %) to ``out``; returns the split sizes."""
     rng = random.Random(seed)
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
-    n_eval = max(8, int(n * eval_fraction))
+    n_eval = max(8, n // 10) if n_eval is None else n_eval
+    if not 0 < n_eval < n:
+        raise ValueError(f"--n-eval must be in (0, {n}), got {n_eval}")
     rows = [task_row(sample_task(rng), f"t{i:05d}", out, rng, size) for i in range(n)]
     splits = {"train": rows[: n - n_eval], "eval": rows[n - n_eval :]}
     for name, part in splits.items():
@@ -173,8 +175,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=3000, help="rows (train + eval)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--size", type=int, default=48)
+    p.add_argument("--n-eval", type=int, default=None, help="held-out rows (default: 10 %% of --n)")
     a = p.parse_args(argv)
-    print(json.dumps(generate_tools(a.out, a.n, a.seed, a.size)), "->", a.out)
+    print(json.dumps(generate_tools(a.out, a.n, a.seed, a.size, a.n_eval)), "->", a.out)
 
 
 if __name__ == "__main__":
