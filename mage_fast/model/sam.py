@@ -1,4 +1,4 @@
-"""SAM: multi-image semantic alignment on the IAN aligner (DESIGN.md §1.2).
+"""SAM: multi-image semantic alignment on the IAN aligner (the SAM paper's method, on MAGE's IAN).
 
 For the images of one sample, V_j (g·g, C), each image's visual tokens are extracted with guidance
 from the whole set:

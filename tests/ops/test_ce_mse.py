@@ -1,5 +1,5 @@
 """ce_mse on every backend (torch, triton, cpp, cuda; the backend is a fixture) vs the full-logits
-F.cross_entropy + MSE reference: fp32 tight, bf16/fp16 by the 2x rule (DESIGN.md §3), fp16 under
+F.cross_entropy + MSE reference: fp32 tight, bf16/fp16 by the 2x rule (mage_fast/ops/reference.py), fp16 under
 a 2^16 loss scale, forward and backward, odd shapes and chunk edges, ignore_index / all ignored /
 NaN in padding rows / num_items, the fp32 target-class gradient, retain_graph, opcheck."""
 
