@@ -60,9 +60,9 @@ def run_tools(a: argparse.Namespace, question: str) -> int:
         for call, obs in zip(step.calls, step.observations):
             print(f"step {k}: call {call.name} {json.dumps(call.arguments)}")
             for im in obs.images:
-                path = os.path.join(a.save_dir, f"tool_image_{saved}.png")
+                while os.path.exists(path := os.path.join(a.save_dir, f"tool_image_{saved}.png")):
+                    saved += 1  # never overwrite an earlier chat's images in the same folder
                 im.save(path)
-                saved += 1
                 print(f"step {k}: {call.name} -> image {path}")
             if not obs.images:
                 print(f"step {k}: {call.name} -> {obs.text}")
