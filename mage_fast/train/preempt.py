@@ -51,9 +51,15 @@ def pause_for_signal(step: int, stop: StopRequest) -> None:
     every rank wait after step 6 until a stop signal reaches it or 20 s pass (default 30), so a
     test's signal lands between two steps however fast the steps are, never after the last one."""
     spec = os.environ.get("MAGE_FAST_PAUSE_AFTER", "")
-    at, _, seconds = spec.partition(":")
-    if not at or int(at) != step:
+    if not spec:
         return
-    deadline = time.monotonic() + float(seconds or 30)
+    at, _, seconds = spec.partition(":")
+    try:
+        at_step, wait_s = int(at), float(seconds or 30)
+    except ValueError:
+        raise ValueError(f"MAGE_FAST_PAUSE_AFTER must be STEP or STEP:SECONDS, got {spec!r}") from None
+    if at_step != step:
+        return
+    deadline = time.monotonic() + wait_s
     while not stop.requested() and time.monotonic() < deadline:
         time.sleep(0.05)
