@@ -22,15 +22,8 @@ from collections.abc import Callable
 
 import torch
 
-from benchmarks.harness import (
-    Inputs,
-    OpBench,
-    Provider,
-    compiled,
-    main,
-    module_available,
-    standard_providers,
-)
+from benchmarks.harness import main
+from benchmarks.opbench import Inputs, OpBench, Provider, compiled, module_available, standard_providers
 
 OP = "ce_mse"
 _GPU = [{"N": n, "H": 4096, "V": v} for v in (32000, 128256, 151936) for n in (4096, 8192, 16384)]

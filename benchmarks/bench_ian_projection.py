@@ -21,7 +21,8 @@ from collections.abc import Callable
 
 import torch
 
-from benchmarks.harness import Inputs, OpBench, compiled, main, standard_providers
+from benchmarks.harness import main
+from benchmarks.opbench import Inputs, OpBench, compiled, standard_providers
 
 OP = "ian_projection"
 _GPU = [{"B": b, "M": b * 576, "C": 1024, "D": d} for d in (2048, 4096) for b in (4, 16, 64)]

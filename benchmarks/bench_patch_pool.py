@@ -20,7 +20,8 @@ from collections.abc import Callable
 
 import torch
 
-from benchmarks.harness import Inputs, OpBench, compiled, main, standard_providers
+from benchmarks.harness import main
+from benchmarks.opbench import Inputs, OpBench, compiled, standard_providers
 
 OP = "patch_pool"
 _GPU = [{"B": b, "G": g, "C": c, "k": k} for b in (16, 64) for g in (24, 27) for c in (1024, 1152) for k in (2, 3)]

@@ -10,7 +10,7 @@ from testutil import ROOT
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from benchmarks import common, harness  # noqa: E402
+from benchmarks import common, opbench  # noqa: E402
 
 
 def key_row(**kw: str) -> dict:
@@ -55,7 +55,7 @@ def test_latest_run_per_op_and_device() -> None:
 
 
 def test_shape_label_and_summary() -> None:
-    assert harness.shape_label({"N": 4096, "H": 1024, "V": 32000, "modes": ("full",)}) == "N=4096,H=1024,V=32000"
+    assert opbench.shape_label({"N": 4096, "H": 1024, "V": 32000, "modes": ("full",)}) == "N=4096,H=1024,V=32000"
     t = common.summarize([5.0, 1.0, 3.0])
     assert (t.median, t.p20, t.p80, t.reps) == (3.0, 1.0, 5.0, 3)
     t = common.summarize([float(i) for i in range(1, 11)])
