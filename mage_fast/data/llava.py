@@ -212,35 +212,43 @@ class LlavaDataset(Dataset):
             messages = to_messages(row.get("conversations"))
             images, captions = _parse_media(row)
         except RowError as e:  # tool rows: the validator's reasons
-            return st.add(e.reason, sid, e.detail)
+            st.add(e.reason, sid, e.detail)
+            return None
         except ValueError as e:
-            return st.add("malformed", sid, str(e))
+            st.add("malformed", sid, str(e))
+            return None
         # images come in human turns and, for tool results, in observation turns
         n_user = sum(m["content"].count(IMAGE_TOKEN) for m in messages if m["role"] in ("user", "tool"))
         n_all = sum(m["content"].count(IMAGE_TOKEN) for m in messages)
         if n_user != len(images) or n_all != n_user:
             detail = f"{n_all} {IMAGE_TOKEN} ({n_user} in human/observation turns) for {len(images)} images"
-            return st.add("placeholder_mismatch", sid, detail)
+            st.add("placeholder_mismatch", sid, detail)
+            return None
         try:
             rendered = self.template.render(messages, tools=tools)
         except Exception as e:  # e.g. a chat template raising on the turn order
-            return st.add("malformed", sid, f"template: {type(e).__name__}: {e}")
+            st.add("malformed", sid, f"template: {type(e).__name__}: {e}")
+            return None
         return sid, (row["conversations"], tools), images, captions, rendered
 
     def _keep(self, row: tuple, ids: np.ndarray, mask: np.ndarray, image_ok: dict, tokens: dict | None) -> None:
         """The checks after tokenization; a row that passes them joins the dataset."""
         st, (sid, messages, images, captions, _) = self.stats, row
         if int((ids == self.template.image_token_id).sum()) != len(images):
-            return st.add("placeholder_mismatch", sid, "image tokens after rendering != images")
+            st.add("placeholder_mismatch", sid, "image tokens after rendering != images")
+            return None
         length = self.template.expanded_length(ids)
         if length > self.max_length:
-            return st.add("over_length", sid, f"{length} tokens > max_length {self.max_length}")
+            st.add("over_length", sid, f"{length} tokens > max_length {self.max_length}")
+            return None
         if not mask.any():
-            return st.add("no_labels", sid, "no assistant token")
+            st.add("no_labels", sid, "no assistant token")
+            return None
         paths = [os.path.join(self.image_root, p) for p in images]
         bad = next(filter(None, (image_ok[p] for p in paths)), None)
         if bad:
-            return st.add(bad[0], sid, bad[1])
+            st.add(bad[0], sid, bad[1])
+            return None
         self.ids.append(sid)
         self.images.append(paths)
         self.captions.append(captions)

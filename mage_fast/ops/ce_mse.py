@@ -237,6 +237,8 @@ def _fake(hidden, weight, labels, img, img_target, img_mask, lam, ignore_index, 
 def _setup_context(ctx, inputs, output) -> None:
     # No incoming gradient for the stored outputs (nobody differentiates them): without this,
     # autograd materialises a zeros tensor of each, i.e. a V x H one for grad_weight per backward.
+    # (Not marked non-differentiable: with that, the in-place backward scaled a buffer a raw-op
+    # caller still held; test_retain_graph_and_in_place_backward catches it.)
     ctx.set_materialize_grads(False)
     ctx.lam = inputs[6]
     ctx.flags = inputs[9:12]

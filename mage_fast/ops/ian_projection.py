@@ -160,8 +160,10 @@ _ian_projection_op.register_fake(_fwd_fake)
 def _setup_context(ctx, inputs, output) -> None:
     x, w1, _, w2, _, ln_w, _, _, save, backend = inputs
     _, z1, xhat, rstd = output
-    # z1, xhat and rstd are saved, never differentiated: without this, autograd materialises a
-    # zeros tensor of each (two N x D) in every backward.
+    # z1, xhat and rstd are saved for the backward, not results: they get no gradient (a raw-op
+    # caller cannot differentiate them), and autograd builds no zeros tensor of each (two N x D)
+    # in every backward.
+    ctx.mark_non_differentiable(z1, xhat, rstd)
     ctx.set_materialize_grads(False)
     ctx.save = save
     ctx.backend = backend
@@ -211,9 +213,9 @@ _ian_projection_backward_op.register_fake(_bwd_fake)
 def _backward(ctx, dy, _dz1, _dxhat, _drstd):
     if not ctx.save:
         raise RuntimeError("ian_projection: backward needs the forward run with save=True")
-    x, w1, w2, ln_w, z1, xhat, rstd = ctx.saved_tensors
     if dy is None:  # y does not reach the loss
         return (None,) * 10
+    x, w1, w2, ln_w, z1, xhat, rstd = ctx.saved_tensors
     needs = tuple(ctx.needs_input_grad[:7])
     row = TABLE[ctx.backend]
     if row.opaque_backward:

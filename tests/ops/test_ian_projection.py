@@ -65,6 +65,8 @@ def test_backward_materialises_no_zero_gradients(backend: str) -> None:
     zeros = [e for e in prof.events() if e.name in ("aten::zeros", "aten::zeros_like")]
     biggest = max((max(e.cpu_memory_usage, e.device_memory_usage) for e in zeros), default=0)
     assert biggest < y.numel() * 4, f"the backward allocated a zero gradient of {biggest} bytes"
+    _, z1, xhat, rstd = torch.ops.mage_fast.ian_projection(*a, 1e-5, True, backend)
+    assert not (z1.requires_grad or xhat.requires_grad or rstd.requires_grad)  # saved, not results
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
