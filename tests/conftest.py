@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from testutil import remove_ds_shm_buffers
 
 # Without a GPU the Triton kernels run under the interpreter. Triton reads TRITON_INTERPRET when a
 # kernel is decorated (when mage_fast.kernels is first imported), so it must be set before any
@@ -38,3 +39,4 @@ def tokenizer(shapes_dir):
 def _few_threads():
     torch.set_num_threads(1)
     yield
+    remove_ds_shm_buffers()

@@ -21,7 +21,7 @@ import sys
 
 import pytest
 from test_train_zero3 import TINY, strict_zero3  # noqa: F401  (fixture)
-from testutil import ROOT, uneven_captions_world
+from testutil import DS_PORTS, ROOT, uneven_captions_world
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,9 @@ PART_LRS = ["optim.lr_aligner=5e-3", "optim.lr_llm=2e-3"]  # three groups, three
 def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port = s.getsockname()[1]
+    DS_PORTS.append(port)  # its /dev/shm buffers are removed after the test
+    return port
 
 
 def _env(extra: dict | None = None) -> dict:

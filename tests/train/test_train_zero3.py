@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 
 import pytest
-from testutil import ROOT, uneven_captions_world
+from testutil import DS_PORTS, ROOT, uneven_captions_world
 
 pytestmark = pytest.mark.slow
 
@@ -31,9 +31,12 @@ TINY = [
 
 
 def _free_port() -> int:
+    """A free port for a launch's master, recorded so its /dev/shm buffers are removed after the test."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port = s.getsockname()[1]
+    DS_PORTS.append(port)
+    return port
 
 
 def launch_cmd(args: list[str], env: dict | None = None) -> tuple[list[str], dict]:
