@@ -14,7 +14,8 @@ The tokens are walked in chunks of `rows` (mage_fast.ops.ce_mse.plan). Per chunk
 The MSE term: `_ce_mse_mse_kernel`, one image vector per program, squared error and the unscaled
 gradient (img - img_target on masked rows) in fp32. Per-token and per-image partial sums are
 summed by torch: deterministic, no atomics, and the denominator stays on the device (no host sync).
-The scales 1/denom and 2/count are returned for the autograd backward, which applies them in fp32.
+The op (mage_fast.ops.ce_mse) divides by the denominator and returns the scales 1/denom and
+2/count for the autograd backward, which applies them in fp32.
 """
 
 from __future__ import annotations
@@ -102,8 +103,15 @@ def _ce_mse_mse_kernel(
     tl.store(sq_ptr + row, tl.sum(acc, axis=0))
 
 
-def _ce_chunks(hidden, weight, labels, ignore_index, need_h, need_w, rows):
-    """-> (per-token CE (N,) fp32, P W (N, H) or None, P^T h (V, H) fp32 or None)."""
+@_launch.on_tensor_device
+def linear_ce_fwd(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, ignore_index: int, need_h: bool, need_w: bool, rows: int
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """hidden (N, H), weight (V, H), labels (N,) int64 in [0, V) or ignore_index, `rows` tokens per
+    chunk -> (per-token CE (N,) fp32, the unscaled P W (N, H) in hidden's dtype or None, P^T h
+    (V, H) fp32 or None)."""
+    labels = labels.contiguous()
+    ignore_index = int(ignore_index)
     N, H = hidden.shape
     V = weight.shape[0]
     dev, dt = hidden.device, hidden.dtype
@@ -144,8 +152,12 @@ def _ce_chunks(hidden, weight, labels, ignore_index, need_h, need_w, rows):
     return loss_rows, gh, gw
 
 
-def _mse(img, img_target, img_mask, need_img_grad):
-    """-> (sum of squares fp32 0-dim, img - img_target on masked rows or None, 2 / count (1,))."""
+@_launch.on_tensor_device
+def masked_mse_fwd(
+    img: torch.Tensor, img_target: torch.Tensor, img_mask: torch.Tensor, need_img_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """img/img_target (M, D), img_mask (M,) bool -> (MSE over the masked rows 0-dim fp32, the
+    unscaled img - img_target (M, D) in img's dtype (0 on unmasked rows) or None, 2 / count 0-dim)."""
     M, D = img.shape
     dev = img.device
     cnt = (img_mask.sum().float() * D).clamp(min=1).reshape(1)
@@ -172,36 +184,3 @@ def _mse(img, img_target, img_mask, need_img_grad):
     elif gi is not None:
         gi.zero_()
     return sq.sum() / cnt[0], gi, 2.0 / cnt[0]
-
-
-@_launch.on_tensor_device
-def ce_mse_fwd(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    labels: torch.Tensor,
-    img: torch.Tensor,
-    img_target: torch.Tensor,
-    img_mask: torch.Tensor,
-    lam: float,
-    ignore_index: int,
-    num_items: float | None,
-    need_hidden_grad: bool,
-    need_weight_grad: bool,
-    need_img_grad: bool,
-    rows: int,
-) -> tuple[torch.Tensor | None, ...]:
-    """hidden (N, H), weight (V, H), labels (N,) int64 in [0, V) or ignore_index, img/img_target
-    (M, D), img_mask (M,) bool, `rows` tokens per chunk -> (loss, ce, mse) 0-dim fp32, the
-    unscaled P W (N, H) in hidden's dtype, P^T h (V, H) fp32, img - img_target (M, D) in img's
-    dtype (None where not needed), and (1 / denom, 2 / count) (2,) fp32."""
-    labels = labels.contiguous()
-    valid = labels != ignore_index
-    if num_items is None:
-        denom = valid.sum().clamp(min=1).float()  # on the device: no host sync
-    else:
-        denom = torch.tensor(max(float(num_items), 1.0), device=hidden.device)
-    inv = 1.0 / denom
-    loss_rows, gh, gw = _ce_chunks(hidden, weight, labels, int(ignore_index), need_hidden_grad, need_weight_grad, rows)
-    ce = loss_rows.sum() * inv
-    mse, gi, s_mse = _mse(img, img_target, img_mask, need_img_grad)
-    return ce + lam * mse, ce, mse, gh, gw, gi, torch.stack([inv, s_mse])

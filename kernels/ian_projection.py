@@ -1,6 +1,6 @@
 """ian_projection y = LN(GELU(x w1^T + b1) w2^T + b2): forward and backward launchers.
 
-Forward (three launches):
+Forward (three launches; `linear_gelu_fwd` runs 1, `linear_layernorm_fwd` 2 and 3):
   1. GEMM x w1^T with the bias + exact-GELU epilogue: h = GELU(z1) (x.dtype, GEMM 2's operand)
      and, when a backward will follow, z1 = x w1^T + b1 (x.dtype) saved;
   2. GEMM h w2^T -> z2 without bias, fp32 (N, D);
@@ -123,29 +123,29 @@ def _ian_projection_ln_bwd_kernel(
 
 
 @on_tensor_device
-def ian_projection_fwd(
-    x: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor,
-    w2: torch.Tensor,
-    b2: torch.Tensor,
-    ln_w: torch.Tensor,
-    ln_b: torch.Tensor,
-    eps: float,
-    save: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """x (N, C), w1 (D, C), w2 (D, D), vectors (D,) -> y (N, D) and, if `save`, z1 (N, D),
-    xhat (N, D) (x.dtype) and rstd (N,) fp32; else None for those three."""
-    N = x.shape[0]
-    D = w1.shape[0]
-    dev, dt = x.device, x.dtype
-    b1, b2, ln_w, ln_b = (t.contiguous() for t in (b1, b2, ln_w, ln_b))  # kernels index vectors by column
-    z1 = torch.empty((N, D), dtype=dt, device=dev) if save else None
-    h = torch.empty((N, D), dtype=dt, device=dev)
-    matmul(x, w1.t(), h, "bias_gelu", bias=b1, aux=z1)
+def linear_gelu_fwd(
+    x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, save: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """x (N, C), w1 (D, C), b1 (D,) -> h = GELU(z1) (N, D) and, if `save`, z1 = x w1^T + b1 (N, D),
+    both in x.dtype (GEMM1 with a bias + GELU epilogue); else None for z1."""
+    N, D = x.shape[0], w1.shape[0]
+    z1 = torch.empty((N, D), dtype=x.dtype, device=x.device) if save else None
+    h = torch.empty((N, D), dtype=x.dtype, device=x.device)
+    matmul(x, w1.t(), h, "bias_gelu", bias=b1.contiguous(), aux=z1)  # kernels index vectors by column
+    return h, z1
+
+
+@on_tensor_device
+def linear_layernorm_fwd(
+    h: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor, eps: float, save: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """h (N, D), w2 (D, D), vectors (D,) -> y = LayerNorm(h w2^T + b2) (N, D) in h.dtype and, if
+    `save`, xhat (N, D) (h.dtype) and rstd (N,) fp32; else None for those two."""
+    N, D = h.shape[0], w2.shape[0]
+    dev, dt = h.device, h.dtype
+    b2, ln_w, ln_b = (t.contiguous() for t in (b2, ln_w, ln_b))
     z2 = torch.empty((N, D), dtype=torch.float32, device=dev)
     matmul(h, w2.t(), z2)
-    del h
     y = torch.empty((N, D), dtype=dt, device=dev)
     xhat = torch.empty((N, D), dtype=dt, device=dev) if save else None
     rstd = torch.empty((N,), dtype=torch.float32, device=dev) if save else None
@@ -168,7 +168,7 @@ def ian_projection_fwd(
             BLOCK_D=block,
             num_warps=warps,
         )
-    return y, z1, xhat, rstd
+    return y, xhat, rstd
 
 
 def _ln_bwd_rows(dy, xhat, rstd, ln_w, z1, dz2, need_dz2: bool, nw2: bool):
@@ -232,7 +232,7 @@ def ian_projection_bwd(
     needs: tuple[bool, ...],
 ) -> tuple[torch.Tensor | None, ...]:
     """Grads of (x, w1, b1, w2, b2, ln_w, ln_b), each in its input's dtype, None where `needs`
-    (7 flags) is False. dy (N, D) any strides; the others as saved by ian_projection_fwd."""
+    (7 flags) is False. dy (N, D) any strides; the others as the forward saves them."""
     nx, nw1, nb1, nw2, nb2, nlw, nlb = needs
     N, D = xhat.shape
     dev, dt = x.device, x.dtype

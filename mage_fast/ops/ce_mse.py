@@ -170,14 +170,19 @@ def _fwd_triton(hidden, weight, labels, img, img_target, img_mask, lam, ignore_i
     # The kernels index memory with the labels: an id outside [0, V) would read another row's
     # logit silently. No host sync on CUDA (the assert fires at a later launch); raises on CPU.
     V = weight.shape[0]
-    ok = ((labels >= 0) & (labels < V)) | (labels == ignore_index)
-    torch._assert_async(ok.all(), f"{OP}: a label is out of bounds: ids must be in [0, {V}) or ignore_index")
-    args = (hidden, weight, labels, img, img_target, img_mask, lam, ignore_index, num_items, nh, nw, ni, rows)
-    loss, ce, mse, gh, gw, gi, scales = _triton.kernels.ce_mse_fwd(*args)
+    valid = labels != ignore_index
+    torch._assert_async(
+        (valid.logical_not() | ((labels >= 0) & (labels < V))).all(),
+        f"{OP}: a label is out of bounds: ids must be in [0, {V}) or ignore_index",
+    )
+    inv = 1.0 / _denom(valid, num_items)
+    loss_rows, gh, gw = _triton.kernels.linear_ce_fwd(hidden, weight, labels, ignore_index, nh, nw, rows)
+    ce = loss_rows.sum() * inv
+    mse, gi, s_mse = _triton.kernels.masked_mse_fwd(img, img_target, img_mask, ni)
     gh = gh if gh is not None else hidden.new_empty(0)
     gw = gw.to(grad_weight_dtype(weight.dtype)) if gw is not None else weight.new_empty(0)
     gi = gi if gi is not None else img.new_empty(0)
-    return loss, ce, mse, gh, gw, gi, scales
+    return ce + lam * mse, ce, mse, gh, gw, gi, torch.stack([inv, s_mse])
 
 
 def _fwd_native(*args):
