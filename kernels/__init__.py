@@ -6,7 +6,7 @@ never `kernels`.
 
     patch_pool_fwd / patch_pool_bwd          token-layout k x k pooling            (patch_pool.py)
     linear_gelu_fwd / linear_layernorm_fwd   ian_projection's two GEMMs with epilogues (ian_projection.py)
-    ian_projection_bwd                       its backward
+    linear_layernorm_bwd / linear_gelu_bwd   their backwards
     linear_ce_fwd / masked_mse_fwd           the two halves of ce_mse, with gradients (ce_mse.py)
     matmul                                   the shared GEMM with fused epilogues  (_gemm.py)
 
@@ -17,14 +17,20 @@ must be set before this package is first imported: Triton reads it when the kern
 from mage_fast.kernels._gemm import matmul
 from mage_fast.kernels._launch import INTERPRET
 from mage_fast.kernels.ce_mse import linear_ce_fwd, masked_mse_fwd
-from mage_fast.kernels.ian_projection import ian_projection_bwd, linear_gelu_fwd, linear_layernorm_fwd
+from mage_fast.kernels.ian_projection import (
+    linear_gelu_bwd,
+    linear_gelu_fwd,
+    linear_layernorm_bwd,
+    linear_layernorm_fwd,
+)
 from mage_fast.kernels.patch_pool import patch_pool_bwd, patch_pool_fwd
 
 __all__ = [
     "INTERPRET",
-    "ian_projection_bwd",
     "linear_ce_fwd",
+    "linear_gelu_bwd",
     "linear_gelu_fwd",
+    "linear_layernorm_bwd",
     "linear_layernorm_fwd",
     "masked_mse_fwd",
     "matmul",

@@ -12,7 +12,7 @@ forward to backward. Keep z1 (the GELU input) rather than recompute it from x in
 recomputing saves N x D activations but costs one more GEMM, 2NCD on top of 6NCD + 6ND^2 FLOPs:
 +6.7 % at C=1024, D=4096, +12 % at C=1152, D=2048, on GEMMs that bound the op.
 
-Backward:
+Backward (`linear_layernorm_bwd` runs 1 and 2, `linear_gelu_bwd` 3 to 5):
   1. `_ian_projection_ln_bwd_kernel`: dz2 (x.dtype) from dy, xhat, rstd, ln_w, all fp32 inside;
      dγ, dβ and db2 as fp32 partial sums, one row per program, summed by torch (deterministic);
      in the same pass over the rows, h = GELU(z1) (x.dtype) when dw2 is needed: one erf per
@@ -220,48 +220,45 @@ def _ln_bwd_wide(dy, xhat, rstd, ln_w, z1, need_dz2: bool, nw2: bool):
 
 
 @on_tensor_device
-def ian_projection_bwd(
-    dy: torch.Tensor,
-    x: torch.Tensor,
-    w1: torch.Tensor,
-    w2: torch.Tensor,
-    ln_w: torch.Tensor,
-    z1: torch.Tensor,
-    xhat: torch.Tensor,
-    rstd: torch.Tensor,
-    needs: tuple[bool, ...],
-) -> tuple[torch.Tensor | None, ...]:
-    """Grads of (x, w1, b1, w2, b2, ln_w, ln_b), each in its input's dtype, None where `needs`
-    (7 flags) is False. dy (N, D) any strides; the others as the forward saves them."""
-    nx, nw1, nb1, nw2, nb2, nlw, nlb = needs
+def linear_layernorm_bwd(
+    dy: torch.Tensor, xhat: torch.Tensor, rstd: torch.Tensor, ln_w: torch.Tensor, z1: torch.Tensor, need_dz2: bool, need_dw2: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """dy (N, D) any strides, xhat (N, D), rstd (N,) fp32, ln_w (D,), z1 (N, D) -> (the (3, D) fp32
+    sums of dγ, dβ and db2; dz2 (N, D) in xhat's dtype or None; dw2 = dz2^T GELU(z1) (D, D) or None)."""
     N, D = xhat.shape
-    dev, dt = x.device, x.dtype
     ln_w = ln_w.contiguous()
-    need_dz2 = nx or nw1 or nb1 or nw2 or nb2
-    dz2 = torch.empty((N, D), dtype=dt, device=dev) if need_dz2 else None
     if D > _launch.LN_BWD_MAX_D:
-        sums, dz2, h = _ln_bwd_wide(dy, xhat, rstd, ln_w, z1, need_dz2, nw2)
+        sums, dz2, h = _ln_bwd_wide(dy, xhat, rstd, ln_w, z1, need_dz2, need_dw2)
     else:
-        sums, h = _ln_bwd_rows(dy, xhat, rstd, ln_w, z1, dz2, need_dz2, nw2)
-    # copies below, so that no two grads share storage
-    dln_w = sums[0].to(ln_w.dtype, copy=True) if nlw else None
-    dln_b = sums[1].to(ln_w.dtype, copy=True) if nlb else None
-    db2 = sums[2].to(w2.dtype, copy=True) if nb2 else None
-    dx = dw1 = db1 = dw2 = None
-    if nw2:
-        dw2 = torch.empty_like(w2)
+        dz2 = torch.empty((N, D), dtype=xhat.dtype, device=xhat.device) if need_dz2 else None
+        sums, h = _ln_bwd_rows(dy, xhat, rstd, ln_w, z1, dz2, need_dz2, need_dw2)
+    dw2 = None
+    if need_dw2:
+        dw2 = torch.empty((D, D), dtype=z1.dtype, device=z1.device)
         matmul(dz2.t(), h, dw2)
-        del h
-    if nx or nw1 or nb1:
-        dz1 = torch.empty((N, D), dtype=dt, device=dev)
-        pb = torch.zeros((part_rows(N), D), dtype=torch.float32, device=dev)
-        matmul(dz2, w2, dz1, "gelu_grad", aux=z1, part=pb)
-        if nb1:
-            db1 = pb.sum(0).to(w1.dtype)
-        if nw1:
-            dw1 = torch.empty_like(w1)
-            matmul(dz1.t(), x, dw1)
-        if nx:
-            dx = torch.empty_like(x)
-            matmul(dz1, w1, dx)
-    return dx, dw1, db1, dw2, db2, dln_w, dln_b
+    return sums, dz2, dw2
+
+
+@on_tensor_device
+def linear_gelu_bwd(
+    dz2: torch.Tensor, x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, z1: torch.Tensor, needs: tuple[bool, ...]
+) -> tuple[torch.Tensor | None, ...]:
+    """dz2 (N, D), x (N, C), w1 (D, C), w2 (D, D), z1 (N, D) -> (dx, dw1, db1) through GEMM2's input
+    and the GELU, each in its input's dtype, None where `needs` (3 flags, that order) is False."""
+    nx, nw1, nb1 = needs
+    dx = dw1 = db1 = None
+    if not (nx or nw1 or nb1):
+        return dx, dw1, db1
+    N, D = dz2.shape
+    dz1 = torch.empty((N, D), dtype=x.dtype, device=x.device)
+    pb = torch.zeros((part_rows(N), D), dtype=torch.float32, device=x.device)
+    matmul(dz2, w2, dz1, "gelu_grad", aux=z1, part=pb)
+    if nb1:
+        db1 = pb.sum(0).to(w1.dtype)
+    if nw1:
+        dw1 = torch.empty_like(w1)
+        matmul(dz1.t(), x, dw1)
+    if nx:
+        dx = torch.empty_like(x)
+        matmul(dz1, w1, dx)
+    return dx, dw1, db1

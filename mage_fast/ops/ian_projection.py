@@ -98,7 +98,15 @@ def _fwd_triton(x, w1, b1, w2, b2, ln_w, ln_b, eps: float, save: bool):
 
 
 def _bwd_triton(dy, x, w1, w2, ln_w, z1, xhat, rstd, needs: tuple[bool, ...]):
-    return _triton.kernels.ian_projection_bwd(dy, x, w1, w2, ln_w, z1, xhat, rstd, needs)
+    nx, nw1, nb1, nw2, nb2, nlw, nlb = needs
+    need_dz2 = nx or nw1 or nb1 or nw2 or nb2
+    sums, dz2, dw2 = _triton.kernels.linear_layernorm_bwd(dy, xhat, rstd, ln_w, z1, need_dz2, nw2)
+    dx, dw1, db1 = _triton.kernels.linear_gelu_bwd(dz2, x, w1, w2, z1, (nx, nw1, nb1))
+    # copies, so that no two grads share storage
+    dln_w = sums[0].to(ln_w.dtype, copy=True) if nlw else None
+    dln_b = sums[1].to(ln_w.dtype, copy=True) if nlb else None
+    db2 = sums[2].to(w2.dtype, copy=True) if nb2 else None
+    return dx, dw1, db1, dw2, db2, dln_w, dln_b
 
 
 def _fwd_native(x, w1, b1, w2, b2, ln_w, ln_b, eps: float, save: bool):
