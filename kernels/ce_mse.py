@@ -105,7 +105,13 @@ def _ce_mse_mse_kernel(
 
 @_launch.on_tensor_device
 def linear_ce_fwd(
-    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, ignore_index: int, need_h: bool, need_w: bool, rows: int
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    ignore_index: int,
+    need_h: bool,
+    need_w: bool,
+    rows: int,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """hidden (N, H), weight (V, H), labels (N,) int64 in [0, V) or ignore_index, `rows` tokens per
     chunk -> (per-token CE (N,) fp32, the unscaled P W (N, H) in hidden's dtype or None, P^T h

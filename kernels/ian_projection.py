@@ -221,7 +221,13 @@ def _ln_bwd_wide(dy, xhat, rstd, ln_w, z1, need_dz2: bool, nw2: bool):
 
 @on_tensor_device
 def linear_layernorm_bwd(
-    dy: torch.Tensor, xhat: torch.Tensor, rstd: torch.Tensor, ln_w: torch.Tensor, z1: torch.Tensor, need_dz2: bool, need_dw2: bool
+    dy: torch.Tensor,
+    xhat: torch.Tensor,
+    rstd: torch.Tensor,
+    ln_w: torch.Tensor,
+    z1: torch.Tensor,
+    need_dz2: bool,
+    need_dw2: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """dy (N, D) any strides, xhat (N, D), rstd (N,) fp32, ln_w (D,), z1 (N, D) -> (the (3, D) fp32
     sums of dγ, dβ and db2; dz2 (N, D) in xhat's dtype or None; dw2 = dz2^T GELU(z1) (D, D) or None)."""

@@ -54,3 +54,8 @@ def uneven_captions_world(shapes_dir: str, root) -> str:
         del r["caption"]
     (root / "stage1.json").write_text(json.dumps(rows))
     return str(root)
+
+
+def turns(*pairs: tuple[str, str]) -> list[dict[str, str]]:
+    """A LLaVA/ShareGPT conversation from (role, text) pairs: [{"from": role, "value": text}, ...]."""
+    return [{"from": role, "value": text} for role, text in pairs]

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "mage_fast/checks.h"
+#include "mage_fast/ian_projection.h"
 #include "mage_fast/math.h"
 
 namespace mage_fast {
@@ -95,44 +96,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ian_projection_fwd_cp
       }
     });
   });
-  if (!save) {
-    return {y, at::empty({0}, x.options()), at::empty({0}, x.options()),
-            at::empty({0}, x.options().dtype(at::kFloat))};
-  }
-  return {y, z1, xhat, rstd};
+  return save ? std::tuple{y, z1, xhat, rstd} : ian_projection_unsaved(y, x);
 }
-
-using Grads7 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 Grads7 ian_projection_bwd_cpu(const at::Tensor& dy_, const at::Tensor& x_, const at::Tensor& w1,
                               const at::Tensor& w2, const at::Tensor& ln_w_, const at::Tensor& z1_,
                               const at::Tensor& xhat_, const at::Tensor& rstd_, std::array<bool, 7> needs) {
-  checks::ian_projection_bwd(dy_, x_, w1, w2, ln_w_, z1_, xhat_, rstd_, c10::DeviceType::CPU);
+  const IanBwdInputs in =
+      ian_projection_bwd_inputs(dy_, x_, w1, w2, ln_w_, z1_, xhat_, rstd_, needs, c10::DeviceType::CPU);
   const int64_t N = x_.size(0), D = w1.size(0);
   const auto dt = x_.scalar_type();
   const auto acc = at::toOpMathType(dt);
   const auto [nx, nw1, nb1, nw2, nb2, nlw, nlb] = needs;
-  const at::Tensor dy = dy_.contiguous(), xhat = xhat_.contiguous(), z1 = z1_.contiguous();
-  const at::Tensor rstd = rstd_.contiguous(), ln_w = ln_w_.contiguous();
-  const bool need_dz2 = nx || nw1 || nb1 || nw2 || nb2;
-  const bool need_dz1 = nx || nw1 || nb1;
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(N, at::get_num_threads()));
   const int64_t per = N > 0 ? (N + chunks - 1) / chunks : 1;
 
-  at::Tensor dz2 = at::empty({need_dz2 ? N : 0, need_dz2 ? D : 0}, x_.options().dtype(acc));
+  at::Tensor dz2 = at::empty({in.need_dz2 ? N : 0, in.need_dz2 ? D : 0}, x_.options().dtype(acc));
   at::Tensor dz2_op = at::empty_like(dz2, x_.options());
   // Column partials: [0] dln_w, [1] dln_b, [2] db2 per chunk, summed after the loop.
   at::Tensor part = at::zeros({3, chunks, D}, x_.options().dtype(acc));
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dt, "ian_projection_bwd_cpu_ln", [&] {
     using A = at::opmath_type<scalar_t>;
-    const scalar_t* dyp = dy.data_ptr<scalar_t>();
-    const scalar_t* xhp = xhat.data_ptr<scalar_t>();
-    const scalar_t* gp = ln_w.data_ptr<scalar_t>();
-    const float* rsp = rstd.data_ptr<float>();
+    const scalar_t* dyp = in.dy.data_ptr<scalar_t>();
+    const scalar_t* xhp = in.xhat.data_ptr<scalar_t>();
+    const scalar_t* gp = in.ln_w.data_ptr<scalar_t>();
+    const float* rsp = in.rstd.data_ptr<float>();
     A* pp = part.data_ptr<A>();
-    A* dzp = need_dz2 ? dz2.data_ptr<A>() : nullptr;
-    scalar_t* dzo = need_dz2 ? dz2_op.data_ptr<scalar_t>() : nullptr;
+    A* dzp = in.need_dz2 ? dz2.data_ptr<A>() : nullptr;
+    scalar_t* dzo = in.need_dz2 ? dz2_op.data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t ch = c0; ch < c1; ++ch) {
         A* pw = pp + (0 * chunks + ch) * D;
@@ -151,7 +143,7 @@ Grads7 ian_projection_bwd_cpu(const at::Tensor& dy_, const at::Tensor& x_, const
             m1 += dxh;
             m2 += dxh * xv;
           }
-          if (!need_dz2) continue;
+          if (!in.need_dz2) continue;
           m1 /= A(D);
           m2 /= A(D);
           const A rs = static_cast<A>(rsp[r]);
@@ -174,15 +166,15 @@ Grads7 ian_projection_bwd_cpu(const at::Tensor& dy_, const at::Tensor& x_, const
   at::Tensor dln_w = nlw ? colsum[0].to(ln_w_.scalar_type(), false, true) : empty_like_src(ln_w_);
   at::Tensor dln_b = nlb ? colsum[1].to(ln_w_.scalar_type(), false, true) : empty_like_src(ln_w_);
   if (nb2) db2 = colsum[2].to(w2.scalar_type(), false, true);
-  if (!need_dz2) return {dx, dw1, db1, dw2, db2, dln_w, dln_b};
+  if (!in.need_dz2) return {dx, dw1, db1, dw2, db2, dln_w, dln_b};
 
   const at::Tensor dz2_w = dz2_op.to(acc);  // operand rounded to dt, widened exactly
   if (nw2) {
-    // Recompute GELU(z1) instead of having stored it.
+    // Recompute GELU(in.z1) instead of having stored it.
     at::Tensor h = at::empty({N, D}, x_.options());
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dt, "ian_projection_bwd_cpu_gelu", [&] {
       using A = at::opmath_type<scalar_t>;
-      const scalar_t* zp = z1.data_ptr<scalar_t>();
+      const scalar_t* zp = in.z1.data_ptr<scalar_t>();
       scalar_t* hp = h.data_ptr<scalar_t>();
       at::parallel_for(0, N * D, 4096, [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) hp[i] = static_cast<scalar_t>(gelu(static_cast<A>(zp[i])));
@@ -190,14 +182,14 @@ Grads7 ian_projection_bwd_cpu(const at::Tensor& dy_, const at::Tensor& x_, const
     });
     dw2 = at::mm(dz2_w.t(), h.to(acc)).to(w2.scalar_type());
   }
-  if (!need_dz1) return {dx, dw1, db1, dw2, db2, dln_w, dln_b};
+  if (!in.need_dz1) return {dx, dw1, db1, dw2, db2, dln_w, dln_b};
 
   at::Tensor dz1 = at::mm(dz2_w, w2.to(acc)).contiguous();  // (N, D) fp32
   at::Tensor dz1_op = at::empty({N, D}, x_.options());
   at::Tensor part1 = at::zeros({chunks, D}, x_.options().dtype(acc));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dt, "ian_projection_bwd_cpu_dgelu", [&] {
     using A = at::opmath_type<scalar_t>;
-    const scalar_t* zp = z1.data_ptr<scalar_t>();
+    const scalar_t* zp = in.z1.data_ptr<scalar_t>();
     A* dp = dz1.data_ptr<A>();
     scalar_t* op_ = dz1_op.data_ptr<scalar_t>();
     A* pp = part1.data_ptr<A>();

@@ -27,6 +27,17 @@ inline unsigned int grid_for(int64_t n, int threads = kThreads) {
   return static_cast<unsigned int>(std::max<int64_t>(1, std::min<int64_t>(want, sms * 8)));
 }
 
+// body(i) for every i in [0, n) once over the whole grid (grid-stride loop); I is the index type
+// (int32_t where every index fits: 64-bit division costs ~10x a 32-bit one).
+template <typename I, typename F>
+__device__ __forceinline__ void grid_stride(I n, F&& body) {
+  const I stride = static_cast<I>(gridDim.x) * static_cast<I>(blockDim.x);
+  for (I i = static_cast<I>(blockIdx.x) * static_cast<I>(blockDim.x) + static_cast<I>(threadIdx.x); i < n;
+       i += stride) {
+    body(i);
+  }
+}
+
 // a @ b with an fp32 result: cuBLAS accumulates in fp32 for bf16/fp16 operands and `out_dtype`
 // keeps that result instead of rounding it to the operand dtype.
 inline at::Tensor mm_f32(const at::Tensor& a, const at::Tensor& b) {

@@ -12,6 +12,7 @@
 
 #include "common.cuh"
 #include "mage_fast/checks.h"
+#include "mage_fast/ian_projection.h"
 #include "mage_fast/math.h"
 
 namespace mage_fast {
@@ -25,13 +26,11 @@ using math::gelu_grad;
 template <typename T>
 __global__ void bias_gelu_kernel(const float* __restrict__ z, const T* __restrict__ b1, T* __restrict__ z1,
                                  T* __restrict__ h, int64_t N, int64_t D) {
-  const int64_t total = N * D;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  grid_stride(N * D, [&](int64_t i) {
     const float v = z[i] + static_cast<float>(b1[i % D]);
     if (z1 != nullptr) z1[i] = static_cast<T>(v);  // the GELU input, kept for backward only
     h[i] = static_cast<T>(gelu<float>(v));
-  }
+  });
 }
 
 // One block per row of z2 (N, D) fp32: v = z2 + b2 (written back), mean, variance (two passes
@@ -93,22 +92,18 @@ __global__ void layernorm_bwd_kernel(const T* __restrict__ dy, const T* __restri
 
 template <typename T>
 __global__ void gelu_kernel(const T* __restrict__ z1, T* __restrict__ h, int64_t total) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    h[i] = static_cast<T>(gelu<float>(static_cast<float>(z1[i])));
-  }
+  grid_stride(total, [&](int64_t i) { h[i] = static_cast<T>(gelu<float>(static_cast<float>(z1[i]))); });
 }
 
 // dz1 (fp32, in place) *= GELU'(z1); also written in T as the GEMM operand.
 template <typename T>
 __global__ void gelu_bwd_kernel(float* __restrict__ dz1, const T* __restrict__ z1, T* __restrict__ dz1_op,
                                 int64_t total) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  grid_stride(total, [&](int64_t i) {
     const float v = dz1[i] * gelu_grad<float>(static_cast<float>(z1[i]));
     dz1[i] = v;
     dz1_op[i] = static_cast<T>(v);
-  }
+  });
 }
 
 unsigned int row_grid(int64_t N) {
@@ -145,54 +140,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ian_projection_fwd_cu
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  if (!save) {  // empty, as the other backends return them
-    return {y, at::empty({0}, x.options()), at::empty({0}, x.options()), at::empty({0}, x.options().dtype(at::kFloat))};
-  }
-  return {y, z1, xhat, rstd};
+  return save ? std::tuple{y, z1, xhat, rstd} : ian_projection_unsaved(y, x);
 }
-
-using Grads7 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
 Grads7 ian_projection_bwd_cuda(const at::Tensor& dy_, const at::Tensor& x_, const at::Tensor& w1,
                                const at::Tensor& w2, const at::Tensor& ln_w_, const at::Tensor& z1_,
                                const at::Tensor& xhat_, const at::Tensor& rstd_, std::array<bool, 7> needs) {
-  checks::ian_projection_bwd(dy_, x_, w1, w2, ln_w_, z1_, xhat_, rstd_, c10::DeviceType::CUDA);
+  const IanBwdInputs in =
+      ian_projection_bwd_inputs(dy_, x_, w1, w2, ln_w_, z1_, xhat_, rstd_, needs, c10::DeviceType::CUDA);
   const int64_t N = x_.size(0), D = w1.size(0);
   const auto dt = x_.scalar_type();
   const at::cuda::CUDAGuard guard(x_.device());
   auto stream = at::cuda::getCurrentCUDAStream();
   const auto [nx, nw1, nb1, nw2, nb2, nlw, nlb] = needs;
-  const at::Tensor dy = dy_.contiguous(), xhat = xhat_.contiguous(), z1 = z1_.contiguous();
-  const at::Tensor rstd = rstd_.contiguous(), ln_w = ln_w_.contiguous();
-  const bool need_dz2 = nx || nw1 || nb1 || nw2 || nb2;
-  const bool need_dz1 = nx || nw1 || nb1;
   const auto e = [](const at::Tensor& src) { return at::empty({0}, src.options()); };
   at::Tensor dx = e(x_), dw1 = e(w1), db1 = e(w1), dw2 = e(w2), db2 = e(w2), dln_w = e(ln_w_), dln_b = e(ln_w_);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dt, "ian_projection_bwd_cuda", [&] {
     using T = scalar_t;
-    const T* dyp = dy.data_ptr<T>();
-    const T* xhp = xhat.data_ptr<T>();
+    const T* dyp = in.dy.data_ptr<T>();
+    const T* xhp = in.xhat.data_ptr<T>();
     if (nlw) dln_w = colsum<T, T>(dyp, xhp, N, D, x_.options()).to(ln_w_.scalar_type());
     if (nlb) dln_b = colsum<T, T>(dyp, nullptr, N, D, x_.options()).to(ln_w_.scalar_type());
-    if (!need_dz2 || N == 0) return;
+    if (!in.need_dz2 || N == 0) return;
     at::Tensor dz2 = at::empty({N, D}, x_.options().dtype(at::kFloat));
     at::Tensor dz2_op = at::empty({N, D}, x_.options());
-    layernorm_bwd_kernel<T><<<row_grid(N), kThreads, 0, stream>>>(dyp, xhp, ln_w.data_ptr<T>(),
-                                                                  rstd.data_ptr<float>(), dz2.data_ptr<float>(),
+    layernorm_bwd_kernel<T><<<row_grid(N), kThreads, 0, stream>>>(dyp, xhp, in.ln_w.data_ptr<T>(),
+                                                                  in.rstd.data_ptr<float>(), dz2.data_ptr<float>(),
                                                                   dz2_op.data_ptr<T>(), N, D);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (nb2) db2 = colsum<float, float>(dz2.data_ptr<float>(), nullptr, N, D, x_.options()).to(w2.scalar_type());
     if (nw2) {
-      at::Tensor h = at::empty({N, D}, x_.options());  // GELU(z1) recomputed, not stored
-      gelu_kernel<T><<<grid_for(N * D), kThreads, 0, stream>>>(z1.data_ptr<T>(), h.data_ptr<T>(), N * D);
+      at::Tensor h = at::empty({N, D}, x_.options());  // GELU(in.z1) recomputed, not stored
+      gelu_kernel<T><<<grid_for(N * D), kThreads, 0, stream>>>(in.z1.data_ptr<T>(), h.data_ptr<T>(), N * D);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       dw2 = mm_f32(dz2_op.t(), h).to(w2.scalar_type());
     }
-    if (!need_dz1) return;
+    if (!in.need_dz1) return;
     at::Tensor dz1 = mm_f32(dz2_op, w2).contiguous();  // (N, D) fp32
     at::Tensor dz1_op = at::empty({N, D}, x_.options());
-    gelu_bwd_kernel<T><<<grid_for(N * D), kThreads, 0, stream>>>(dz1.data_ptr<float>(), z1.data_ptr<T>(),
+    gelu_bwd_kernel<T><<<grid_for(N * D), kThreads, 0, stream>>>(dz1.data_ptr<float>(), in.z1.data_ptr<T>(),
                                                                    dz1_op.data_ptr<T>(), N * D);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (nb1) db1 = colsum<float, float>(dz1.data_ptr<float>(), nullptr, N, D, x_.options()).to(w1.scalar_type());

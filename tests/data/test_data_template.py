@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from _data_helpers import make_tokenizer
+from testutil import turns
 
 from mage_fast.data import (
     IGNORE_INDEX,
@@ -17,13 +18,13 @@ from mage_fast.data import (
 )
 
 K = 3  # image tokens per image
-CONV = [
-    {"from": "system", "value": "you are a helpful assistant"},
-    {"from": "human", "value": "<image>\nwhat is this"},
-    {"from": "gpt", "value": "a red circle"},
-    {"from": "human", "value": "and that <image> ?"},
-    {"from": "gpt", "value": "a blue square"},
-]
+CONV = turns(
+    ("system", "you are a helpful assistant"),
+    ("human", "<image>\nwhat is this"),
+    ("gpt", "a red circle"),
+    ("human", "and that <image> ?"),
+    ("gpt", "a blue square"),
+)
 
 
 def toks(tok, ids: torch.Tensor) -> list[str]:

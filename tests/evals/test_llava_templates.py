@@ -4,19 +4,20 @@ for a multi-turn row with an image, and their label masks (answers and their end
 from __future__ import annotations
 
 import pytest
+from testutil import turns
 
 from mage_fast.data.llava_conv import llava_prompt, make_template
 from mage_fast.data.template import IGNORE_INDEX, to_messages
 
 # The image placeholder sits after the question, as in many LLaVA rows: LLaVA moves it first.
-ROW = [
-    {"from": "human", "value": "What is in the picture?\n<image>"},
-    {"from": "gpt", "value": "A red circle."},
-    {"from": "human", "value": "Where is it?"},
-    {"from": "gpt", "value": "At the top left."},
-    {"from": "human", "value": "And its colour?"},
-    {"from": "gpt", "value": "Red."},
-]
+ROW = turns(
+    ("human", "What is in the picture?\n<image>"),
+    ("gpt", "A red circle."),
+    ("human", "Where is it?"),
+    ("gpt", "At the top left."),
+    ("human", "And its colour?"),
+    ("gpt", "Red."),
+)
 # Strings printed by LLaVA's own Conversation.get_prompt() (haotian-liu/LLaVA llava/conversation.py)
 # for these turns after its preprocess_multimodal, kept here as literals.
 VICUNA_V1 = (
