@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     from mage_fast.data.llava import DataError
     from mage_fast.train.checkpoint import ResumeError
+    from mage_fast.train.dist import shutdown
     from mage_fast.train.loop import NonFiniteError, check_paths, train
     from mage_fast.train.preempt import EXIT_PREEMPTED
 
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         # One clear line per rank instead of a traceback; the launcher then stops the others.
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
+    shutdown()
     if summary["preempted"]:
         sys.exit(EXIT_PREEMPTED)  # a checkpoint of the last step is committed: run again to resume
 

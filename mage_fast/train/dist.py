@@ -71,6 +71,16 @@ def set_threads(requested: int) -> int:
     return requested
 
 
+def shutdown() -> None:
+    """End of a launched rank: wait for the others, then destroy the process group. A process that
+    exits with a live gloo group can abort at interpreter teardown ("terminate called without an
+    active exception", exit 250) while its C++ worker threads still hold work (pytorch/pytorch
+    #190489). Not on an error path: the peers may be gone, and the barrier would wait for them."""
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def barrier() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
