@@ -7,19 +7,20 @@ import os
 from mage_fast.model.config import AlignerConfig, LLMConfig, ModelConfig, VisionConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Master ports of this session's deepspeed launches: DeepSpeed's CPU all-reduce leaves one
-# shared-memory buffer per rank and port in /dev/shm (~66 MiB each at these sizes) that nobody
-# unlinks, so a whole suite would hold GBs of RAM; tests/conftest.py removes them after each test.
+# Master ports of this session's deepspeed launches: DeepSpeed's CPU all-reduce maps one
+# shared-memory segment per rank and port in /dev/shm (~66 MiB each at these sizes). A finished
+# launch unlinks its own (mage_fast.train.dist.shutdown); one that failed or was killed does not,
+# and a whole suite would hold GBs of RAM: tests/conftest.py removes them after each test.
 DS_PORTS: list[int] = []
 
 
 def remove_ds_shm_buffers() -> None:
-    """Unlink /dev/shm/deepspeed_allreduce_buffer_* of the ports in DS_PORTS (their runs ended)."""
-    import glob
+    """Unlink DeepSpeed's /dev/shm all-reduce segments of the ports in DS_PORTS (their runs ended;
+    a launch that fails or is killed never reaches the ranks' own clean-up)."""
+    from mage_fast.train.dist import shm_buffers
 
     while DS_PORTS:
-        port = DS_PORTS.pop()
-        for path in glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_*_{port}_*"):
+        for path in shm_buffers(DS_PORTS.pop()):
             try:
                 os.unlink(path)
             except OSError:

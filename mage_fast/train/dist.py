@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import socket
 
@@ -72,13 +73,35 @@ def set_threads(requested: int) -> int:
 
 
 def shutdown() -> None:
-    """End of a launched rank: wait for the others, then destroy the process group. A process that
-    exits with a live gloo group can abort at interpreter teardown ("terminate called without an
-    active exception", exit 250) while its C++ worker threads still hold work (pytorch/pytorch
-    #190489). Not on an error path: the peers may be gone, and the barrier would wait for them."""
+    """End of a launched rank: wait for the others, destroy the process group, unlink DeepSpeed's
+    shared-memory segments of the run. A process that exits with a live gloo group can abort at
+    interpreter teardown ("terminate called without an active exception", exit 250) while its C++
+    worker threads still hold work (pytorch/pytorch#190489). Not on an error path: the peers may be
+    gone, and the barrier would wait for them."""
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+        remove_shm_buffers()
+
+
+def shm_buffers(port: str | int) -> list[str]:
+    """DeepSpeed's CPU all-reduce (deepspeed/ops/csrc/cpu/comm/shm.cpp) maps one shared-memory
+    segment per rank, /dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>, and never
+    unlinks it (~66 MiB each at the tests' sizes): the segments of the run on master `port`."""
+    return sorted(glob.glob(f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*"))
+
+
+def remove_shm_buffers() -> None:
+    """After the last collective: local rank 0 unlinks this run's segments (a mapping lives on
+    until its process exits, so a rank still tearing down loses nothing)."""
+    port = os.environ.get("MASTER_PORT")
+    if not port or int(os.environ.get("LOCAL_RANK", "0")) != 0:
+        return
+    for path in shm_buffers(port):
+        try:
+            os.unlink(path)
+        except OSError:  # another node's rank 0 on the same machine got there first
+            pass
 
 
 def barrier() -> None:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import pytest
 from testutil import DS_PORTS, ROOT, uneven_captions_world
 
+from mage_fast.train.dist import shm_buffers
+
 pytestmark = pytest.mark.slow
 
 TINY = [
@@ -79,6 +81,7 @@ class TrainedRun:
     first: dict  # summary.json of the training launch
     second: dict  # summary.json of the reload launch
     reload_stdout: str
+    shm_left: list[str]  # DeepSpeed's /dev/shm segments of the training launch, after it ended
     rows: list[dict]  # the 21 held-out rows the accuracy eval used
     data_root: str
     tmp: pathlib.Path
@@ -91,11 +94,13 @@ def trained(shapes_dir, strict_zero3, tmp_path_factory) -> TrainedRun:
     common = [f"run_dir={run}", f"data.root={shapes_dir}", f"deepspeed={strict_zero3}", *TINY]
     # The held-out accuracy eval runs with both ranks generating (21 rows: uneven shares, padded).
     launch(common + ["max_steps=40", "data.answers=eval.json", "data.answers_limit=21", "eval_every=20"])
+    shm_left = shm_buffers(DS_PORTS[-1])
     first = _read_json(os.path.join(run, "summary.json"))
     p = launch(common + ["max_steps=40", "export=false"])  # a new engine in new processes
     with open(os.path.join(shapes_dir, "eval.json")) as f:
         rows = json.load(f)[:21]
-    return TrainedRun(run, first, _read_json(os.path.join(run, "summary.json")), p.stdout, rows, shapes_dir, tmp)
+    second = _read_json(os.path.join(run, "summary.json"))
+    return TrainedRun(run, first, second, p.stdout, shm_left, rows, shapes_dir, tmp)
 
 
 def _read_json(path: str) -> dict:
@@ -109,6 +114,10 @@ def test_two_ranks_train_and_the_loss_falls(trained):
     head, tail = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     print(f"ce first 5 steps {head:.4f}, last 5 {tail:.4f}")
     assert tail < 0.6 * head, f"loss did not fall: {head:.4f} -> {tail:.4f}"
+
+
+def test_a_finished_launch_leaves_no_shared_memory_segments(trained):
+    assert trained.shm_left == [], f"DeepSpeed's all-reduce segments left in /dev/shm: {trained.shm_left}"
 
 
 def test_final_checkpoint_is_committed_and_export_written(trained):
