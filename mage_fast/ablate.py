@@ -35,7 +35,9 @@ def child(overrides: list[str]) -> None:
     """Train in this process, then record its peak resident memory beside the run's summary."""
     from mage_fast.train.__main__ import main
 
-    main(["--config", CONFIG, *overrides])
+    code = main(["--config", CONFIG, *overrides])
+    if code:
+        sys.exit(code)  # stopped by a signal: no peak to record, the parent sees the status
     run_dir = next(o.split("=", 1)[1] for o in overrides if o.startswith("run_dir="))
     with open(os.path.join(run_dir, "peak_rss.json"), "w") as f:
         json.dump({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, f)
