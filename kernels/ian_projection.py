@@ -1,6 +1,6 @@
 """ian_projection y = LN(GELU(x w1^T + b1) w2^T + b2): forward and backward launchers.
 
-Forward (three launches; `linear_gelu_fwd` runs 1, `linear_layernorm_fwd` 2 and 3):
+Forward (three launches; `gelu_mlp_fwd` runs 1 and 2, `bias_layernorm_fwd` 3):
   1. GEMM x w1^T with the bias + exact-GELU epilogue: h = GELU(z1) (x.dtype, GEMM 2's operand)
      and, when a backward will follow, z1 = x w1^T + b1 (x.dtype) saved;
   2. GEMM h w2^T -> z2 without bias, fp32 (N, D);
@@ -123,29 +123,36 @@ def _ian_projection_ln_bwd_kernel(
 
 
 @on_tensor_device
-def linear_gelu_fwd(
-    x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, save: bool
+def gelu_mlp_fwd(
+    x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, save: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """x (N, C), w1 (D, C), b1 (D,) -> h = GELU(z1) (N, D) and, if `save`, z1 = x w1^T + b1 (N, D),
-    both in x.dtype (GEMM1 with a bias + GELU epilogue); else None for z1."""
+    """x (N, C), w1 (D, C), b1 (D,), w2 (D, D) -> z2 = GELU(z1) w2^T (N, D) fp32 and, if `save`,
+    z1 = x w1^T + b1 (N, D) in x.dtype (GEMM1 with a bias + GELU epilogue, then GEMM2); else None.
+    h = GELU(z1) lives only inside: it is freed before the LayerNorm's outputs are allocated."""
     N, D = x.shape[0], w1.shape[0]
     z1 = torch.empty((N, D), dtype=x.dtype, device=x.device) if save else None
     h = torch.empty((N, D), dtype=x.dtype, device=x.device)
     matmul(x, w1.t(), h, "bias_gelu", bias=b1.contiguous(), aux=z1)  # kernels index vectors by column
-    return h, z1
+    z2 = torch.empty((N, D), dtype=torch.float32, device=x.device)
+    matmul(h, w2.t(), z2)
+    return z2, z1
 
 
 @on_tensor_device
-def linear_layernorm_fwd(
-    h: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor, eps: float, save: bool
+def bias_layernorm_fwd(
+    z2: torch.Tensor,
+    b2: torch.Tensor,
+    ln_w: torch.Tensor,
+    ln_b: torch.Tensor,
+    eps: float,
+    save: bool,
+    dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """h (N, D), w2 (D, D), vectors (D,) -> y = LayerNorm(h w2^T + b2) (N, D) in h.dtype and, if
-    `save`, xhat (N, D) (h.dtype) and rstd (N,) fp32; else None for those two."""
-    N, D = h.shape[0], w2.shape[0]
-    dev, dt = h.device, h.dtype
+    """z2 (N, D) fp32, vectors (D,) -> y = LayerNorm(z2 + b2) (N, D) in `dtype` and, if `save`,
+    xhat (N, D) (`dtype`) and rstd (N,) fp32; else None for those two."""
+    N, D = z2.shape
+    dev, dt = z2.device, dtype
     b2, ln_w, ln_b = (t.contiguous() for t in (b2, ln_w, ln_b))
-    z2 = torch.empty((N, D), dtype=torch.float32, device=dev)
-    matmul(h, w2.t(), z2)
     y = torch.empty((N, D), dtype=dt, device=dev)
     xhat = torch.empty((N, D), dtype=dt, device=dev) if save else None
     rstd = torch.empty((N,), dtype=torch.float32, device=dev) if save else None

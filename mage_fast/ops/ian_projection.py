@@ -90,8 +90,8 @@ def _bwd_torch(dy, x, w1, w2, ln_w, z1, xhat, rstd, needs: tuple[bool, ...]):
 
 
 def _fwd_triton(x, w1, b1, w2, b2, ln_w, ln_b, eps: float, save: bool):
-    h, z1 = _triton.kernels.linear_gelu_fwd(x, w1, b1, save)
-    y, xhat, rstd = _triton.kernels.linear_layernorm_fwd(h, w2, b2, ln_w, ln_b, eps, save)
+    z2, z1 = _triton.kernels.gelu_mlp_fwd(x, w1, b1, w2, save)
+    y, xhat, rstd = _triton.kernels.bias_layernorm_fwd(z2, b2, ln_w, ln_b, eps, save, x.dtype)
     if not save:
         return y, x.new_empty(0), x.new_empty(0), x.new_empty(0, dtype=torch.float32)
     return y, z1, xhat, rstd

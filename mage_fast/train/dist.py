@@ -73,10 +73,9 @@ def set_threads(requested: int) -> int:
 
 
 def shutdown() -> None:
-    """End of a launched rank: wait for the others, destroy the process group, unlink DeepSpeed's
-    shared-memory segments of the run. A process that exits with a live gloo group can abort at
-    interpreter teardown ("terminate called without an active exception", exit 250) while its C++
-    worker threads still hold work (pytorch/pytorch#190489). Not on an error path: the peers may be
+    """End of a launched rank: wait for the others, destroy the process group (PyTorch asks for it
+    before exit: a live gloo group can abort at interpreter teardown, pytorch/pytorch#190489), and
+    unlink DeepSpeed's shared-memory segments of the run. Not on an error path: the peers may be
     gone, and the barrier would wait for them."""
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
