@@ -6,6 +6,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.mage-fast-installed
 SOURCES := setup.py pyproject.toml requirements.txt $(wildcard csrc/*.cpp csrc/*.h csrc/include/mage_fast/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
 NPROC   ?= 2
+TEST_WORKERS ?= 2
 DEMO    ?= runs/demo
 
 .PHONY: install demo demo-tools demo-multi ablate test lint clean cuda-check bench bench-smoke sm90-report gpu-check
@@ -18,6 +19,7 @@ $(STAMP): $(SOURCES)
 	$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install -q torch==2.13.0
 	$(VPY) -m pip install -q -r requirements.txt
 	$(VPY) -m pip install -q --no-build-isolation -e .
+	$(VPY) -m mage_fast.train.prebuild
 	touch $(STAMP)
 
 # The built-in task: generate the shapes world, stage 1 (align on captions, CE + MSE), stage 2
@@ -32,8 +34,10 @@ demo: install
 	$(VENV)/bin/python -m mage_fast.eval --model $(DEMO)/stage2/export --data $(DEMO)/data/eval.json \
 	  --out $(DEMO)/answers.jsonl
 
+# Test files run in TEST_WORKERS processes (pytest-xdist), a file's tests in one of them, so a
+# module's shared launch runs once; most of the time goes to real 2-rank launches.
 test: install
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # Benchmarks (benchmarks/README.md): the device's full sweep (CPU: smaller shapes, ~10 min on 2
 # cores; GPU: the real-model shapes), one training step kernels on/off, plots, then the guard

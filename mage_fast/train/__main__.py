@@ -14,7 +14,7 @@ import os
 import sys
 
 from mage_fast.configtools import ConfigError, load_config
-from mage_fast.train.config import TrainConfig
+from mage_fast.train.config import TrainConfig, check_paths
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,17 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=3e-4 max_steps=100")
     args = p.parse_args(argv)
-    from mage_fast.data.llava import DataError
-    from mage_fast.train.checkpoint import ResumeError
-    from mage_fast.train.dist import shutdown
-    from mage_fast.train.loop import NonFiniteError, check_paths, train
-    from mage_fast.train.preempt import EXIT_PREEMPTED
-
     try:
         cfg = load_config(TrainConfig, args.config, args.overrides)
         check_paths(cfg)  # every file and folder named by the config exists
     except (ConfigError, OSError) as e:
         sys.exit(f"config error: {e}")
+    # After the config is read: a bad key fails in a second, before DeepSpeed and transformers load.
+    from mage_fast.data.llava import DataError
+    from mage_fast.train.checkpoint import ResumeError
+    from mage_fast.train.dist import shutdown
+    from mage_fast.train.loop import NonFiniteError, train
+    from mage_fast.train.preempt import EXIT_PREEMPTED
 
     try:
         summary = train(cfg)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+from mage_fast.configtools import ConfigError
 from mage_fast.data.config import DataConfig
 from mage_fast.model.config import ModelConfig
 from mage_fast.tools.config import ToolsConfig
@@ -101,3 +103,27 @@ class TrainConfig:
                 )
         if self.freeze_vision and self.freeze_aligner and self.freeze_llm:
             raise ValueError("freeze_vision, freeze_aligner and freeze_llm are all true: nothing to train")
+
+
+def check_paths(cfg: TrainConfig) -> None:
+    """Every file and folder the run reads must exist: one `ConfigError` line naming the key,
+    before any rank builds a model (not a traceback from deep inside transformers or DeepSpeed).
+    The `mage_fast.train` entry calls it on every rank before `train`."""
+    d = cfg.data
+    need = [("deepspeed", cfg.deepspeed, os.path.isfile), ("data.train", os.path.join(d.root, d.train), os.path.isfile)]
+    if d.eval:
+        need.append(("data.eval", os.path.join(d.root, d.eval), os.path.isfile))
+    if d.answers:
+        need.append(("data.answers", os.path.join(d.root, d.answers), os.path.isfile))
+    for key, value in (
+        ("init_from", cfg.init_from),
+        ("model.vision.path", cfg.model.vision.path),
+        ("model.llm.path", cfg.model.llm.path),
+        ("model.tokenizer", cfg.model.tokenizer),
+    ):
+        if value:
+            need.append((key, value, os.path.isdir))
+    for key, path, exists in need:
+        if not exists(path):
+            what = "file" if exists is os.path.isfile else "folder (models load from local folders; no hub)"
+            raise ConfigError(f"{key}: {path!r} is not a {what}")

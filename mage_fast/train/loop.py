@@ -103,30 +103,6 @@ def resolve_model_config(cfg: TrainConfig) -> None:
         raise ConfigError("model.tokenizer is empty and neither <data.root>/tokenizer nor model.llm.path exists")
 
 
-def check_paths(cfg: TrainConfig) -> None:
-    """Every file and folder the run reads must exist: one `ConfigError` line naming the key,
-    before any rank builds a model (not a traceback from deep inside transformers or DeepSpeed).
-    The `mage_fast.train` entry calls it on every rank before `train`."""
-    d = cfg.data
-    need = [("deepspeed", cfg.deepspeed, os.path.isfile), ("data.train", os.path.join(d.root, d.train), os.path.isfile)]
-    if d.eval:
-        need.append(("data.eval", os.path.join(d.root, d.eval), os.path.isfile))
-    if d.answers:
-        need.append(("data.answers", os.path.join(d.root, d.answers), os.path.isfile))
-    for key, value in (
-        ("init_from", cfg.init_from),
-        ("model.vision.path", cfg.model.vision.path),
-        ("model.llm.path", cfg.model.llm.path),
-        ("model.tokenizer", cfg.model.tokenizer),
-    ):
-        if value:
-            need.append((key, value, os.path.isdir))
-    for key, path, exists in need:
-        if not exists(path):
-            what = "file" if exists is os.path.isfile else "folder (models load from local folders; no hub)"
-            raise ConfigError(f"{key}: {path!r} is not a {what}")
-
-
 def seed_everything(seed: int, rank: int, deterministic: bool) -> None:
     random.seed(seed + rank)
     np.random.seed(seed + rank)

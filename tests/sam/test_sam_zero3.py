@@ -7,14 +7,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 
 import pytest
+from launchutil import TINY, launch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "train"))
-from test_train_zero3 import TINY, launch  # noqa: E402
-
-from mage_fast.data.shapes_multi import generate  # noqa: E402
+from mage_fast.data.shapes_multi import generate
 
 pytestmark = pytest.mark.slow
 

@@ -83,7 +83,7 @@ def test_zero_stages_without_overflow_path_are_refused(tmp_path, stage):
     ],
 )
 def test_missing_paths_fail_in_one_line(shapes_dir, overrides, match):
-    from mage_fast.train.loop import check_paths
+    from mage_fast.train.config import check_paths
 
     base = [f"data.root={shapes_dir}", "data.train=stage1.json", f"deepspeed={ROOT}/configs/deepspeed/zero3.json"]
     cfg = load_config(TrainConfig, None, base)

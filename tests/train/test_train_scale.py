@@ -9,19 +9,16 @@ reference of every comparison. Every third row has no caption, so the ranks' cap
 differ and a per-rank mean in the MSE term would not match the 1-rank run.
 """
 
-# ruff: noqa: F811  (strict_zero3 is a fixture imported from test_train_zero3)
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 
 import pytest
-from test_train_zero3 import TINY, strict_zero3  # noqa: F401  (fixture)
-from testutil import DS_PORTS, ROOT, uneven_captions_world
+from launchutil import TINY, free_port, launch, launch_env
+from testutil import ROOT, uneven_captions_world
 
 pytestmark = pytest.mark.slow
 
@@ -31,26 +28,9 @@ STEPS = ["max_steps=5", "save_every=2", "keep_last=5", "data.eval=null", "export
 PART_LRS = ["optim.lr_aligner=5e-3", "optim.lr_llm=2e-3"]  # three groups, three learning rates
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    DS_PORTS.append(port)  # its /dev/shm buffers are removed after the test
-    return port
-
-
-def _env(extra: dict | None = None) -> dict:
-    env = dict(os.environ, **PROBE, **(extra or {}))
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    return env
-
-
 def run(args: list[str], ranks: int, env: dict | None = None, timeout: int = 420) -> str:
-    """`deepspeed --num_gpus <ranks> --module mage_fast.train` to the end; returns stdout."""
-    cmd = ["deepspeed", "--num_gpus", str(ranks), "--master_port", str(_port()), "--module", "mage_fast.train", *args]
-    p = subprocess.run(cmd, cwd=ROOT, env=_env(env), capture_output=True, text=True, timeout=timeout)
-    assert p.returncode == 0, f"{ranks}-rank launch failed ({p.returncode}): {p.stdout[-3000:]}\n{p.stderr[-3000:]}"
-    return p.stdout
+    """`deepspeed --num_gpus <ranks> --module mage_fast.train` to the end (probes on); returns stdout."""
+    return launch(args, timeout, {**PROBE, **(env or {})}, ranks=ranks).stdout
 
 
 def history(run_dir: str) -> dict[int, dict]:
@@ -112,6 +92,20 @@ def test_one_and_three_ranks_train_like_two(ref, common, tmp_path):
     assert all(want[s]["mse"] > 0 for s in want)
 
 
+def test_gradient_accumulation_trains_like_one_micro_batch(ref, common, tmp_path):
+    # Two micro-batches of 3 per rank accumulated must train exactly like ref's one micro-batch
+    # of 6: rank r sees the same 6 samples per step either way (ResumableBatches). The CE is divided
+    # by the labelled tokens of the whole step on both ranks (num_items) and each micro-batch's MSE
+    # is weighted by its share of the step's captioned images; every third row has no caption, so
+    # micro-batches differ in caption count and a per-micro-batch mean would not match.
+    out = str(tmp_path / "accum")
+    run([f"run_dir={out}", *common, "micro_batch_size=3", "grad_accum=2", "max_steps=3", "save_every=0"], 2)
+    got, want = history(out), history(ref)
+    print("grad_accum=2 x 3:", [(got[s]["loss"], got[s]["mse"], got[s]["grad_norm"]) for s in (1, 2, 3)])
+    same_steps(got, want, (1, 2, 3), rel=2e-5)
+    assert all(got[s]["mse"] > 0 for s in (1, 2, 3))
+
+
 def test_two_loopback_nodes_with_gradient_checkpointing_train_like_one_node(ref, common, tmp_path):
     # Two "machines" of one rank each on loopback, as on a cluster without ssh between launches:
     # `deepspeed --hostfile H --no_ssh --node_rank R --master_addr A`, one launch per node. The
@@ -120,7 +114,7 @@ def test_two_loopback_nodes_with_gradient_checkpointing_train_like_one_node(ref,
     # 2-rank node's, which does not checkpoint.
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
-    out, port = str(tmp_path / "run"), str(_port())
+    out, port = str(tmp_path / "run"), str(free_port())
     args = [f"run_dir={out}", *common, "micro_batch_size=6", "max_steps=3", "save_every=0",
             "gradient_checkpointing.llm=true", "gradient_checkpointing.vision=true"]  # fmt: skip
     logs = [open(tmp_path / f"node{r}.log", "w+") for r in (0, 1)]  # noqa: SIM115  (files: no pipe to fill)
@@ -142,7 +136,7 @@ def test_two_loopback_nodes_with_gradient_checkpointing_train_like_one_node(ref,
                 *args,
             ],
             cwd=ROOT,
-            env=_env(),
+            env=launch_env(PROBE),
             stdout=logs[r],
             stderr=subprocess.STDOUT,
         )  # fmt: skip

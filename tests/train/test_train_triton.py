@@ -17,7 +17,7 @@ import os
 
 import pytest
 import torch
-from test_train_zero3 import TINY, launch, strict_zero3  # noqa: F401, F811  (strict_zero3: a fixture)
+from launchutil import TINY, launch
 from testutil import ROOT, tiny_model_config
 
 from mage_fast.data import Collator, ImageTransform, LlavaDataset
@@ -93,7 +93,7 @@ def _initial_export(tokenizer, out: str) -> None:
     pretrained.write_export(out, model, tokenizer, export_state(model))
 
 
-def test_two_rank_zero3_triton_ce_mse_matches_torch(tokenizer, shapes_dir, strict_zero3, tmp_path) -> None:  # noqa: F811
+def test_two_rank_zero3_triton_ce_mse_matches_torch(tokenizer, shapes_dir, strict_zero3, tmp_path) -> None:
     runs = {}
     zero2 = os.path.join(ROOT, "configs/deepspeed/zero2.json")
     init = str(tmp_path / "init")

@@ -10,66 +10,15 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import socket
-import subprocess
-import sys
 from dataclasses import dataclass
 
 import pytest
-from testutil import DS_PORTS, ROOT, uneven_captions_world
+from launchutil import TINY, launch
+from testutil import DS_PORTS
 
 from mage_fast.train.dist import shm_buffers
 
 pytestmark = pytest.mark.slow
-
-TINY = [
-    "model.vision.image_size=48", "model.vision.patch_size=16", "model.vision.hidden_size=32",
-    "model.vision.intermediate_size=64", "model.vision.num_layers=2", "model.vision.num_heads=2",
-    "model.aligner.num_heads=2", "model.aligner.mlp_ratio=1.0", "model.llm.hidden_size=32",
-    "model.llm.intermediate_size=64", "model.llm.num_layers=1", "model.llm.num_heads=2",
-    "model.llm.num_kv_heads=2", "micro_batch_size=4", "optim.lr=3e-3", "optim.warmup_steps=2",
-    "log_every=1", "data.train=stage1.json", "data.eval=eval.json",
-]  # fmt: skip
-
-
-def _free_port() -> int:
-    """A free port for a launch's master, recorded so its /dev/shm buffers are removed after the test."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    DS_PORTS.append(port)
-    return port
-
-
-def launch_cmd(args: list[str], env: dict | None = None) -> tuple[list[str], dict]:
-    """The `deepspeed --num_gpus 2 --module mage_fast.train` command line and its environment."""
-    full = dict(os.environ)
-    full["PATH"] = os.path.dirname(sys.executable) + os.pathsep + full.get("PATH", "")
-    full.update(env or {})
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(_free_port()), "--module", "mage_fast.train", *args]
-    return cmd, full
-
-
-def launch(
-    args: list[str], timeout: int = 420, env: dict | None = None, check: bool = True
-) -> subprocess.CompletedProcess:
-    """Run 2 ranks to the end (a hang fails by `timeout`); with check, a non-zero exit fails the test."""
-    cmd, full = launch_cmd(args, env)
-    p = subprocess.run(cmd, cwd=ROOT, env=full, capture_output=True, text=True, timeout=timeout)
-    if check and p.returncode != 0:
-        print(p.stdout[-5000:], p.stderr[-5000:])
-    assert not check or p.returncode == 0, f"deepspeed launch failed ({p.returncode}): {p.stderr[-1500:]}"
-    return p
-
-
-@pytest.fixture(scope="module")
-def strict_zero3(tmp_path_factory) -> str:
-    with open(os.path.join(ROOT, "configs/deepspeed/zero3.json")) as f:
-        ds = json.load(f)
-    ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
-    path = tmp_path_factory.mktemp("ds") / "zero3_strict.json"
-    path.write_text(json.dumps(ds))
-    return str(path)
 
 
 @dataclass
@@ -205,37 +154,6 @@ def test_chat_answers_as_the_eval_cli(trained):
         )
     print(f"chat: {row['conversations'][0]['value']!r} -> {buf.getvalue().strip()!r} (eval: {want!r})")
     assert buf.getvalue().strip() == want
-
-
-def test_gradient_accumulation_is_exact(shapes_dir, strict_zero3, tmp_path):
-    # Two micro-batches of 4 per rank accumulated must train exactly like one micro-batch of 8:
-    # rank r sees the same 8 samples per step either way (ResumableBatches). The CE is divided by
-    # the labelled tokens of the whole step on both ranks (num_items) and each micro-batch's MSE
-    # is weighted by its share of the step's captioned images; every third row has no caption, so
-    # micro-batches differ in caption count and a per-micro-batch mean would not match.
-    root = uneven_captions_world(shapes_dir, tmp_path / "data")
-    losses = {}
-    for name, extra in (("accum", ["micro_batch_size=4", "grad_accum=2"]), ("big", ["micro_batch_size=8"])):
-        run = str(tmp_path / name)
-        launch(
-            [
-                f"run_dir={run}",
-                f"data.root={root}",
-                f"deepspeed={strict_zero3}",
-                *TINY,
-                *extra,
-                "max_steps=3",
-                "export=false",
-                "data.eval=null",
-            ]
-        )
-        with open(os.path.join(run, "summary.json")) as f:
-            losses[name] = [(h["loss"], h["mse"], h["grad_norm"]) for h in json.load(f)["history"]]
-    print("grad_accum=2 x 4:", losses["accum"], "\n1 x 8:", losses["big"])
-    assert len(losses["accum"]) == len(losses["big"]) == 3
-    for (la, ma, ga), (lb, mb, gb) in zip(losses["accum"], losses["big"]):
-        assert abs(la - lb) <= 1e-5 * abs(lb) and abs(ma - mb) <= 1e-5 * abs(mb) and abs(ga - gb) <= 1e-4 * gb
-    assert all(m > 0 for _, m, _ in losses["big"])
 
 
 def test_bf16_training_runs_and_learns(shapes_dir, strict_zero3, tmp_path):

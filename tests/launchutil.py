@@ -1,0 +1,83 @@
+"""Real `deepspeed` launches of `mage_fast.train` for the tests (CPU, gloo): the tiny model's
+overrides, free master ports, the command line and a launch run to its end."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+from testutil import DS_PORTS, ROOT
+
+TINY = [
+    "model.vision.image_size=48", "model.vision.patch_size=16", "model.vision.hidden_size=32",
+    "model.vision.intermediate_size=64", "model.vision.num_layers=2", "model.vision.num_heads=2",
+    "model.aligner.num_heads=2", "model.aligner.mlp_ratio=1.0", "model.llm.hidden_size=32",
+    "model.llm.intermediate_size=64", "model.llm.num_layers=1", "model.llm.num_heads=2",
+    "model.llm.num_kv_heads=2", "micro_batch_size=4", "optim.lr=3e-3", "optim.warmup_steps=2",
+    "log_every=1", "data.train=stage1.json", "data.eval=eval.json",
+]  # fmt: skip
+
+
+def free_port() -> int:
+    """A free port for a launch's master, recorded so its /dev/shm buffers are removed after the test."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    DS_PORTS.append(port)
+    return port
+
+
+def launch_env(env: dict | None = None) -> dict:
+    """This environment with the venv's `deepspeed` first on PATH, plus `env`."""
+    full = dict(os.environ)
+    full["PATH"] = os.path.dirname(sys.executable) + os.pathsep + full.get("PATH", "")
+    full.update(env or {})
+    return full
+
+
+def launch_cmd(args: list[str], env: dict | None = None, ranks: int = 2) -> tuple[list[str], dict]:
+    """The `deepspeed --num_gpus <ranks> --module mage_fast.train` command line and its environment."""
+    port = str(free_port())
+    cmd = ["deepspeed", "--num_gpus", str(ranks), "--master_port", port, "--module", "mage_fast.train", *args]
+    return cmd, launch_env(env)
+
+
+def launch(
+    args: list[str], timeout: int = 420, env: dict | None = None, check: bool = True, ranks: int = 2
+) -> subprocess.CompletedProcess:
+    """Run `ranks` ranks to the end (a hang fails by `timeout`); with check, a non-zero exit fails the test."""
+    cmd, full = launch_cmd(args, env, ranks)
+    p = subprocess.run(cmd, cwd=ROOT, env=full, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        print(p.stdout[-5000:], p.stderr[-5000:])
+    assert not check or p.returncode == 0, f"{ranks}-rank launch failed ({p.returncode}): {p.stderr[-1500:]}"
+    return p
+
+
+def write_strict_zero3(path) -> str:
+    """configs/deepspeed/zero3.json with every parameter partitioned (persistence threshold 0),
+    so the fused loss and every module see gathered weights; written to `path`."""
+    with open(os.path.join(ROOT, "configs/deepspeed/zero3.json")) as f:
+        ds = json.load(f)
+    ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    with open(path, "w") as f:
+        json.dump(ds, f)
+    return str(path)
+
+
+def run_history(run: str) -> list[dict]:
+    """Step records of run_dir/history.jsonl (all launches appended), in file order; [] if absent."""
+    path = os.path.join(run, "history.jsonl")
+    if not os.path.isfile(path):
+        return []
+    with open(path) as f:
+        return [r for r in map(json.loads, f) if "step" in r]
+
+
+def run_summary(run: str) -> dict:
+    """run_dir/summary.json of the run's last launch."""
+    with open(os.path.join(run, "summary.json")) as f:
+        return json.load(f)

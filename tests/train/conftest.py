@@ -1,0 +1,12 @@
+"""Fixtures of the training tests (real launches: tests/launchutil.py)."""
+
+from __future__ import annotations
+
+import pytest
+from launchutil import write_strict_zero3
+
+
+@pytest.fixture(scope="module")
+def strict_zero3(tmp_path_factory) -> str:
+    """A ZeRO-3 DeepSpeed config with every parameter partitioned (see write_strict_zero3)."""
+    return write_strict_zero3(tmp_path_factory.mktemp("ds") / "zero3_strict.json")
