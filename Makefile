@@ -4,6 +4,9 @@ PY      ?= python3
 VENV    ?= .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.mage-fast-installed
+# The venv's tools first on PATH (deepspeed, ninja): torch builds JIT ops with whichever `ninja` it
+# finds, and a build by another ninja version counts as stale, so mixing them rebuilds every time.
+VENV_PATH := PATH=$(abspath $(VENV))/bin:$$PATH
 SOURCES := setup.py pyproject.toml requirements.txt $(wildcard csrc/*.cpp csrc/*.h csrc/include/mage_fast/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
 NPROC   ?= 2
 TEST_WORKERS ?= 2
@@ -19,16 +22,16 @@ $(STAMP): $(SOURCES)
 	$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install -q torch==2.13.0
 	$(VPY) -m pip install -q -r requirements.txt
 	$(VPY) -m pip install -q --no-build-isolation -e .
-	$(VPY) -m mage_fast.train.prebuild
+	$(VENV_PATH) $(VPY) -m mage_fast.train.prebuild
 	touch $(STAMP)
 
 # The built-in task: generate the shapes world, stage 1 (align on captions, CE + MSE), stage 2
 # (questions), then held-out exact-match accuracy per question type. Two ranks on CPU via gloo.
 demo: install
 	$(VENV)/bin/python -m mage_fast.data.shapes --out $(DEMO)/data --n 6000 --seed 0
-	PATH=$(abspath $(VENV))/bin:$$PATH deepspeed --num_gpus $(NPROC) --module mage_fast.train \
+	$(VENV_PATH) deepspeed --num_gpus $(NPROC) --module mage_fast.train \
 	  --config configs/train/demo_stage1.yaml run_dir=$(DEMO)/stage1 data.root=$(DEMO)/data
-	PATH=$(abspath $(VENV))/bin:$$PATH deepspeed --num_gpus $(NPROC) --module mage_fast.train \
+	$(VENV_PATH) deepspeed --num_gpus $(NPROC) --module mage_fast.train \
 	  --config configs/train/demo_stage2.yaml run_dir=$(DEMO)/stage2 data.root=$(DEMO)/data \
 	  init_from=$(DEMO)/stage1/export
 	$(VENV)/bin/python -m mage_fast.eval --model $(DEMO)/stage2/export --data $(DEMO)/data/eval.json \
@@ -37,7 +40,7 @@ demo: install
 # Test files run in TEST_WORKERS processes (pytest-xdist), a file's tests in one of them, so a
 # module's shared launch runs once; most of the time goes to real 2-rank launches.
 test: install
-	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	$(VENV_PATH) $(VPY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # Benchmarks (benchmarks/README.md): the device's full sweep (CPU: smaller shapes, ~10 min on 2
 # cores; GPU: the real-model shapes), one training step kernels on/off, plots, then the guard
@@ -75,7 +78,7 @@ clean:
 demo-tools: install
 	test -f $(DEMO)/stage2/export/mage_config.json || $(MAKE) demo
 	$(VENV)/bin/python -m mage_fast.data.shapes_tools --out $(DEMO)/tools --n 6300 --n-eval 300 --seed 1
-	PATH=$(abspath $(VENV))/bin:$$PATH deepspeed --num_gpus $(NPROC) --module mage_fast.train \
+	$(VENV_PATH) deepspeed --num_gpus $(NPROC) --module mage_fast.train \
 	  --config configs/train/demo_tools.yaml run_dir=$(DEMO)/stage3 data.root=$(DEMO)/tools \
 	  init_from=$(DEMO)/stage2/export
 	$(VENV)/bin/python -m mage_fast.tools.score --model $(DEMO)/stage3/export --data $(DEMO)/tools/eval.json \

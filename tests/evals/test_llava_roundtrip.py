@@ -83,6 +83,7 @@ def trained(llava_dir, shapes_dir, tmp_path_factory) -> str:
     return run
 
 
+@pytest.mark.slow  # a one-process training run (the module's `trained`)
 def test_training_from_llava_uses_its_template_and_weights(trained, llava_dir) -> None:
     with open(os.path.join(trained, "export", pretrained.CONFIG_NAME)) as f:
         saved = json.load(f)
@@ -93,6 +94,7 @@ def test_training_from_llava_uses_its_template_and_weights(trained, llava_dir) -
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the step moved the projector
 
 
+@pytest.mark.slow  # a one-process training run (the module's `trained`)
 def test_export_loads_in_transformers_with_our_logits(trained, tokenizer, tmp_path) -> None:
     out = str(tmp_path / "llava-out")
     hf_llava.export_llava(os.path.join(trained, "export"), out)
