@@ -96,8 +96,10 @@ def score(questions: list[Question], answers: dict[str, str]) -> dict:
 def report(result: dict) -> str:
     lines = [f"{'category':<32} {'circular acc':>12}"]
     lines += [f"{c:<32} {v:>12.2f}" for c, v in result["categories"].items()]
-    lines.append(f"overall {result['overall']:.2f} ({result['questions']} questions, {result['rows']} rows; "
-                 f"rotation 0 alone {result['single_pass']:.2f}; unparsed {result['unparsed']})")  # fmt: skip
+    lines.append(
+        f"overall {result['overall']:.2f} ({result['questions']} questions, {result['rows']} rows; "
+        f"rotation 0 alone {result['single_pass']:.2f}; unparsed {result['unparsed']})"
+    )
     return "\n".join(lines)
 
 

@@ -75,8 +75,11 @@ def change_task(rng: random.Random) -> tuple[Scenes, str]:
     if kind == "disappear":
         return [first, rest], f"the {o.colour} {o.shape} disappeared from {o.position} ."
     moved, kind = _step(rng, o, rest, "move" if kind == "move" else "turn")
-    text = (f"the {o.colour} {o.shape} moved from {o.position} to {moved.position} ." if kind == "move"
-            else f"the {o.colour} {o.shape} turned {moved.colour} .")  # fmt: skip
+    text = (
+        f"the {o.colour} {o.shape} moved from {o.position} to {moved.position} ."
+        if kind == "move"
+        else f"the {o.colour} {o.shape} turned {moved.colour} ."
+    )
     return [first, sorted(rest + [moved], key=lambda x: x.cell)], text
 
 

@@ -66,8 +66,10 @@ def _check_importable(c) -> None:
     kind = "siglip" if "siglip" in c.vision_config.model_type else "clip"
     want = "default" if kind == "clip" else "full"
     if c.vision_feature_select_strategy != want:
-        raise ValueError(f"vision_feature_select_strategy {c.vision_feature_select_strategy!r} on a {kind} tower "
-                         f"is not ours ({want!r})")  # fmt: skip
+        raise ValueError(
+            f"vision_feature_select_strategy {c.vision_feature_select_strategy!r} on a {kind} tower "
+            f"is not ours ({want!r})"
+        )
 
 
 def _model_config(c) -> ModelConfig:
@@ -98,8 +100,10 @@ def import_llava(src: str, out_dir: str) -> None:
     _check_importable(c)
     llm = AutoModelForCausalLM.from_config(c.text_config, dtype=hf.dtype)
     llm.model, llm.lm_head = hf.model.language_model, hf.lm_head
-    proj = {f"{_PROJ[k.split('.')[0]]}.{k.split('.')[1]}": v.contiguous()
-            for k, v in hf.model.multi_modal_projector.state_dict().items()}  # fmt: skip
+    proj = {
+        f"{_PROJ[k.split('.')[0]]}.{k.split('.')[1]}": v.contiguous()
+        for k, v in hf.model.multi_modal_projector.state_dict().items()
+    }
     with _staged(out_dir) as tmp:
         with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
             json.dump(dataclasses.asdict(_model_config(c)), f, indent=1)
@@ -115,8 +119,10 @@ def llava_state(model) -> dict[str, torch.Tensor]:
     """A MageModel's (mlp2x_gelu) full state under LlavaForConditionalGeneration's key names."""
     sd = {f"model.vision_tower.{k}": v for k, v in model.vision_tower.tower.state_dict().items()}
     inv = {b: a for a, b in _PROJ.items()}
-    sd |= {f"model.multi_modal_projector.{inv[k.split('.')[0]]}.{k.split('.')[1]}": v
-           for k, v in model.aligner.state_dict().items()}  # fmt: skip
+    sd |= {
+        f"model.multi_modal_projector.{inv[k.split('.')[0]]}.{k.split('.')[1]}": v
+        for k, v in model.aligner.state_dict().items()
+    }
     for k, v in model.llm.state_dict().items():
         sd[k if k.startswith("lm_head.") else "model.language_model." + k.removeprefix("model.")] = v
     return sd
@@ -145,8 +151,10 @@ def export_llava(model_dir: str, out_dir: str) -> None:
     model, tok = load_pretrained(model_dir)
     kind = model.cfg.aligner.type
     if kind != "mlp2x_gelu":
-        raise ValueError(f"{model_dir}: a {kind!r} aligner has no LLaVA counterpart; it keeps the mage-fast "
-                         f"format (docs/export-format.md, loaded by mage_fast.model.pretrained.load_pretrained)")  # fmt: skip
+        raise ValueError(
+            f"{model_dir}: a {kind!r} aligner has no LLaVA counterpart; it keeps the mage-fast "
+            f"format (docs/export-format.md, loaded by mage_fast.model.pretrained.load_pretrained)"
+        )
     with torch.device("meta"):
         hf = LlavaForConditionalGeneration(llava_config(model))
     hf.load_state_dict(llava_state(model), strict=True, assign=True)
