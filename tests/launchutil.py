@@ -7,7 +7,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 
 from testutil import DS_PORTS, ROOT
 
@@ -31,11 +30,9 @@ def free_port() -> int:
 
 
 def launch_env(env: dict | None = None) -> dict:
-    """This environment with the venv's `deepspeed` first on PATH, plus `env`."""
-    full = dict(os.environ)
-    full["PATH"] = os.path.dirname(sys.executable) + os.pathsep + full.get("PATH", "")
-    full.update(env or {})
-    return full
+    """This environment plus `env` (tests/conftest.py has put the venv's `bin/` first on PATH, so
+    `deepspeed` and `ninja` are the venv's)."""
+    return {**os.environ, **(env or {})}
 
 
 def launch_cmd(args: list[str], env: dict | None = None, ranks: int = 2) -> tuple[list[str], dict]:

@@ -19,7 +19,7 @@ CPU_OPS = ("ShareMemCommBuilder", "CPUAdamBuilder")
 
 
 def prebuild(names: tuple[str, ...] = CPU_OPS) -> dict[str, str]:
-    """Load (building if needed) each op; -> name -> "built in N s" or why not."""
+    """Load (building if needed) each op; -> name -> "ready in N s" or why not."""
     from deepspeed.accelerator import get_accelerator
 
     acc = get_accelerator()

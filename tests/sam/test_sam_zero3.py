@@ -9,7 +9,7 @@ import math
 import os
 
 import pytest
-from launchutil import TINY, launch
+from launchutil import TINY, launch, run_summary
 
 from mage_fast.data.shapes_multi import generate
 
@@ -44,7 +44,7 @@ def test_two_rank_zero3_sam_with_uneven_image_counts(tmp_path):
     (tmp_path / "ds.json").write_text(json.dumps(ds))
     run = str(tmp_path / "run")
     launch([f"run_dir={run}", f"data.root={root}", f"deepspeed={tmp_path / 'ds.json'}", *ARGS], timeout=300)
-    hist = json.load(open(os.path.join(run, "summary.json")))["history"]
+    hist = run_summary(run)["history"]
     per_rank = [h["images_per_rank"] for h in hist]
     print(per_rank, [h["loss"] for h in hist])
     assert len(hist) == 6 and all(math.isfinite(h["loss"]) and not h.get("skipped") for h in hist)

@@ -7,7 +7,7 @@ import math
 import os
 
 import pytest
-from launchutil import TINY, launch
+from launchutil import TINY, launch, run_summary
 
 from mage_fast.data.shapes_tools import generate_tools
 
@@ -36,8 +36,7 @@ def test_two_rank_zero3_trains_on_mixed_tool_plain_and_text_rows(shapes_dir, tmp
     args = [a for a in args if not a.startswith("data.")] + [f"data.root={root}", "data.train=mixed.json",
             "data.max_length=512", "max_steps=6", "export=false", "micro_batch_size=4"]  # fmt: skip
     p = launch(args, timeout=400)
-    with open(os.path.join(run, "summary.json")) as f:
-        s = json.load(f)
+    s = run_summary(run)
     print(s["data"], [round(h["ce"], 3) for h in s["history"]])
     assert s["world_size"] == 2 and s["zero_stage"] == 3 and s["step"] == 6
     assert f"kept {len(rows) - 1}/{len(rows)}" in s["data"] and "unknown_tool=1" in s["data"]

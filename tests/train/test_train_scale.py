@@ -17,7 +17,7 @@ import shutil
 import subprocess
 
 import pytest
-from launchutil import TINY, free_port, launch, launch_env
+from launchutil import TINY, free_port, launch, launch_env, run_history
 from testutil import ROOT, uneven_captions_world
 
 pytestmark = pytest.mark.slow
@@ -35,8 +35,7 @@ def run(args: list[str], ranks: int, env: dict | None = None, timeout: int = 420
 
 def history(run_dir: str) -> dict[int, dict]:
     """Step records of run_dir/history.jsonl by step (a resumed run's steps only)."""
-    with open(os.path.join(run_dir, "history.jsonl")) as f:
-        return {r["step"]: r for r in map(json.loads, f) if "step" in r}
+    return {r["step"]: r for r in run_history(run_dir)}
 
 
 def resumed_copy(src: str, dst: str, tag: str) -> str:

@@ -12,12 +12,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
 import torch
-from launchutil import TINY, launch
+from launchutil import TINY, launch, run_summary
 from testutil import ROOT, tiny_model_config
 
 from mage_fast.data import Collator, ImageTransform, LlavaDataset
@@ -104,8 +103,7 @@ def test_two_rank_zero3_triton_ce_mse_matches_torch(tokenizer, shapes_dir, stric
         args = [f"run_dir={run}", f"data.root={shapes_dir}", f"deepspeed={ds}", *TINY, f"init_from={init}",
                 "max_steps=8", "export=false", f"model.kernels.ce_mse={backend}"]  # fmt: skip
         launch(args)  # ranks inherit TRITON_INTERPRET=1 from conftest (no GPU)
-        with open(os.path.join(run, "summary.json")) as f:
-            runs[name] = json.load(f)
+        runs[name] = run_summary(run)
         assert runs[name]["world_size"] == 2
         assert runs[name]["zero_stage"] == (2 if ds == zero2 else 3)
     with open(os.path.join(tmp_path / "triton", "config.yaml")) as f:

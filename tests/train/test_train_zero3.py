@@ -13,7 +13,7 @@ import pathlib
 from dataclasses import dataclass
 
 import pytest
-from launchutil import TINY, launch
+from launchutil import TINY, launch, run_summary
 from testutil import DS_PORTS
 
 from mage_fast.train.dist import shm_buffers
@@ -44,17 +44,12 @@ def trained(shapes_dir, strict_zero3, tmp_path_factory) -> TrainedRun:
     # The held-out accuracy eval runs with both ranks generating (21 rows: uneven shares, padded).
     launch(common + ["max_steps=40", "data.answers=eval.json", "data.answers_limit=21", "eval_every=20"])
     shm_left = shm_buffers(DS_PORTS[-1])
-    first = _read_json(os.path.join(run, "summary.json"))
+    first = run_summary(run)
     p = launch(common + ["max_steps=40", "export=false"])  # a new engine in new processes
     with open(os.path.join(shapes_dir, "eval.json")) as f:
         rows = json.load(f)[:21]
-    second = _read_json(os.path.join(run, "summary.json"))
+    second = run_summary(run)
     return TrainedRun(run, first, second, p.stdout, shm_left, rows, shapes_dir, tmp)
-
-
-def _read_json(path: str) -> dict:
-    with open(path) as f:
-        return json.load(f)
 
 
 def test_two_ranks_train_and_the_loss_falls(trained):
@@ -170,8 +165,7 @@ def test_bf16_training_runs_and_learns(shapes_dir, strict_zero3, tmp_path):
             "data.eval=null",
         ]
     )
-    with open(os.path.join(run, "summary.json")) as f:
-        s = json.load(f)
+    s = run_summary(run)
     with open(os.path.join(run, "config.yaml")) as f:
         assert "bf16: true" in f.read()
     ce = [h["ce"] for h in s["history"]]
