@@ -76,6 +76,12 @@ def grouped_softmax_sum(
     return out.index_add(0, unit, alpha.unsqueeze(-1) * v[src])
 
 
+def _drop_score_bias(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
+    """Accept weights that carry a ``score.bias``: it shifts every image's score equally, so the
+    softmax over images, and with it the output, is the same without it."""
+    state_dict.pop(prefix + "score.bias", None)
+
+
 class SAMAligner(IANAligner):
     """IAN with SAM's bidirectional guidance between each image and its sample's context.
 
@@ -88,7 +94,10 @@ class SAMAligner(IANAligner):
     def __init__(self, cfg: AlignerConfig, in_dim: int, out_dim: int, grid: int, kernels: KernelConfig):
         super().__init__(cfg, in_dim, out_dim, grid, kernels)
         self.include_self = cfg.sam_include_self
-        self.score = nn.Linear(in_dim, 1)
+        # No bias: the softmax over a sample's images is invariant to a constant added to every
+        # score, so a bias gets a zero gradient in exact arithmetic and could never learn.
+        self.score = nn.Linear(in_dim, 1, bias=False)
+        self.register_load_state_dict_pre_hook(_drop_score_bias)
         self.p12 = nn.Linear(out_dim, out_dim)
         self.p21 = nn.Linear(out_dim, out_dim)
         for p in (*self.p12.parameters(), *self.p21.parameters()):
