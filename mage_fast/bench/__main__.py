@@ -10,21 +10,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
 
 from mage_fast.bench import mmbench, mme, runner, seed
-from mage_fast.bench.common import read_answers
+from mage_fast.bench.common import read_answers, row_key
 
 
-def _questions(a: argparse.Namespace) -> tuple[list, callable, callable]:
-    """(questions, score(answers) -> dict, report(dict) -> str) of the chosen benchmark."""
+def _questions(a: argparse.Namespace) -> tuple[list, Callable, Callable, Callable]:
+    """(questions, score(answers) -> dict, report(dict) -> str, the answers rows' key) of the
+    chosen benchmark."""
     if a.bench == "mme":
         qs = mme.load(a.data)
-        return qs, lambda ans: mme.score(qs, ans), mme.report
+        return qs, lambda ans: mme.score(qs, ans), mme.report, mme.answer_key
     if a.bench == "mmbench":
         qs = mmbench.load(a.data, rotate=not a.no_rotate)
-        return qs, lambda ans: mmbench.score(qs, ans), mmbench.report
+        return qs, lambda ans: mmbench.score(qs, ans), mmbench.report, row_key
     qs, names = seed.load(a.data, a.image_root)
-    return qs, lambda ans: seed.score(qs, ans, names), seed.report
+    return qs, lambda ans: seed.score(qs, ans, names), seed.report, row_key
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -50,15 +52,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     a = parse(argv)
-    questions, score, report = _questions(a)
+    questions, score, report, key = _questions(a)
     path = a.out or a.answers
     if a.model is not None:
         name = os.path.basename(os.path.normpath(a.model))
         path = path or os.path.join("runs", "bench", f"{a.bench}_{name}.jsonl")
         bench = runner.load(a.model)
         fn = runner.rank_choices if a.mode == "likelihood" else runner.max_new_tokens(a.max_new_tokens)
-        runner.run(bench, questions, path, fn, a.batch_size)
-    result = score(read_answers(path))
+        runner.run(bench, questions, path, fn, a.batch_size, key)
+    result = score(read_answers(path, key))
     print(report(result))
     with open(os.path.splitext(path)[0] + "_scores.json", "w") as f:
         json.dump(result, f, indent=1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
@@ -17,11 +18,17 @@ _PUNCT = re.compile(r"[.()\[\],:;!*#{}]")
 _ANSWER_IS = re.compile(r"(?i:answer is)[:\s]*\(?([A-D])\b")
 
 
+IMAGE_FIRST = "<image>\n"
+
+
 @dataclass
 class Question:
-    """One model query. ``image`` is a file path or encoded image bytes; ``prompt`` is the user turn
-    (``<image>`` first, as LLaVA-1.5 asks); ``choices`` the option texts in letter order (empty
-    for open answers); ``gt`` the reference (a letter, or yes/no)."""
+    """One model query. ``qid`` is the key its answer is found under (see :func:`read_answers`);
+    ``image`` is a file path or encoded image bytes; ``prompt`` is the user turn (``<image>``
+    first, as LLaVA-1.5 asks); ``choices`` the option texts in letter order (empty for open
+    answers); ``gt`` the reference (a letter, or yes/no); ``row_id`` the ``question_id`` its
+    answers row carries when that is not ``qid`` (MME: LLaVA's image path, shared by the image's
+    questions)."""
 
     qid: str
     image: str | bytes
@@ -29,6 +36,7 @@ class Question:
     gt: str
     choices: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    row_id: str | None = None
 
 
 def option_block(question: str, choices: list[str]) -> str:
@@ -38,7 +46,7 @@ def option_block(question: str, choices: list[str]) -> str:
 
 def user_turn(text: str, suffix: str) -> str:
     """``<image>`` + newline + the question + newline + the answer-format instruction."""
-    return f"<image>\n{text}\n{suffix}"
+    return f"{IMAGE_FIRST}{text}\n{suffix}"
 
 
 def extract_letter(text: str, choices: list[str]) -> str | None:
@@ -75,8 +83,17 @@ def judge(questions: list[Question], answers: dict[str, str]) -> tuple[list[bool
     return oks, unparsed, missing
 
 
-def read_answers(path: str) -> dict[str, str]:
-    """``question_id`` → ``text`` of an answers JSONL (ours or LLaVA's). A torn last line (a run
+def row_key(row: dict) -> str:
+    """An answers row's key: its ``question_id``; LLaVA's MMBench --all-rounds rows (one
+    ``question_id``, ``round_id`` k) map to rotation k's id, ``question_id + k·1e6``."""
+    qid = row["question_id"]
+    if row.get("round_id"):
+        qid = int(qid) + ROTATION * int(row["round_id"])
+    return str(qid)
+
+
+def read_answers(path: str, key: Callable[[dict], str] = row_key) -> dict[str, str]:
+    """``key(row)`` → ``text`` of an answers JSONL (ours or LLaVA's). A torn last line (a run
     killed mid-write) is ignored; a bad line elsewhere raises naming the line."""
     out: dict[str, str] = {}
     if not os.path.exists(path):
@@ -94,16 +111,19 @@ def read_answers(path: str) -> dict[str, str]:
             raise ValueError(f"{path}:{n}: not a JSON line") from None
         if "question_id" not in row or "text" not in row:
             raise ValueError(f"{path}:{n}: an answer row needs question_id and text")
-        qid = row["question_id"]
-        if row.get("round_id"):  # LLaVA's MMBench --all-rounds: rotation k of question i is i + k·1e6
-            qid = int(qid) + ROTATION * int(row["round_id"])
-        out[str(qid)] = str(row["text"])
+        try:
+            out[key(row)] = str(row["text"])
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"{path}:{n}: cannot match this answer row to a question: {e!r}") from None
     return out
 
 
 def answer_row(q: Question, text: str, model_id: str) -> str:
-    """One LLaVA-style answers line (question_id, prompt, text, model_id, metadata)."""
-    row = {"question_id": q.qid, "prompt": q.prompt, "text": text, "model_id": model_id, "metadata": q.meta}
+    """One answers line as LLaVA's ``model_vqa*`` writes it: question_id, prompt (the question
+    text without the leading ``<image>``), text, model_id, metadata."""
+    prompt = q.prompt.removeprefix(IMAGE_FIRST)
+    qid = q.qid if q.row_id is None else q.row_id
+    row = {"question_id": qid, "prompt": prompt, "text": text, "model_id": model_id, "metadata": q.meta}
     return json.dumps(row)
 
 

@@ -2,8 +2,16 @@
 
 Layout (the release folder): ``DATA/<subtask>/`` holds either ``images/`` + ``questions_answers_YN/``
 (artwork, celebrity, landmark, posters, scene) or the images and their ``.txt`` side by side (the
-others). Each ``.txt`` is named after its image and holds ``question<TAB>Yes|No`` lines. Question
-ids are ``<subtask>/<image file>#<line>``.
+others). Each ``.txt`` is named after its image and holds ``question<TAB>Yes|No`` lines.
+
+Prompts and answers files are LLaVA-1.5's (``llava_mme.jsonl``, ``model_vqa_loader``): the
+question without its trailing "Please answer yes or no.", then "\nAnswer the question using a
+single word or phrase."; an answers row's ``question_id`` is the image's path under ``DATA``
+(``existence/0000.png``, ``artwork/images/X.jpg``), shared by both questions of an image, and
+its ``prompt`` is that text. Answers are matched as LLaVA's ``convert_answer_to_mme.py`` matches
+them: by subtask (the id's first folder), the ``.txt`` named after the id's file (up to its first
+dot) and the question text (the single-word instruction and the yes/no request set aside), so
+LLaVA's own answers files and ours score alike.
 
 Scoring: an answer is lower-cased; exactly "yes"/"no" is that, else "yes" within its first 4
 characters is yes, else "no" there is no, else "other" (always wrong). Per subtask
@@ -14,13 +22,37 @@ perception subtasks (max 2000), cognition the 4 cognition subtasks (max 800).
 from __future__ import annotations
 
 import os
+import re
 from collections import defaultdict
 
-from mage_fast.bench.common import SHORT_ANSWER, Question, percent, user_turn
+from mage_fast.bench.common import IMAGE_FIRST, SHORT_ANSWER, Question, percent, user_turn
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR")
 COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 _IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+# MME's yes/no request ends each question, after one space or (in a few lines) two.
+_YES_NO = re.compile(r"\s*Please answer yes or no\.\s*$")
+
+
+def llava_text(question: str) -> str:
+    """The question as ``llava_mme.jsonl`` asks it: MME's trailing "Please answer yes or no."
+    (and the spaces before it) removed."""
+    return _YES_NO.sub("", question.strip())
+
+
+def match_key(subtask: str, txt_name: str, question: str) -> str:
+    """The key a question and its answer meet under: subtask, the image's ``.txt`` and the
+    question text (``convert_answer_to_mme.py``'s (category, file, question), with the yes/no
+    request on neither side)."""
+    return f"{subtask}/{txt_name}\t{llava_text(question)}"
+
+
+def answer_key(row: dict) -> str:
+    """:func:`match_key` of an answers row (LLaVA's or ours), from its question_id and prompt."""
+    qid = str(row["question_id"])
+    txt_name = qid.split("/")[-1].split(".")[0] + ".txt"
+    prompt = str(row["prompt"]).removeprefix(IMAGE_FIRST).replace(SHORT_ANSWER, "").strip()
+    return match_key(qid.split("/")[0], txt_name, prompt)
 
 
 def _pairs(subdir: str) -> list[tuple[str, str]]:
@@ -47,13 +79,15 @@ def load(data: str) -> list[Question]:
         for txt, img in _pairs(os.path.join(data, sub)):
             with open(txt, encoding="utf-8") as f:
                 lines = [ln.rstrip("\n") for ln in f if ln.strip()]
+            row_id = os.path.relpath(img, data).replace(os.sep, "/")
             for k, line in enumerate(lines):
                 q, sep, gt = line.rpartition("\t")
                 if not sep or gt.strip().lower() not in ("yes", "no"):
                     raise ValueError(f"{txt}:{k + 1}: expected 'question<TAB>Yes|No', got {line!r}")
-                qid = f"{sub}/{os.path.basename(img)}#{k}"
+                qid = match_key(sub, os.path.basename(txt), q)
                 meta = {"subtask": sub, "image": os.path.basename(img)}
-                questions.append(Question(qid, img, user_turn(q.strip(), SHORT_ANSWER), gt.strip().lower(), meta=meta))
+                prompt = user_turn(llava_text(q), SHORT_ANSWER)
+                questions.append(Question(qid, img, prompt, gt.strip().lower(), meta=meta, row_id=row_id))
     if not questions:
         raise ValueError(f"MME: no subtask folders ({', '.join(PERCEPTION + COGNITION)}) under {data}")
     return questions
@@ -70,7 +104,8 @@ def parse_yes_no(text: str) -> str:
 
 def score(questions: list[Question], answers: dict[str, str]) -> dict:
     """Per-subtask acc, acc+, score and counts; perception, cognition and total sums. An
-    unanswered question counts wrong (and is counted in ``missing``)."""
+    unanswered question counts wrong (and is counted in ``missing``); answers that match no
+    question are counted in ``unmatched``. ``answers`` maps :func:`answer_key` to text."""
     per_image: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
     other = defaultdict(int)
     missing = 0
@@ -103,6 +138,7 @@ def score(questions: list[Question], answers: dict[str, str]) -> dict:
         "total": perception + cognition,
         "absent_subtasks": absent,
         "missing": missing,
+        "unmatched": len(set(answers) - {q.qid for q in questions}),
     }
 
 
@@ -115,6 +151,8 @@ def report(result: dict) -> str:
                 r = result["subtasks"][s]
                 lines.append(f"{s:<24} {r['acc']:>7.2f} {r['acc_plus']:>7.2f} {r['score']:>7.2f}")
     lines.append(f"perception {result['perception']:.2f} / 2000, cognition {result['cognition']:.2f} / 800")
+    if result["missing"] or result["unmatched"]:
+        lines.append(f"unanswered questions {result['missing']}, answers matching no question {result['unmatched']}")
     if result["absent_subtasks"]:
         lines.append(f"absent subtasks (score 0): {', '.join(result['absent_subtasks'])}")
     return "\n".join(lines)

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from mage_fast.bench.common import LETTERS, Question, answer_row, read_answers
+from mage_fast.bench.common import LETTERS, Question, answer_row, read_answers, row_key
 from mage_fast.data.image import ImageTransform, load_image
 from mage_fast.data.llava_conv import make_template
 from mage_fast.data.template import IGNORE_INDEX, ConversationTemplate
@@ -48,15 +48,15 @@ def pixels(bench: Bench, questions: list[Question]) -> torch.Tensor:
     return torch.stack([bench.transform(open_image(q.image)) for q in questions])
 
 
-def _resume(path: str) -> set[str]:
-    """Ids already in the answers file; a torn last line (a killed run) is cut off first."""
+def _resume(path: str, key: Callable[[dict], str]) -> set[str]:
+    """Keys of the answers already in the file; a torn last line (a killed run) is cut off first."""
     if not os.path.exists(path):
         return set()
     with open(path, "rb+") as f:
         data = f.read()
         if data and not data.endswith(b"\n"):
             f.truncate(data.rfind(b"\n") + 1)
-    return set(read_answers(path))
+    return set(read_answers(path, key))
 
 
 def _batches(bench: Bench, todo: list[Question], batch_size: int) -> Iterator[tuple[list[Question], torch.Tensor]]:
@@ -71,9 +71,17 @@ def _batches(bench: Bench, todo: list[Question], batch_size: int) -> Iterator[tu
             yield [q for q, _ in part], torch.stack([ids for _, ids in part])
 
 
-def run(bench: Bench, questions: list[Question], out: str, answer_fn: Callable, batch_size: int = 16) -> None:
-    """Answers every question not yet in ``out``; ``answer_fn(bench, questions, input_ids) -> texts``."""
-    done = _resume(out)
+def run(
+    bench: Bench,
+    questions: list[Question],
+    out: str,
+    answer_fn: Callable,
+    batch_size: int = 16,
+    key: Callable[[dict], str] = row_key,
+) -> None:
+    """Answers every question not yet in ``out`` (``key`` of its rows, see
+    :func:`~mage_fast.bench.common.read_answers`); ``answer_fn(bench, questions, input_ids) -> texts``."""
+    done = _resume(out, key)
     todo = [q for q in questions if q.qid not in done]
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "a", encoding="utf-8") as f, tqdm(total=len(todo), desc=os.path.basename(out), unit="q") as bar:

@@ -24,10 +24,11 @@ def png(path: str | None, k: int, size: tuple[int, int] = (30, 20)) -> bytes:
 
 
 # subtask -> per image the (question, answer) lines; artwork uses the images/ + questions_answers_YN/
-# layout, the others images and .txt side by side.
+# layout, the others images and .txt side by side. Two spaces before "Please answer yes or no." as
+# in a few of MME's own lines.
 MME_SUBTASKS = {
     "existence": [[("Is there a cat? Please answer yes or no.", "Yes"), ("Is there a dog? Please answer yes or no.", "No")],
-                  [("Is there a red block? Please answer yes or no.", "Yes"), ("Is there a tree? Please answer yes or no.", "No")]],
+                  [("Is there a red block? Please answer yes or no.", "Yes"), ("Is there a red scarf in the image?  Please answer yes or no.", "No")]],
     "artwork": [[("Is this by Monet? Please answer yes or no.", "Yes"), ("Is this by Dali? Please answer yes or no.", "No")]],
     "color": [[("Is it red? Please answer yes or no.", "Yes"), ("Is it blue? Please answer yes or no.", "No")]],
     "commonsense_reasoning": [[("Is it safe? Please answer yes or no.", "No"), ("Is it dangerous? Please answer yes or no.", "Yes")]],

@@ -26,16 +26,20 @@ def test_mme_yes_no_parsing(text: str, want: str) -> None:
 
 def test_mme_scores_by_hand(tmp_path) -> None:
     qs = mme.load(write_mme(str(tmp_path)))
-    assert len(qs) == 10 and qs[0].prompt.startswith("<image>\n")
-    assert qs[0].prompt.endswith("Please answer yes or no.\nAnswer the question using a single word or phrase.")
-    ids = {q.qid for q in qs}
-    assert "artwork/0000.png#1" in ids  # the images/ + questions_answers_YN/ layout is read
-    ans = {
-        "existence/0000.png#0": "Yes", "existence/0000.png#1": "no",  # image 0 both right
-        "existence/0001.png#0": "Yes, there is.", "existence/0001.png#1": "yes",  # image 1 one right
-        "artwork/0000.png#0": "I believe so", "artwork/0000.png#1": "No",  # "other" is wrong
-        "commonsense_reasoning/0000.png#0": "no", "commonsense_reasoning/0000.png#1": "yes",
+    assert len(qs) == 10
+    assert qs[0].prompt == "<image>\nIs this by Monet?\nAnswer the question using a single word or phrase."
+    by = {(q.row_id, q.prompt.split("\n")[1]): q.qid for q in qs}  # (LLaVA's question_id, question text)
+    assert ("artwork/images/0000.png", "Is this by Dali?") in by  # the images/ + questions_answers_YN/ layout
+    texts = {
+        ("existence/0000.png", "Is there a cat?"): "Yes", ("existence/0000.png", "Is there a dog?"): "no",  # both right
+        ("existence/0001.png", "Is there a red block?"): "Yes, there is.",  # image 1 one right
+        ("existence/0001.png", "Is there a red scarf in the image?"): "yes",
+        ("artwork/images/0000.png", "Is this by Monet?"): "I believe so",  # "other" is wrong
+        ("artwork/images/0000.png", "Is this by Dali?"): "No",
+        ("commonsense_reasoning/0000.png", "Is it safe?"): "no",
+        ("commonsense_reasoning/0000.png", "Is it dangerous?"): "yes",
     }  # color: no answers at all (missing counts wrong)  # fmt: skip
+    ans = {by[k]: v for k, v in texts.items()}
     r = mme.score(qs, ans)
     s = r["subtasks"]
     # existence: acc 3/4 = 75, acc+ 1/2 = 50 -> 125; artwork: acc 1/2 = 50, acc+ 0 -> 50
