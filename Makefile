@@ -6,6 +6,7 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.mage-fast-installed
 # The venv's tools first on PATH (deepspeed, ninja): torch builds JIT ops with whichever `ninja` it
 # finds, and a build by another ninja version counts as stale, so mixing them rebuilds every time.
+# Every command that runs a program of the venv starts with it (tests/test_makefile.py checks).
 VENV_PATH := PATH=$(abspath $(VENV))/bin:$$PATH
 SOURCES := setup.py pyproject.toml requirements.txt $(wildcard csrc/*.cpp csrc/*.h csrc/include/mage_fast/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
 NPROC   ?= 2
@@ -18,23 +19,23 @@ install: $(STAMP)
 
 $(STAMP): $(SOURCES)
 	test -x $(VPY) || $(PY) -m venv $(VENV)
-	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -c "import torch" 2>/dev/null || $(VPY) -m pip install -q torch==2.13.0
-	$(VPY) -m pip install -q -r requirements.txt
-	$(VPY) -m pip install -q --no-build-isolation -e .
+	$(VENV_PATH) $(VPY) -m pip install -q --upgrade pip
+	$(VENV_PATH) $(VPY) -c "import torch" 2>/dev/null || $(VENV_PATH) $(VPY) -m pip install -q torch==2.13.0
+	$(VENV_PATH) $(VPY) -m pip install -q -r requirements.txt
+	$(VENV_PATH) $(VPY) -m pip install -q --no-build-isolation -e .
 	$(VENV_PATH) $(VPY) -m mage_fast.train.prebuild
 	touch $(STAMP)
 
 # The built-in task: generate the shapes world, stage 1 (align on captions, CE + MSE), stage 2
 # (questions), then held-out exact-match accuracy per question type. Two ranks on CPU via gloo.
 demo: install
-	$(VENV)/bin/python -m mage_fast.data.shapes --out $(DEMO)/data --n 6000 --seed 0
+	$(VENV_PATH) $(VPY) -m mage_fast.data.shapes --out $(DEMO)/data --n 6000 --seed 0
 	$(VENV_PATH) deepspeed --num_gpus $(NPROC) --module mage_fast.train \
 	  --config configs/train/demo_stage1.yaml run_dir=$(DEMO)/stage1 data.root=$(DEMO)/data
 	$(VENV_PATH) deepspeed --num_gpus $(NPROC) --module mage_fast.train \
 	  --config configs/train/demo_stage2.yaml run_dir=$(DEMO)/stage2 data.root=$(DEMO)/data \
 	  init_from=$(DEMO)/stage1/export
-	$(VENV)/bin/python -m mage_fast.eval --model $(DEMO)/stage2/export --data $(DEMO)/data/eval.json \
+	$(VENV_PATH) $(VPY) -m mage_fast.eval --model $(DEMO)/stage2/export --data $(DEMO)/data/eval.json \
 	  --out $(DEMO)/answers.jsonl
 
 # Test files run in TEST_WORKERS processes (pytest-xdist), a file's tests in one of them, so a
@@ -48,16 +49,16 @@ test: install
 # BENCH_DATE keys every row of one run.
 bench: install
 	export BENCH_DATE=$$(date -u +%Y-%m-%dT%H:%M:%SZ) && \
-	$(VPY) -m benchmarks.bench_patch_pool && \
-	$(VPY) -m benchmarks.bench_ian_projection && \
-	$(VPY) -m benchmarks.bench_ce_mse && \
-	$(VPY) -m benchmarks.bench_step
-	$(VPY) -m benchmarks.plot
-	$(VPY) -m benchmarks.guard
+	$(VENV_PATH) $(VPY) -m benchmarks.bench_patch_pool && \
+	$(VENV_PATH) $(VPY) -m benchmarks.bench_ian_projection && \
+	$(VENV_PATH) $(VPY) -m benchmarks.bench_ce_mse && \
+	$(VENV_PATH) $(VPY) -m benchmarks.bench_step
+	$(VENV_PATH) $(VPY) -m benchmarks.plot
+	$(VENV_PATH) $(VPY) -m benchmarks.guard
 
 # Every benchmark script on tiny shapes (seconds; CI), into runs/bench-smoke/. No guard.
 bench-smoke: install
-	$(VPY) -m benchmarks.smoke
+	$(VENV_PATH) $(VPY) -m benchmarks.smoke
 
 # Without a GPU: build mage_fast._C with nvcc against the CUDA torch (torch==2.14.1 from local disk)
 # in a second venv (.venv-cuda), import it, and assert every op has its CUDA kernel registered.
@@ -66,8 +67,8 @@ cuda-check:
 	PY=$(PY) bash .ci/cuda_check.sh
 
 lint: install
-	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
+	$(VENV_PATH) $(VENV)/bin/ruff check .
+	$(VENV_PATH) $(VENV)/bin/ruff format --check .
 
 clean:
 	rm -rf build *.egg-info mage_fast/_C*.so runs .venv-cuda
@@ -77,11 +78,11 @@ clean:
 # executor's scores on the held-out rows (valid-call, tool name, arguments, over-call, end-to-end).
 demo-tools: install
 	test -f $(DEMO)/stage2/export/mage_config.json || $(MAKE) demo
-	$(VENV)/bin/python -m mage_fast.data.shapes_tools --out $(DEMO)/tools --n 6300 --n-eval 300 --seed 1
+	$(VENV_PATH) $(VPY) -m mage_fast.data.shapes_tools --out $(DEMO)/tools --n 6300 --n-eval 300 --seed 1
 	$(VENV_PATH) deepspeed --num_gpus $(NPROC) --module mage_fast.train \
 	  --config configs/train/demo_tools.yaml run_dir=$(DEMO)/stage3 data.root=$(DEMO)/tools \
 	  init_from=$(DEMO)/stage2/export
-	$(VENV)/bin/python -m mage_fast.tools.score --model $(DEMO)/stage3/export --data $(DEMO)/tools/eval.json \
+	$(VENV_PATH) $(VPY) -m mage_fast.tools.score --model $(DEMO)/stage3/export --data $(DEMO)/tools/eval.json \
 	  --config configs/train/demo_tools.yaml --out $(DEMO)/tools_scores.json
 
 # Multi-image demo (README "Multi-image: SAM"): the shapes world's group / change / story tasks,
@@ -91,8 +92,8 @@ demo-tools: install
 DEMO_MULTI ?= runs/demo_multi
 MULTI_ARGS ?=
 demo-multi: install
-	$(VPY) -m mage_fast.data.shapes_multi --out $(DEMO_MULTI)/data --n 2000 --n-eval 50 --seed 0
-	$(VPY) -m mage_fast.demo_multi --data $(DEMO_MULTI)/data --out $(DEMO_MULTI) \
+	$(VENV_PATH) $(VPY) -m mage_fast.data.shapes_multi --out $(DEMO_MULTI)/data --n 2000 --n-eval 50 --seed 0
+	$(VENV_PATH) $(VPY) -m mage_fast.demo_multi --data $(DEMO_MULTI)/data --out $(DEMO_MULTI) \
 	  --config configs/train/demo_multi.yaml $(MULTI_ARGS)
 
 # The projector ablation (mage_fast/ablate.py): 4 aligners and 3 MSE weights on the shapes world,
@@ -100,13 +101,13 @@ demo-multi: install
 # reused, so an interrupted `make ablate` continues. ABLATE_ARGS e.g. "--steps 50 --seeds 0".
 ABLATE_ARGS ?=
 ablate: install
-	$(VPY) -m mage_fast.ablate --out runs/ablate $(ABLATE_ARGS)
+	$(VENV_PATH) $(VPY) -m mage_fast.ablate --out runs/ablate $(ABLATE_ARGS)
 
 # Without a GPU: every Triton kernel and launch configuration the ops can pick compiled for sm_90
 # with the GPU JIT's specialisations, and csrc/cuda with nvcc -Xptxas -v; prints registers,
 # spills and shared memory per kernel, fails on a spill or > 227 KiB (tests/ops/sm90_compile.py).
 sm90-report: install
-	@start=$$(date +%s); env -u TRITON_INTERPRET $(VPY) tests/ops/sm90_compile.py && \
+	@start=$$(date +%s); env -u TRITON_INTERPRET $(VENV_PATH) $(VPY) tests/ops/sm90_compile.py && \
 	  PY=$(PY) VPY=$(VPY) bash .ci/sm90_cuda.sh && echo "sm90-report: done in $$(( $$(date +%s) - start )) s"
 
 # On a CUDA machine (< 8 min): build with the CUDA kernels, cuda + compiled-Triton op tests,
