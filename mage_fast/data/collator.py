@@ -1,4 +1,4 @@
-"""Batches LlavaDataset samples for the model."""
+"""Batches LlavaDataset samples for the model: right-padded rows, or packed rows."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from .packing import pack_rows
 from .template import IGNORE_INDEX
 
 
@@ -21,18 +22,33 @@ class Collator:
     - ``caption_ids`` (N, Lc) long padded with ``pad_id``, Lc >= 1; ``caption_mask`` (N, Lc) bool,
       all False for an image without caption
     - ``ids``: list of B sample ids
+
+    With ``pack_length`` the samples are packed (`mage_fast.data.packing.pack_rows`) into R <= B
+    rows of at most ``pack_length`` tokens: the row tensors are (R, L), and two more keys say where
+    each sample lies: ``position_ids`` (R, L), restarting at 0 per sample, and ``sample_rows`` (B,),
+    each sample's row. Per-sample keys (``image_counts``, ``ids``, images and captions) follow
+    the packed order, row by row.
     """
 
-    def __init__(self, pad_id: int, image_size: int):
+    def __init__(self, pad_id: int, image_size: int, pack_length: int | None = None):
         if pad_id is None:  # e.g. tokenizer.pad_token_id before ensure_special_tokens()
             raise ValueError("Collator needs a pad id; call ensure_special_tokens(tokenizer) first")
-        self.pad_id, self.image_size = int(pad_id), int(image_size)
+        if pack_length is not None and pack_length < 1:
+            raise ValueError(f"Collator pack_length must be a positive int or None, got {pack_length!r}")
+        self.pad_id, self.image_size, self.pack_length = int(pad_id), int(image_size), pack_length
 
     def __call__(self, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if not samples:
             raise ValueError("Collator got an empty batch")
-        B, S = len(samples), self.image_size
-        L = max(len(s["input_ids"]) for s in samples)
+        if self.pack_length is not None:
+            samples, rows = pack_rows(samples, self.pack_length, self.pad_id)
+        else:
+            rows = self._padded_rows(samples)
+        return {**rows, **self._media(samples), "ids": [s["id"] for s in samples]}
+
+    def _padded_rows(self, samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """input_ids, attention_mask, labels: one right-padded row per sample, (B, max length)."""
+        B, L = len(samples), max(len(s["input_ids"]) for s in samples)
         input_ids = torch.full((B, L), self.pad_id, dtype=torch.long)
         labels = torch.full((B, L), IGNORE_INDEX, dtype=torch.long)
         attention_mask = torch.zeros((B, L), dtype=torch.long)
@@ -41,6 +57,11 @@ class Collator:
             input_ids[b, :n] = s["input_ids"]
             labels[b, :n] = s["labels"]
             attention_mask[b, :n] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    def _media(self, samples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """pixel_values, image_counts, caption_ids, caption_mask, in the samples' order."""
+        S = self.image_size
         pixels = [s["pixel_values"] for s in samples]
         for s, p in zip(samples, pixels):
             if p.dim() != 4 or tuple(p.shape[1:]) != (3, S, S):
@@ -56,12 +77,8 @@ class Collator:
             caption_ids[k, : len(c)] = c
             caption_mask[k, : len(c)] = True
         return {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "labels": labels,
             "pixel_values": pixel_values,
             "image_counts": torch.tensor([p.shape[0] for p in pixels], dtype=torch.long),
             "caption_ids": caption_ids,
             "caption_mask": caption_mask,
-            "ids": [s["id"] for s in samples],
         }

@@ -31,6 +31,11 @@ class DataConfig:
     num_workers: int = 0  # DataLoader workers
     # auto: the template of init_from (vicuna_v1 for a LLaVA checkpoint), else "default"
     template: str = "auto"
+    # Each micro-batch's samples packed into rows of at most max_length tokens (first-fit-decreasing),
+    # attention and positions per sample: the same losses and gradients as unpacked (docs/packing.md).
+    packing: bool = False
+    # Micro-rounds of similar length, text-only and image rows apart (LLaVA's group_by_modality_length).
+    group_by_length: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.train, str) or not self.train:
@@ -47,5 +52,8 @@ class DataConfig:
             raise ValueError(f"DataConfig.max_bad_fraction must be in [0, 1], got {self.max_bad_fraction!r}")
         if self.template not in ("auto", *TEMPLATE_NAMES):
             raise ValueError(f"DataConfig.template must be one of {('auto', *TEMPLATE_NAMES)}, got {self.template!r}")
+        for name in ("packing", "group_by_length"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"DataConfig.{name} must be true or false, got {getattr(self, name)!r}")
         if not isinstance(self.num_workers, int) or self.num_workers < 0:
             raise ValueError(f"DataConfig.num_workers must be an int >= 0, got {self.num_workers!r}")

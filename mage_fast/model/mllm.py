@@ -59,24 +59,17 @@ class MageModel(nn.Module):
         pixel_values: torch.Tensor,
         image_counts: torch.Tensor,
         ids: list[str] | None = None,
+        sample_rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings with each image's T visual tokens scattered into its placeholders.
 
-        input_ids (B, L) hold T copies of the image token per image, in image order.
-        Returns inputs_embeds (B, L, D) and Z (n_img, T, D).
+        input_ids (R, L) hold T copies of the image token per image, in image order. image_counts
+        (B,): images per sample; sample_rows (B,): each sample's row of a packed batch (None: one
+        sample per row, R = B). Returns inputs_embeds (R, L, D) and Z (n_img, T, D).
         """
         embeds = self.llm.get_input_embeddings()(input_ids)
         is_img = input_ids == self.image_token_id
-        found = is_img.sum(1)
-        want = image_counts.to(found.device) * self.num_image_tokens
-        bad = (found != want).nonzero().flatten().tolist()
-        if bad:
-            b = bad[0]
-            name = ids[b] if ids else f"#{b}"
-            raise ValueError(
-                f"sample {name}: {int(found[b])} image placeholder tokens but {int(image_counts[b])} "
-                f"image(s) × {self.num_image_tokens} visual tokens = {int(want[b])} expected"
-            )
+        self._check_placeholders(is_img.sum(1), image_counts.to(is_img.device), ids, sample_rows)
         if pixel_values.shape[0] == 0:
             # Every rank must run tower and aligner every step (ZeRO-3 gathers per module, and
             # ranks would hang waiting for each other): a zero image that contributes nothing.
@@ -86,6 +79,24 @@ class MageModel(nn.Module):
         z = self.encode_images(pixel_values, image_counts)
         embeds = embeds.masked_scatter(is_img.unsqueeze(-1), z.to(embeds.dtype).reshape(-1, z.shape[-1]))
         return embeds, z
+
+    def _check_placeholders(
+        self, found: torch.Tensor, counts: torch.Tensor, ids: list[str] | None, sample_rows: torch.Tensor | None
+    ) -> None:
+        """found (R,) placeholder tokens per row against counts (B,) images per sample × T."""
+        rows = torch.arange(counts.shape[0], device=counts.device) if sample_rows is None else sample_rows
+        rows = rows.to(counts.device)
+        want = torch.zeros_like(found).index_add(0, rows, counts * self.num_image_tokens)
+        images = torch.zeros_like(found).index_add(0, rows, counts)
+        bad = (found != want).nonzero().flatten().tolist()
+        if bad:
+            b = bad[0]
+            names = [ids[i] if ids else f"#{i}" for i in (rows == b).nonzero().flatten().tolist()]
+            what = f"sample {names[0]}" if sample_rows is None else f"packed row {b} (samples {', '.join(names)})"
+            raise ValueError(
+                f"{what}: {int(found[b])} image placeholder tokens but {int(images[b])} "
+                f"image(s) × {self.num_image_tokens} visual tokens = {int(want[b])} expected"
+            )
 
     def caption_targets(self, caption_ids: torch.Tensor, caption_mask: torch.Tensor) -> torch.Tensor:
         """d_txt: masked mean of the (frozen, no-grad) LLM input embeddings of each caption, (M, D)."""
@@ -107,8 +118,15 @@ class MageModel(nn.Module):
         ids: list[str] | None = None,
         num_items: int | None = None,
         mse_share: float = 1.0,
+        position_ids: torch.Tensor | None = None,
+        sample_rows: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """CE on next tokens (labelled positions only) + λ·MSE(d_img, d_txt).
+
+        A packed batch (`Collator(pack_length=...)`) brings position_ids (R, L), restarting at 0 per
+        sample, and sample_rows (B,): the LLM then gets the position ids and no 2-D mask, so HF
+        keeps attention inside each sample (a block-diagonal causal mask for sdpa / eager, the
+        varlen path for flash_attention_2); attention_mask then only counts the real tokens.
 
         num_items: labelled tokens in the whole accumulated (and data-parallel) batch, for exact
         gradient accumulation; None divides by this micro-batch's count.
@@ -118,9 +136,13 @@ class MageModel(nn.Module):
         Returns loss = ce + λ·mse (the op's own sum), ce, mse (0-dim fp32, mse already scaled by
         mse_share) and n_tokens (this micro-batch's labelled tokens).
         """
-        embeds, z = self.embed(input_ids, pixel_values, image_counts, ids)
+        embeds, z = self.embed(input_ids, pixel_values, image_counts, ids, sample_rows)
+        if position_ids is not None:
+            # HF builds the per-sample mask from packed position ids only without a 2-D mask and
+            # without a cache (use_cache=False below)
+            attention_mask = None
         hidden = self.llm.base_model(
-            inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False
+            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
         ).last_hidden_state
         targets, sel = next_token_targets(labels)
         h = hidden[:, :-1][sel]

@@ -211,8 +211,9 @@ def build_run(cfg: TrainConfig) -> Run:
     if cfg.data.answers:
         path = os.path.join(cfg.data.root, cfg.data.answers)
         acc_eval = AccuracyEval(path, model, tokenizer, transform, limit=cfg.data.answers_limit)
-    batches = ResumableBatches(len(data), cfg.micro_batch_size, rank, world, cfg.seed)
-    collate = Collator(tokenizer.pad_token_id, model.image_size)
+    groups = (data.lengths, [bool(x) for x in data.images]) if cfg.data.group_by_length else None
+    batches = ResumableBatches(len(data), cfg.micro_batch_size, rank, world, cfg.seed, groups)
+    collate = Collator(tokenizer.pad_token_id, model.image_size, cfg.data.max_length if cfg.data.packing else None)
     return Run(
         cfg, rank, world, ds, engine, tokenizer, transform, data, collate, batches, acc_eval, hf_ds, tag, universal
     )
