@@ -22,6 +22,7 @@ from mage_fast.data.llava import read_rows
 from mage_fast.data.llava_conv import make_template
 from mage_fast.data.template import ConversationTemplate, to_messages
 from mage_fast.model.pretrained import image_transform, load_pretrained
+from mage_fast.provenance import input_record, project_version
 
 
 def normalize(text: str) -> str:
@@ -113,6 +114,25 @@ def write_answers(items: list[dict], path: str, model_id: str) -> None:
     os.replace(tmp, path)
 
 
+def made_with(model_dir: str, data: str, model, transform: ImageTransform, decoding: dict) -> dict:
+    """How the metrics were made: data file and hash, model folder, template, image rule,
+    decoding (batches of one prompt length, no padding), answer rule and project version."""
+    return {
+        "data": input_record(data),
+        "model": os.path.abspath(model_dir),
+        "template": model.cfg.template,
+        "image": {
+            "rule": "bicubic resize to SxS, aspect ratio not kept",
+            "size": transform.size,
+            "mean": list(transform.mean),
+            "std": list(transform.std),
+        },
+        "decoding": {**decoding, "padding": "none: batches of one prompt length"},
+        "answer_rule": "exact match after lower-casing, collapsing spaces and stripping spaces and periods",
+        "project": project_version(),
+    }
+
+
 @torch.no_grad()
 def evaluate(
     model_dir: str,
@@ -132,6 +152,8 @@ def evaluate(
             answer(model, tok, group[i : i + batch_size], max_new_tokens)
     acc, n = score(items)
     metrics = {"accuracy": acc, "n": n, "seconds": time.time() - t0}
+    decoding = {"mode": "greedy", "max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    metrics["made_with"] = made_with(model_dir, data, model, image_transform(model_dir, model.image_size), decoding)
     if out:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         write_answers(items, out, os.path.basename(os.path.normpath(model_dir)))

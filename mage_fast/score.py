@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections import defaultdict
 from typing import Any
 
 from mage_fast.data.llava import read_rows
+from mage_fast.provenance import input_record, project_version
 
 METRICS = ("BLEU-4", "ROUGE-L", "CIDEr-D")
 RULES = ("sam", "vqa")
@@ -227,8 +229,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"mage_fast.score: {e}")
     print(format_table(table))
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"rule": a.rule, "tasks": table}, f, indent=1)
+        made = {"pred": input_record(a.pred), "ref": input_record(a.ref), "project": project_version()}
+        with open(a.json + ".tmp", "w") as f:
+            json.dump({"rule": a.rule, "tasks": table, "made_with": made}, f, indent=1)
+        os.replace(a.json + ".tmp", a.json)
 
 
 if __name__ == "__main__":

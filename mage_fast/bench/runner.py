@@ -3,7 +3,10 @@ appended to a resumable LLaVA-style answers JSONL (a rerun skips the ids already
 
 Prompts are encoded with the model's conversation template (the one it was trained with), so a
 LLaVA-1.5 checkpoint sees LLaVA's ``vicuna_v1`` prompt. Greedy decoding runs on prompts of one
-length per batch (``MageModel.generate`` takes no padding); likelihood scoring pads on the right.
+length per batch (``MageModel.generate`` takes no padding, so the batch size changes no answer);
+likelihood scoring pads on the right under an attention mask. Images are resized to the model's
+square size (``aspect="resize"``, as the project trains), or first padded to a square with the
+mean colour (``aspect="pad"``, LLaVA-1.5's ``image_aspect_ratio: pad``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,24 @@ class Bench:
     template: ConversationTemplate
     transform: ImageTransform
     model_id: str
+    aspect: str = "resize"
+
+
+ASPECT_RULES = {
+    "resize": "bicubic resize to SxS, aspect ratio not kept (no crop, no padding)",
+    "pad": "padded to a square with the image mean colour, centred (LLaVA's expand2square), then bicubic resize to SxS",
+}
+
+
+def pad_to_square(img: Image.Image, mean: tuple[float, float, float]) -> Image.Image:
+    """LLaVA-1.5's ``expand2square``: the RGB image centred on a square of the mean colour."""
+    img = img.convert("RGB")
+    w, h = img.size
+    if w == h:
+        return img
+    out = Image.new("RGB", (max(w, h),) * 2, tuple(int(m * 255) for m in mean))
+    out.paste(img, ((max(w, h) - w) // 2, (max(w, h) - h) // 2))
+    return out
 
 
 def open_image(src: str | bytes) -> Image.Image:
@@ -44,8 +65,13 @@ def open_image(src: str | bytes) -> Image.Image:
 
 
 def pixels(bench: Bench, questions: list[Question]) -> torch.Tensor:
-    """(n, 3, S, S) pixel values, one image per question."""
-    return torch.stack([bench.transform(open_image(q.image)) for q in questions])
+    """(n, 3, S, S) pixel values, one image per question, by the bench's aspect rule."""
+    if bench.aspect not in ASPECT_RULES:
+        raise ValueError(f"unknown aspect rule {bench.aspect!r}: one of {sorted(ASPECT_RULES)}")
+    images = [open_image(q.image) for q in questions]
+    if bench.aspect == "pad":
+        images = [pad_to_square(im, bench.transform.mean) for im in images]
+    return torch.stack([bench.transform(im) for im in images])
 
 
 def _resume(path: str, key: Callable[[dict], str]) -> set[str]:
@@ -78,9 +104,10 @@ def run(
     answer_fn: Callable,
     batch_size: int = 16,
     key: Callable[[dict], str] = row_key,
-) -> None:
+) -> int:
     """Answers every question not yet in ``out`` (``key`` of its rows, see
-    :func:`~mage_fast.bench.common.read_answers`); ``answer_fn(bench, questions, input_ids) -> texts``."""
+    :func:`~mage_fast.bench.common.read_answers`); ``answer_fn(bench, questions, input_ids) -> texts``.
+    Returns how many it answered."""
     done = _resume(out, key)
     todo = [q for q in questions if q.qid not in done]
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
@@ -90,6 +117,7 @@ def run(
                 f.write(answer_row(q, text, bench.model_id) + "\n")
             f.flush()
             bar.update(len(qs))
+    return len(todo)
 
 
 def max_new_tokens(n: int) -> Callable:
@@ -145,7 +173,7 @@ def rank_choices(bench: Bench, qs: list[Question], ids: torch.Tensor) -> list[st
     return [LETTERS[int(i)] for i in choice_scores(bench, qs).argmax(1)]
 
 
-def load(model_dir: str, cache: str = os.path.join("runs", "bench", "llava_import")) -> Bench:
+def load(model_dir: str, cache: str = os.path.join("runs", "bench", "llava_import"), aspect: str = "resize") -> Bench:
     """A :class:`Bench` (fp32, CPU) from an exported model folder, or from a transformers LLaVA
     folder imported once into ``cache/<its name>``."""
     from mage_fast.model.hf_llava import import_llava, is_llava_dir
@@ -158,4 +186,4 @@ def load(model_dir: str, cache: str = os.path.join("runs", "bench", "llava_impor
             import_llava(src, model_dir)
     model, tok = load_pretrained(model_dir)
     template = make_template(tok, model.num_image_tokens, model.cfg.template)
-    return Bench(model, tok, template, image_transform(model_dir, model.image_size), name)
+    return Bench(model, tok, template, image_transform(model_dir, model.image_size), name, aspect)

@@ -14,6 +14,7 @@ from evalsutil import mmbench_rows, write_mme, write_seed, write_tsv
 from mage_fast.bench import mmbench, mme, runner, seed
 from mage_fast.bench.__main__ import main
 from mage_fast.bench.common import row_key
+from mage_fast.provenance import sha256_file
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +49,16 @@ def test_cli_answers_then_scores(name, data, tiny_export, tmp_path) -> None:
     assert len(rows) == want == len({key(r) for r in rows})
     assert set(rows[0]) == {"question_id", "prompt", "text", "model_id", "metadata"}
     assert os.path.isfile(str(tmp_path / f"{name}_scores.json"))
-    # scoring the written file alone (any model's answers) gives the same result
-    assert main([name, "--data", data[name], "--answers", out]) == json.loads(json.dumps(result))
+    # scoring the written file alone (any model's answers) gives the same scores
+    made = result.pop("made_with")
+    alone = main([name, "--data", data[name], "--answers", out])
+    assert alone.pop("made_with")["model"] is None and alone == json.loads(json.dumps(result))
+    # how the scores were made
+    assert made["benchmark"] == name and len(made["data"]["sha256"]) == 64 and made["project"]["mage_fast"]
+    assert made["answers"]["sha256"] == sha256_file(out) and made["answer_extraction"]
+    m = made["model"]
+    assert (m["image"]["aspect"], m["decoding"]["max_new_tokens"], m["decoding"]["batch_size"]) == ("resize", 4, 3)
+    assert m["template"]["first_prompt"].count("<image>") == 1 and m["decoding"]["answered_in_this_run"] == want
 
 
 def test_resume_skips_answered_ids(data, tiny_export, tmp_path) -> None:
@@ -73,6 +82,19 @@ def test_batching_changes_no_answer(bench, data, tmp_path) -> None:
     runner.run(bench, qs, b, runner.max_new_tokens(5), batch_size=8)
     key = {r["question_id"]: r["text"] for r in _lines(a)}
     assert key == {r["question_id"]: r["text"] for r in _lines(b)}
+
+
+def test_pad_aspect_is_llavas_expand2square(bench, data) -> None:
+    """--aspect pad centres the image on a square of the mean colour before the resize."""
+    from PIL import Image
+
+    img = Image.new("RGB", (30, 20), (200, 30, 30))
+    sq = runner.pad_to_square(img, bench.transform.mean)
+    assert sq.size == (30, 30) and sq.getpixel((0, 0)) == tuple(int(m * 255) for m in bench.transform.mean)
+    assert sq.getpixel((0, 5)) == (200, 30, 30) and sq.getpixel((0, 4)) != (200, 30, 30)  # (30 - 20) // 2 rows above
+    qs = mme.load(data["mme"])[:2]
+    padded = runner.pixels(runner.Bench(**{**bench.__dict__, "aspect": "pad"}), qs)
+    assert padded.shape == runner.pixels(bench, qs).shape and not torch.equal(padded, runner.pixels(bench, qs))
 
 
 def test_likelihood_mode(bench, data, tiny_export, tmp_path) -> None:

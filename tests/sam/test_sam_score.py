@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from mage_fast import score
+from mage_fast.provenance import sha256_file
 from mage_fast.score import caption_scores, sam_normalize, vqa_normalize
 
 # -- SAM's evaluate_score.py ----------------------------------------------------------------------
@@ -187,7 +188,7 @@ def test_cli_table_per_task(tmp_path, capsys):
     print(out)
     assert out.splitlines()[0].split() == ["task", "n", "BLEU-4", "ROUGE-L", "CIDEr-D"]
     written = json.loads((tmp_path / "t.json").read_text())
-    assert written["rule"] == "sam"
+    assert written["rule"] == "sam" and written["made_with"]["ref"]["sha256"] == sha256_file(str(tmp_path / "r.json"))
     table = written["tasks"]
     assert set(table) == {"group", "change", "all"} and table["group"]["n"] == 2
     assert table["group"]["BLEU-4"] == pytest.approx(100, abs=1e-6)
