@@ -9,6 +9,7 @@ from typing import Literal, get_args
 from mage_fast.configtools import ConfigError
 from mage_fast.data.config import DataConfig
 from mage_fast.model.config import ModelConfig
+from mage_fast.model.lora_config import LoraConfig
 from mage_fast.tools.config import ToolsConfig
 
 Schedule = Literal["cosine", "constant"]
@@ -81,6 +82,7 @@ class TrainConfig:
     # Any of these on any rank: finish the step, save a checkpoint, exit 75 (mage_fast.train.preempt).
     stop_signals: list[StopSignal] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
     tools: ToolsConfig = field(default_factory=ToolsConfig)  # the executor's tools (tools.score, chat)
+    lora: LoraConfig = field(default_factory=LoraConfig)  # LoRA/QLoRA fine-tuning (docs/lora.md)
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "micro_batch_size", "grad_accum", "keep_last", "log_every", "max_bad_steps"):
@@ -103,6 +105,22 @@ class TrainConfig:
                 )
         if self.freeze_vision and self.freeze_aligner and self.freeze_llm:
             raise ValueError("freeze_vision, freeze_aligner and freeze_llm are all true: nothing to train")
+        if self.lora.enable:
+            check_lora(self)
+
+
+def check_lora(cfg: TrainConfig) -> None:
+    """Under LoRA the `lora:` section decides what trains: a freeze switch may not contradict it,
+    and the frozen LLM base has no learning rate of its own (its adapters train at lora.lr)."""
+    if cfg.optim.lr_llm is not None:
+        raise ValueError(
+            f"lora.enable=true with optim.lr_llm={cfg.optim.lr_llm}: the LLM's base is frozen under LoRA; "
+            f"set the adapters' learning rate with lora.lr"
+        )
+    for part, short in (("vision_tower", "vision"), ("aligner", "aligner"), ("llm", "llm")):
+        if getattr(cfg, f"freeze_{short}") and cfg.lora.trains(part):
+            why = "lora.train_fully lists it" if part in cfg.lora.train_fully else "its adapters train"
+            raise ValueError(f"freeze_{short}=true contradicts lora: {why} (lora.enable=true)")
 
 
 def check_paths(cfg: TrainConfig) -> None:

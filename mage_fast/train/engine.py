@@ -20,7 +20,7 @@ from deepspeed.runtime.zero.partition_parameters import GatheredParameters
 from torch import nn
 
 from mage_fast.configtools import ConfigError
-from mage_fast.model import pretrained
+from mage_fast.model import lora, pretrained
 from mage_fast.model.mllm import MageModel
 from mage_fast.train.config import TrainConfig
 
@@ -66,6 +66,9 @@ SUPPORTED_STAGES = (2, 3)
 
 def build_model(cfg: TrainConfig, ds: dict, vocab_size: int, image_token_id: int) -> tuple[MageModel, object]:
     """MageModel, partitioned at construction under ZeRO-3. Keep the second value alive."""
+    refusal = lora.quantize_refusal(cfg.lora.quantize)
+    if refusal:
+        raise ConfigError(refusal)
     zero3 = zero_stage(ds) == 3
     import torch._dynamo  # noqa: F401  (before zero.Init, else a "Signature mismatch" TypeError)
 
@@ -113,15 +116,29 @@ def gathered_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def export_state(model: MageModel) -> dict[str, dict[str, torch.Tensor]]:
-    """`gathered_state` of every part `pretrained.write_export` writes, by part name."""
-    return {part: gathered_state(mod) for part, mod in pretrained.export_parts(model).items()}
+    """`gathered_state` of every part `pretrained.write_export` writes, by part name; a part with
+    LoRA adapters has them merged into its weights (the plain part's keys)."""
+    return {part: lora.merged_state(mod, gathered_state(mod)) for part, mod in pretrained.export_parts(model).items()}
 
 
 def apply_freeze(model: MageModel, cfg: TrainConfig) -> None:
+    """Which parameters train: the freeze switches, then under `lora.enable` the base frozen and
+    the adapters and `lora.train_fully` parts trainable (mage_fast.model.lora)."""
     for part in PARTS:
         short = "vision" if part == "vision_tower" else part
         if getattr(cfg, f"freeze_{short}"):
             getattr(model, part).requires_grad_(False)
+    if cfg.lora.enable:
+        lora.add_adapters(model, cfg.lora)
+
+
+def group_lr(part: str, cfg: TrainConfig) -> tuple[str, float]:
+    """(param group name, learning rate) of a part: optim.lr_<part> or optim.lr; under LoRA the
+    LLM's group holds only its adapters ("llm_lora") at lora.lr or optim.lr."""
+    o, short = cfg.optim, "vision" if part == "vision_tower" else part
+    if part == "llm" and cfg.lora.enable:
+        return "llm_lora", cfg.lora.lr or o.lr
+    return part, getattr(o, f"lr_{short}") or o.lr
 
 
 def offloads_optimizer(ds: dict | None) -> bool:
@@ -149,11 +166,10 @@ def build_optimizer(model: MageModel, cfg: TrainConfig, ds: dict | None = None) 
     o = cfg.optim
     groups = []
     for part in PARTS:
-        short = "vision" if part == "vision_tower" else part
         params = [p for p in getattr(model, part).parameters() if p.requires_grad]
         if params:
-            lr = getattr(o, f"lr_{short}") or o.lr
-            groups.append({"params": params, "lr": lr, "name": part})
+            name, lr = group_lr(part, cfg)
+            groups.append({"params": params, "lr": lr, "name": name})
     opt = adamw(groups, cfg, ds)
 
     def factor(step: int) -> float:
@@ -268,6 +284,23 @@ def optimizer_updates(engine) -> int:
         if "step" in state:
             return int(state["step"])
     return 0
+
+
+def param_counts(module: nn.Module) -> dict[str, int]:
+    """{"trainable", "total"}: full (unpartitioned) parameter counts of `module`."""
+    n = {p: int(getattr(p, "ds_numel", p.numel())) for p in module.parameters()}
+    return {"trainable": sum(v for p, v in n.items() if p.requires_grad), "total": sum(n.values())}
+
+
+def optimizer_state_bytes(engine) -> int:
+    """Bytes of optimizer state over all ranks: the fp32 master-weight partitions and every tensor
+    AdamW keeps (moments, step). Frozen parameters are in no param group and cost nothing here."""
+    from mage_fast.train.dist import all_reduce_vec
+
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    tensors = [t for st in inner.state.values() for t in st.values() if torch.is_tensor(t)]
+    tensors += _fp32_partitions(engine)
+    return int(all_reduce_vec([float(sum(t.numel() * t.element_size() for t in tensors))])[0])
 
 
 def param_shapes(module: nn.Module) -> dict[str, list[int]]:

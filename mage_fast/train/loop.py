@@ -25,7 +25,7 @@ from mage_fast.data.llava_conv import make_template
 from mage_fast.data.tokens import ensure_special_tokens
 from mage_fast.eval import write_answers
 from mage_fast.model import pretrained
-from mage_fast.train import checkpoint, llava_init, resize, startup
+from mage_fast.train import checkpoint, llava_init, lora_export, resize, startup
 from mage_fast.train.accuracy import AccuracyEval
 from mage_fast.train.config import TrainConfig
 from mage_fast.train.dist import (
@@ -43,7 +43,9 @@ from mage_fast.train.engine import (
     export_state,
     initialize,
     load_part,
+    optimizer_state_bytes,
     optimizer_updates,
+    param_counts,
     param_shapes,
     step_probe,
     zero_stage,
@@ -419,6 +421,10 @@ def _eval_and_export(run: Run, summary: dict) -> None:
             out = os.path.join(cfg.run_dir, "export")
             pretrained.write_export(out, run.engine.module, run.tokenizer, state, run.transform)
             print(f"exported to {out}", flush=True)
+    if cfg.export and cfg.lora.enable:  # the adapters alone besides the merged export
+        out = os.path.join(cfg.run_dir, lora_export.ADAPTER_EXPORT)
+        if lora_export.write_adapter_export(out, run.engine.module, run.tokenizer, rank) and rank == 0:
+            print(f"adapter exported to {out}", flush=True)
 
 
 def _summary(run: Run, prog: Progress, history: list[dict], accuracy: list[dict]) -> dict:
@@ -446,6 +452,8 @@ def _summary(run: Run, prog: Progress, history: list[dict], accuracy: list[dict]
         "nonfinite_steps": prog.nonfinite,
         "preempted": None,
         "data_late": late,
+        "params": param_counts(run.engine.module),
+        "optimizer_state_bytes": optimizer_state_bytes(run.engine),
     }
 
 

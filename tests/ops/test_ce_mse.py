@@ -330,6 +330,38 @@ def test_backward_materialises_no_zero_gradients(backend: str) -> None:
     assert biggest < wl.numel() * 4, f"the backward allocated a zero gradient of {biggest} bytes"
 
 
+def _biggest_allocation(fn) -> int:
+    """The largest memory one profiler event allocated while `fn` ran (CPU or device)."""
+    acts = [torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if torch.cuda.is_available() else []
+    )
+    with torch.profiler.profile(activities=acts, profile_memory=True) as prof:
+        fn()
+    return max((max(e.cpu_memory_usage, e.device_memory_usage) for e in prof.events()), default=0)
+
+
+def test_frozen_weight_skips_the_weight_gradient(backend: str) -> None:
+    # A frozen lm_head (LoRA): the op gets need_weight_grad=False, so no grad_weight buffer (V x H
+    # fp32) is allocated and no P^T h GEMM runs (it has nowhere to write), while hidden's and
+    # img's gradients are those of the trainable case. The trainable run is the control.
+    h, w, lab, img, tgt, mask = make()
+    _, gr = run(ce_mse_ref, (h, w, lab, img, tgt, mask))
+    hl, il = leaves(h, img)
+
+    def step(weight: torch.Tensor) -> None:
+        combo(ce_mse(hl, weight, lab, il, tgt, mask, LAM, backend=backend)).backward()
+
+    frozen = _biggest_allocation(lambda: step(w))
+    assert w.grad is None
+    assert_close32("dhidden", hl.grad, gr[0])
+    assert_close32("dimg", il.grad, gr[2])
+    trainable = _biggest_allocation(lambda: step(w.clone().requires_grad_()))
+    print(f"largest allocation: frozen weight {frozen} B, trainable {trainable} B, grad_weight {w.numel() * 4} B")
+    assert trainable >= w.numel() * 4 > frozen
+    raw = torch.ops.mage_fast.ce_mse(hl, w, lab, il, tgt, mask, LAM, -100, None, True, False, True, backend)
+    assert raw[4].numel() == 0  # the stored grad_weight output is empty
+
+
 @pytest.mark.parametrize("num_items", [None, 50.0])
 def test_opcheck(backend: str, num_items) -> None:
     h, w, lab, img, tgt, mask = make(n=9, m=3)
