@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
+import tempfile
 
 from testutil import DS_PORTS, ROOT
 
@@ -52,6 +54,43 @@ def launch(
         print(p.stdout[-5000:], p.stderr[-5000:])
     assert not check or p.returncode == 0, f"{ranks}-rank launch failed ({p.returncode}): {p.stderr[-1500:]}"
     return p
+
+
+def launch_nodes(
+    args_per_node: list[list[str]], hostfile, env: dict | None = None, timeout: int = 420
+) -> list[tuple[int, str]]:
+    """Loopback "machines" of one rank each, as on a cluster without ssh between launches:
+    `deepspeed --hostfile H --no_ssh --node_rank R --master_addr 127.0.0.1`, one launch per node
+    with its own arguments, run together to their end. Returns (exit status, output) per node."""
+    with open(hostfile, "w") as f:
+        f.writelines(f"node{r} slots=1\n" for r in range(len(args_per_node)))
+    port = str(free_port())
+    base = ["deepspeed", "--hostfile", str(hostfile), "--no_ssh", "--master_addr", "127.0.0.1", "--master_port", port]
+    logs = [tempfile.TemporaryFile("w+") for _ in args_per_node]  # files: no pipe to fill
+    procs = [
+        subprocess.Popen(
+            [*base, "--node_rank", str(r), "--module", "mage_fast.train", *args],
+            cwd=ROOT,
+            env=launch_env(env),
+            stdout=logs[r],
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: a hung launch is killed with its ranks
+        )
+        for r, args in enumerate(args_per_node)
+    ]
+    try:
+        codes = [p.wait(timeout=timeout) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(timeout=60)
+    out = []
+    for code, log in zip(codes, logs):
+        log.seek(0)
+        out.append((code, log.read()))
+        log.close()
+    return out
 
 
 def write_strict_zero3(path) -> str:

@@ -5,10 +5,12 @@
 writes `RUN_DIR/checkpoints/universal/<tag>/` with DeepSpeed's own converter
 (`deepspeed.checkpoint.ds_to_universal`): one folder per parameter holding its full fp32 value
 and AdamW moments (`fp32.pt`, `exp_avg.pt`, `exp_avg_sq.pt`), the optimizer's common state and
-the model-state files (client state: step, data position, LR schedule). A resume with another
-world size does this on the fly (`resume_resize`, on by default); the command is for doing it
-ahead of time or when on-the-fly conversion is switched off. The folder counts only once its
-`COMMITTED` marker is written (a conversion killed midway is redone).
+the model-state files (client state: step, data position, LR schedule). Without `--tag` it
+converts the newest committed checkpoint; the source must be complete (every rank's files, as
+the markers list them) and intact. A resume with another world size loads this copy when it
+exists, also with `resume_resize=false`; without one it converts on the fly (`resume_resize`, on
+by default) or refuses. The folder counts only once its `COMMITTED` marker is written (a
+conversion killed midway is redone).
 """
 
 from __future__ import annotations
@@ -39,11 +41,12 @@ def convert(run_dir: str, tag: str, workers: int = 1) -> str:
     from deepspeed.checkpoint import ds_to_universal
 
     src = os.path.join(checkpoint.ckpt_root(run_dir), tag)
-    if not os.path.isfile(os.path.join(src, checkpoint.MARKER)):
-        raise checkpoint.ResumeError(f"{src} is not a complete checkpoint (no {checkpoint.MARKER} marker)")
     out = os.path.join(universal_root(run_dir), tag)
     if is_converted(run_dir, tag):
         return out
+    problem = checkpoint.incomplete(src) or checkpoint.check_files(src)
+    if problem:
+        raise checkpoint.ResumeError(f"cannot convert {src}: {problem}")
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.time()
     # inject_missing_state: ZeRO-1/2 conversion needs `universal_checkpoint_info` in the client
@@ -71,13 +74,16 @@ def convert(run_dir: str, tag: str, workers: int = 1) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="mage_fast.train.convert", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir")
-    p.add_argument("--tag", default=None, help="checkpoint folder name (default: the newest complete one)")
+    p.add_argument("--tag", default=None, help="checkpoint folder name (default: the newest committed one)")
     p.add_argument("--workers", type=int, default=1, help="processes that extract and merge the shards")
     args = p.parse_args(argv)
     tag = args.tag or checkpoint.newest(args.run_dir)
     if tag is None:
-        sys.exit(f"no complete checkpoint in {checkpoint.ckpt_root(args.run_dir)}")
-    print(convert(args.run_dir, tag, args.workers))
+        sys.exit(f"no committed checkpoint in {checkpoint.ckpt_root(args.run_dir)}")
+    try:
+        print(convert(args.run_dir, tag, args.workers))
+    except checkpoint.ResumeError as e:
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

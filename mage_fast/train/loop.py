@@ -25,7 +25,7 @@ from mage_fast.data.llava_conv import make_template
 from mage_fast.data.tokens import ensure_special_tokens
 from mage_fast.eval import write_answers
 from mage_fast.model import pretrained
-from mage_fast.train import checkpoint, llava_init, lora_export, resize, startup
+from mage_fast.train import checkpoint, ckpt_storage, llava_init, lora_export, resize, startup
 from mage_fast.train.accuracy import AccuracyEval
 from mage_fast.train.config import TrainConfig
 from mage_fast.train.dist import (
@@ -146,6 +146,7 @@ class Run:
     hf_ds: object  # transformers' HfDeepSpeedConfig under ZeRO-3: it must outlive the engine
     resume_tag: str | None = None  # the verified checkpoint to resume, chosen before the engine exists
     universal: str | None = None  # its universal copy's folder when it has another world size
+    storage: checkpoint.Storage = field(default_factory=checkpoint.Storage)  # who writes and checks which file
 
 
 @dataclass
@@ -182,7 +183,7 @@ def build_run(cfg: TrainConfig) -> Run:
     """Process group, seeds, tokenizer, the ZeRO engine, the data and its resumable order."""
     from transformers import AutoTokenizer
 
-    rank, world, _ = init_distributed()
+    rank, world, local_rank = init_distributed()
     set_threads(cfg.threads)
     seed_everything(cfg.seed, rank, cfg.deterministic)
     llava_init.prepare(cfg, rank)
@@ -194,7 +195,9 @@ def build_run(cfg: TrainConfig) -> Run:
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer)
     image_id = ensure_special_tokens(tokenizer)
     ds = build_ds_config(cfg, world)
-    tag = checkpoint.resume_tag(cfg.run_dir, rank, world) if cfg.resume else None
+    node_local = bool(ds.get("checkpoint", {}).get("use_node_local_storage", False))
+    storage = ckpt_storage.create(rank, world, local_rank, node_local)
+    tag = checkpoint.resume_tag(cfg.run_dir, storage) if cfg.resume else None
     universal = resize.prepare(cfg.run_dir, tag, ds, world, rank, cfg.resume_resize)  # before initialize
     model, hf_ds = build_model(cfg, ds, len(tokenizer), image_id)
     if cfg.init_from:
@@ -217,7 +220,21 @@ def build_run(cfg: TrainConfig) -> Run:
     batches = ResumableBatches(len(data), cfg.micro_batch_size, rank, world, cfg.seed, groups)
     collate = Collator(tokenizer.pad_token_id, model.image_size, cfg.data.max_length if cfg.data.packing else None)
     return Run(
-        cfg, rank, world, ds, engine, tokenizer, transform, data, collate, batches, acc_eval, hf_ds, tag, universal
+        cfg,
+        rank,
+        world,
+        ds,
+        engine,
+        tokenizer,
+        transform,
+        data,
+        collate,
+        batches,
+        acc_eval,
+        hf_ds,
+        tag,
+        universal,
+        storage,
     )
 
 
@@ -345,7 +362,7 @@ def _accuracy(run: Run, step: int, logs: Logs) -> dict:
 def _save(run: Run, prog: Progress) -> None:
     meta = {"step": prog.step, "world_size": run.world, "shapes": param_shapes(run.engine.module)}
     client = prog.client_state(run.batches)
-    checkpoint.save(run.engine, run.cfg.run_dir, prog.step, client, run.cfg.keep_last, run.rank, run.world, meta)
+    checkpoint.save(run.engine, run.cfg.run_dir, prog.step, client, run.cfg.keep_last, run.storage, meta)
 
 
 def _due(every: int, step: int, last: int) -> bool:

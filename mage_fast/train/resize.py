@@ -2,8 +2,10 @@
 
 ZeRO-2/3 checkpoints hold one optimizer (and, under ZeRO-3, parameter) partition per rank, so a
 run with another world size cannot read them directly. When the newest complete checkpoint was
-written by another world size, rank 0 converts it (`mage_fast.train.convert`, DeepSpeed's
-`ds_to_universal`), the DeepSpeed config gets `checkpoint.load_universal`, and every rank takes
+written by another world size, its universal copy is used: one converted ahead of time
+(`python -m mage_fast.train.convert`, DeepSpeed's `ds_to_universal`), else, with
+`resume_resize` (the default), one that rank 0 converts at the start; without either the run
+refuses in one line. The DeepSpeed config gets `checkpoint.load_universal`, and every rank takes
 its new partition of the full fp32 weights and AdamW moments. The step, the LR schedule (its
 state is in the client files) and the sample position carry over; the data order afterwards is
 the same epoch permutation continued from the same sample, cut into the new world's steps (see
@@ -31,7 +33,7 @@ import numpy as np
 import torch
 
 from mage_fast.train import checkpoint, convert
-from mage_fast.train.dist import barrier
+from mage_fast.train.dist import all_gather_objects, barrier
 
 
 def saved_world(run_dir: str, tag: str) -> int | None:
@@ -44,12 +46,23 @@ def saved_world(run_dir: str, tag: str) -> int | None:
 
 def prepare(run_dir: str, tag: str | None, ds: dict, world: int, rank: int, enabled: bool) -> str | None:
     """Before `deepspeed.initialize`: when checkpoint `tag` (the verified one the run resumes) has
-    another world size (and `enabled`), convert it on rank 0 and switch `ds` to universal loading.
-    Returns the folder to load from, or None for an ordinary resume (or none)."""
+    another world size, switch `ds` to universal loading from its converted copy: one made ahead
+    of time (`python -m mage_fast.train.convert`), else, when `enabled`, one that rank 0 makes now.
+    Returns the folder to load from, or None for an ordinary resume (or a refused resize, which
+    `checkpoint.check_compatible` reports)."""
     old = saved_world(run_dir, tag) if tag else None
-    if old is None or old == world or not enabled:
+    if old is None or old == world:
         return None
-    if rank == 0:
+    ready = all_gather_objects(convert.is_converted(run_dir, tag), world)
+    if not enabled and not all(ready):
+        if any(ready):
+            missing = [r for r, ok in enumerate(ready) if not ok]
+            raise checkpoint.ResumeError(
+                f"the converted copy of {tag} ({convert.universal_root(run_dir)}/{tag}) is missing on ranks "
+                f"{missing}: every rank loads it, so put it where they all see it"
+            )
+        return None
+    if rank == 0 and not ready[0]:
         print(
             f"resize: {tag} was written by {old} ranks, this run has {world}: converting to a universal "
             f"checkpoint in {convert.universal_root(run_dir)}",
@@ -63,6 +76,8 @@ def prepare(run_dir: str, tag: str | None, ds: dict, world: int, rank: int, enab
                 f"alone with `python -m mage_fast.train.convert {run_dir} --tag {tag}`, or resume with "
                 f"{old} ranks"
             ) from e
+    elif rank == 0:
+        print(f"resize: {tag} was written by {old} ranks, this run has {world}: loading its converted copy", flush=True)
     barrier()
     ds.setdefault("checkpoint", {})["load_universal"] = True
     return convert.universal_root(run_dir)

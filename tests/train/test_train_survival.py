@@ -271,5 +271,5 @@ def test_prune_keeps_the_last_intact_checkpoint(tmp_path):
     os.remove(os.path.join(checkpoint.ckpt_root(run), tag_of(4), checkpoint.MARKER))
     _flip_bit(os.path.join(checkpoint.ckpt_root(run), tag_of(2), OPTIM0))
     with pytest.raises(checkpoint.ResumeError, match=f"no intact checkpoint .*step00000002: {OPTIM0} has another"):
-        checkpoint.resume_tag(run, 0, 1)
+        checkpoint.resume_tag(run, checkpoint.Storage())
     assert os.listdir(checkpoint.ckpt_root(run)) == ["step00000002.damaged"]
