@@ -13,7 +13,7 @@ NPROC   ?= 2
 TEST_WORKERS ?= 2
 DEMO    ?= runs/demo
 
-.PHONY: install demo demo-tools demo-multi ablate test test-cap lint clean cuda-check bench bench-smoke sm90-report gpu-check
+.PHONY: install demo demo-lora demo-tools demo-multi ablate test test-cap lint clean cuda-check bench bench-smoke sm90-report gpu-check
 
 install: $(STAMP)
 
@@ -79,6 +79,17 @@ lint: install
 
 clean:
 	rm -rf build *.egg-info mage_fast/_C*.so runs .venv-cuda
+
+# Stage 2 with LoRA (docs/lora.md) on top of the demo's stage 1 (`make demo` first when its export
+# is absent): the LLM frozen, rank-16 adapters on its block linears, the aligner trained fully at its
+# own learning rate; held-out accuracy per question type as for `make demo`.
+demo-lora: install
+	test -f $(DEMO)/stage1/export/mage_config.json || $(MAKE) demo
+	$(VENV_PATH) deepspeed --num_gpus $(NPROC) --module mage_fast.train \
+	  --config configs/train/demo_stage2_lora.yaml run_dir=$(DEMO)/stage2_lora data.root=$(DEMO)/data \
+	  init_from=$(DEMO)/stage1/export
+	$(VENV_PATH) $(VPY) -m mage_fast.eval --model $(DEMO)/stage2_lora/export --data $(DEMO)/data/eval.json \
+	  --out $(DEMO)/answers_lora.jsonl
 
 # Stage 3: multimodal tool calling on top of the base demo (run first when its export is absent):
 # tool rows executed by the real render_scene / edit_scene, train from stage 2's export, then the
