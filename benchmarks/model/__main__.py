@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import pkgutil
 
@@ -36,7 +37,8 @@ def step_totals(rows: list[tuple[str, Row]]) -> dict[tuple[str, str, str, str], 
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(prog="benchmarks.model", description=__doc__.split("`: ", 1)[1]).parse_args(argv)
     head = f"{'device':6} {'op':15} {'impl':14} {'phase':26} {'shape':28} {'GB':>8} {'TFLOP':>8} {'ms':>8}  bound"
     print(head)
     rows = all_rows()

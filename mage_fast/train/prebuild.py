@@ -12,6 +12,7 @@ build that fails is reported and left to DeepSpeed's own JIT at the first launch
 
 from __future__ import annotations
 
+import argparse
 import time
 
 # The DeepSpeed op builders a CPU run loads: at process-group start, and for offload_optimizer.
@@ -41,7 +42,10 @@ def prebuild(names: tuple[str, ...] = CPU_OPS) -> dict[str, str]:
     return done
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(
+        prog="mage_fast.train.prebuild", description=__doc__.splitlines()[0].rstrip(":")
+    ).parse_args(argv)
     for name, what in prebuild().items():
         print(f"deepspeed {name}: {what}", flush=True)
     return 0

@@ -50,6 +50,6 @@ def test_rows_and_table(capsys) -> None:
     for v in model.VOCABS:
         tc = sum(r.tc_flops for r in rows if r.impl == "triton" and f"V={v}" in r.shape)
         assert tc == 6 * model.N * model.H * v
-    main()
+    main([])
     out = capsys.readouterr().out
     assert "sum of steps" in out and "ce_mse" in out and "h200" in out
