@@ -59,7 +59,8 @@ bench: install
 	$(VENV_PATH) $(VPY) -m benchmarks.bench_patch_pool && \
 	$(VENV_PATH) $(VPY) -m benchmarks.bench_ian_projection && \
 	$(VENV_PATH) $(VPY) -m benchmarks.bench_ce_mse && \
-	$(VENV_PATH) $(VPY) -m benchmarks.bench_step
+	$(VENV_PATH) $(VPY) -m benchmarks.bench_step && \
+	$(VENV_PATH) $(VPY) -m benchmarks.bench_packing
 	$(VENV_PATH) $(VPY) -m benchmarks.plot
 	$(VENV_PATH) $(VPY) -m benchmarks.guard
 

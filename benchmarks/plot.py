@@ -6,7 +6,7 @@
 Per op: one row of panels per mode (forward, backward, full); columns: median time (with the
 20-80 % spread as a band), peak extra memory, and % of the run's roofline peak; x = the sweep's
 shapes in run order, y logarithmic; one line per provider. `step`: bars of tokens/s, MFU and
-peak memory per setting.
+peak memory per setting; `packing`: bench_packing's bars per mode.
 """
 
 from __future__ import annotations
@@ -120,7 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     for op, device in sorted({(r["op"], r["device"]) for r in rows}):
         sel = [r for r in rows if r["op"] == op and r["device"] == device]
         path = os.path.join(out, f"{op}_{device}.png")
-        (plot_step if op == "step" else plot_op)(sel, path)
+        if op == "packing":
+            from benchmarks.bench_packing import plot_packing
+
+            plot_packing(sel, path)
+        else:
+            (plot_step if op == "step" else plot_op)(sel, path)
         print(f"plot: {path}")
     return 0
 

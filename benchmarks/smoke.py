@@ -1,8 +1,8 @@
 """`make bench-smoke`: every benchmark script on tiny shapes, in seconds, so none of them rots.
 
 Runs bench_patch_pool (providers in a child process, as `make bench` does), bench_ian_projection
-and bench_ce_mse (in this process), bench_step (tiny model, 2 steps, kernels on and off) and
-plot.py, into runs/bench-smoke/ (git-ignored), with `--strict`: any errored case fails. One
+and bench_ce_mse (in this process), bench_step (tiny model, 2 steps, kernels on and off),
+bench_packing (--smoke: padded, grouped and packed, one step each) and plot.py, into runs/bench-smoke/ (git-ignored), with `--strict`: any errored case fails. One
 thread, `torch.compile` with the aot_eager backend (dynamo + AOTAutograd without Inductor's C++
 build, which alone would take minutes cold). Timings here mean nothing; the guard does not run.
 """
@@ -15,7 +15,16 @@ import shutil
 import sys
 import time
 
-from benchmarks import bench_ce_mse, bench_ian_projection, bench_patch_pool, bench_step, common, harness, plot
+from benchmarks import (
+    bench_ce_mse,
+    bench_ian_projection,
+    bench_packing,
+    bench_patch_pool,
+    bench_step,
+    common,
+    harness,
+    plot,
+)
 
 OUT = os.path.join(common.ROOT, "runs", "bench-smoke")
 
@@ -58,17 +67,19 @@ def main() -> int:
     ]
     if bench_step.main(step) != 0:
         failed.append("step")
+    if bench_packing.main(["--smoke", "--threads", "1", "--csv", csv]) != 0:
+        failed.append("packing")
     if plot.main(["--csv", csv, "--out", OUT]) != 0:
         failed.append("plot")
     pngs = sorted(f for f in os.listdir(OUT) if f.endswith(".png"))
-    want = {f"{op}_cpu.png" for op in ("patch_pool", "ian_projection", "ce_mse", "step")}
+    want = {f"{op}_cpu.png" for op in ("patch_pool", "ian_projection", "ce_mse", "step", "packing")}
     if not want <= set(pngs):
         failed.append(f"plots missing: {sorted(want - set(pngs))}")
     rows = common.read_rows(csv)
     print(f"bench-smoke: {len(rows)} rows, plots {', '.join(pngs)} in {OUT} ({time.time() - t0:.0f} s)")
     if failed:
         print(f"bench-smoke: FAILED: {', '.join(failed)}")
-    checks = 6  # three op scripts, the step, the plots, the PNG files
+    checks = 7  # three op scripts, the step, packing, the plots, the PNG files
     print(f"bench-smoke: {checks - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0
 
