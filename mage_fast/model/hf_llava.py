@@ -10,8 +10,9 @@ benchmark runner call it on such folders.
 Out (:func:`export_llava`): an ``mlp2x_gelu`` mage-fast export becomes a LLaVA folder that
 ``LlavaForConditionalGeneration.from_pretrained`` loads with the same logits: the saved tower
 already ends at the selected layer, so ``vision_feature_layer = -1``; CLIP drops its CLS token
-(``default`` strategy), SigLIP has none (``full``). IAN, pool_mlp and linear aligners have no LLaVA
-counterpart and keep the mage-fast format (docs/export-format.md).
+(``default`` strategy), SigLIP has none (``full``). IAN, sam, pool_mlp and linear aligners have no
+LLaVA counterpart: ``python -m mage_fast.export`` writes them (and mlp2x_gelu) as a transformers
+folder with its own code (docs/hf-export.md).
 """
 
 from __future__ import annotations
@@ -152,8 +153,8 @@ def export_llava(model_dir: str, out_dir: str) -> None:
     kind = model.cfg.aligner.type
     if kind != "mlp2x_gelu":
         raise ValueError(
-            f"{model_dir}: a {kind!r} aligner has no LLaVA counterpart; it keeps the mage-fast "
-            f"format (docs/export-format.md, loaded by mage_fast.model.pretrained.load_pretrained)"
+            f"{model_dir}: a {kind!r} aligner has no LLaVA counterpart; `python -m mage_fast.export "
+            f"{model_dir} OUT` writes it as a transformers folder with its own code (docs/hf-export.md)"
         )
     with torch.device("meta"):
         hf = LlavaForConditionalGeneration(llava_config(model))

@@ -1,0 +1,3 @@
+from mage_fast.export.hf import main
+
+main()
