@@ -15,9 +15,10 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
-from launchutil import TINY, free_port, launch, launch_env, run_history
+from launchutil import TINY, launch, launch_env, launch_nodes, run_history
 from testutil import ROOT, uneven_captions_world
 
 pytestmark = pytest.mark.slow
@@ -111,47 +112,11 @@ def test_two_loopback_nodes_with_gradient_checkpointing_train_like_one_node(ref,
     # LLM and the tower recompute their activations in backward (non-reentrant checkpointing,
     # ZeRO-3 gathering the parameters again): per-step losses and gradient norms equal the one
     # 2-rank node's, which does not checkpoint.
-    hostfile = tmp_path / "hostfile"
-    hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
-    out, port = str(tmp_path / "run"), str(free_port())
+    out = str(tmp_path / "run")
     args = [f"run_dir={out}", *common, "micro_batch_size=6", "max_steps=3", "save_every=0",
             "gradient_checkpointing.llm=true", "gradient_checkpointing.vision=true"]  # fmt: skip
-    logs = [open(tmp_path / f"node{r}.log", "w+") for r in (0, 1)]  # noqa: SIM115  (files: no pipe to fill)
-    procs = [
-        subprocess.Popen(
-            [
-                "deepspeed",
-                "--hostfile",
-                str(hostfile),
-                "--no_ssh",
-                "--node_rank",
-                str(r),
-                "--master_addr",
-                "127.0.0.1",
-                "--master_port",
-                port,
-                "--module",
-                "mage_fast.train",
-                *args,
-            ],
-            cwd=ROOT,
-            env=launch_env(PROBE),
-            stdout=logs[r],
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        for r in (0, 1)
-    ]
-    try:
-        codes = [p.wait(timeout=420) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    text = []
-    for f in logs:
-        f.seek(0)
-        text.append(f.read())
-        f.close()
+    results = launch_nodes([args, args], tmp_path / "hostfile", PROBE)
+    codes, text = [c for c, _ in results], [t for _, t in results]
     assert codes == [0, 0], f"node launches exited {codes}: {text[0][-2000:]}\n{text[1][-2000:]}"
     got = history(out)
     with open(os.path.join(out, "config.yaml")) as f:
@@ -167,11 +132,17 @@ def test_zero3_resumes_on_one_rank_then_on_two(ref, common, tmp_path):
     # ref's step-2 checkpoint (2 ranks) goes on on 1 rank x 12 rows; that run's step-4 checkpoint
     # (1 rank) goes on on 2 ranks x 6. Same samples per step, so the data position, LR schedule,
     # AdamW moments and step carry over exactly when the continued losses equal ref's own.
+    # 2 -> 1 converted ahead of time by the CLI (no --tag: the newest committed checkpoint) and
+    # loaded with resume_resize=false; 1 -> 2 converted at the start of the run (resume_resize).
     want = history(ref)
     one = resumed_copy(ref, str(tmp_path / "one"), "step00000002")
-    log = run([f"run_dir={one}", *common, "micro_batch_size=12", "max_steps=4"], 1)
-    assert "resize: step00000002 was written by 2 ranks, this run has 1" in log and "resumed from step00000002" in log
-    assert os.path.isfile(os.path.join(one, "checkpoints", "universal", "step00000002", "COMMITTED"))
+    cli = [sys.executable, "-m", "mage_fast.train.convert", one]
+    c = subprocess.run(cli, cwd=ROOT, env=launch_env(), capture_output=True, text=True, timeout=300)
+    assert c.returncode == 0, c.stderr[-2000:]
+    assert c.stdout.strip().splitlines()[-1] == os.path.join(one, "checkpoints", "universal", "step00000002")
+    log = run([f"run_dir={one}", *common, "micro_batch_size=12", "max_steps=4", "resume_resize=false"], 1)
+    assert "step00000002 was written by 2 ranks, this run has 1: loading its converted copy" in log
+    assert "resumed from step00000002" in log and "converting" not in log
     got = history(one)
     assert sorted(got) == [3, 4]
     print("2 -> 1 rank:", [(got[s]["loss"], want[s]["loss"]) for s in (3, 4)])
