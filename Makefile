@@ -129,8 +129,13 @@ sm90-report: install
 	@start=$$(date +%s); env -u TRITON_INTERPRET $(VENV_PATH) $(VPY) tests/ops/sm90_compile.py && \
 	  PY=$(PY) VPY=$(VPY) bash .ci/sm90_cuda.sh && echo "sm90-report: done in $$(( $$(date +%s) - start )) s"
 
-# On a CUDA machine (< 8 min): build with the CUDA kernels, cuda + compiled-Triton op tests,
-# compute-sanitizer memcheck, the GPU benchmark sweep (CSV rows, summary) and the validated
-# winners file that `auto` reads. `make gpu-check DRY=1` prints every step (any machine).
+# The one GPU command (< 9 min on an H100, .ci/gpu_check.sh; the lent machine has python3 and may lack
+# make: `bash .ci/gpu_check.sh` there is the same): build with the CUDA kernels, float64 checks at production
+# shapes, the sweep with the peers, the op tests, memcheck; results.csv, validated.json, summary.txt
+# and logs.tar.gz in $(OUT). REHEARSE=1: the same steps on CPU with the image's triton 3.6.0 and
+# transformers 5.17.0 (.venv-gpu-rehearse) and the projected device time. DRY=1 lists the steps.
+OUT ?= runs/gpu-check/out
+REHEARSE ?= 0
 gpu-check:
-	DRY=$(DRY) VPY=$(if $(wildcard $(VPY)),$(abspath $(VPY)),python) bash .ci/gpu_check.sh
+	@if [ "$(REHEARSE)" = 1 ]; then PY=$(PY) bash .ci/gpu_rehearse_env.sh && PY=$(PY) bash .ci/gpu_wheels.sh; fi
+	REHEARSE=$(REHEARSE) DRY=$(DRY) OUT=$(OUT) bash .ci/gpu_check.sh

@@ -1,41 +1,81 @@
 #!/usr/bin/env bash
-# `make gpu-check` on a CUDA machine (< 8 minutes on one H100/H200): build the CUDA extension,
-# run the cuda and compiled-Triton op tests, compute-sanitizer memcheck on small cases, the GPU
-# benchmark sweep (Liger-Kernel's FLCE and Apple's cut-cross-entropy beside ours where
-# importable) into benchmarks/results/results.csv, a plain summary and the validated winners
-# (mage_fast/ops/validated.json, which `backend="auto"` reads on CUDA). DRY=1 prints every step.
-# On the lent GPU machine: .gpu/prelude.sh (/work/shared/gpu/README.md) installs the wheels and
-# builds the extension; elsewhere the build is `pip install --no-build-isolation -e .`.
-set -euo pipefail
+# `make gpu-check`: the one device command that builds, checks, times and brings its results back.
+#
+# On the GPU image (python3, torch 2.11, triton 3.6, no package index; ../shared/gpu/README.md),
+# with .whl/ carried (../shared/gpu/fetch_wheels.sh, then .ci/gpu_wheels.sh, on the dev machine):
+#     bash .ci/gpu_check.sh          # or `make gpu-check`; results in $OUT
+# Each step is its own process under a timeout (its device budget); a failing step is recorded
+# and the next one runs (a CUDA context that a step poisons ends with that step's process):
+#   wheels    .whl/*.whl into a target folder, put on PYTHONPATH here: every later step sees them
+#   build     pip install -e . with the CUDA kernels (sm_90)
+#   env       versions, the device, which anchors import
+#   validate  each op on each backend vs a float64 reference at production shapes, a process per
+#             backend (benchmarks/gpu_validate.py)
+#   sweep     ce_mse and its peers at N=16384, H=4096, V in {32000, 128256}, ian_projection and
+#             patch_pool at the model's shapes: fwd+bwd time and peak extra memory, with the bf16
+#             matmul and copy peaks measured in the same run (`--sweep check`)
+#   profile   torch.profiler traces of ce_mse's providers
+#   tests     the op tests on CUDA and compiled Triton, the production-shape ones included
+#   memcheck  compute-sanitizer memcheck with the caching allocator off
+#   report    validated.json (only backends that passed `validate`), summary, this run's CSV rows
+# $OUT (default runs/gpu-check/out, relative paths from the repository root) gets 4 files:
+# results.csv, validated.json, summary.txt, logs.tar.gz (logs, checks, profiler traces).
+# Copy validated.json to mage_fast/ops/ and append results.csv's rows to benchmarks/results/.
+#
+# REHEARSE=1 (a CPU machine, e.g. CI): the same steps with the GPU image's triton 3.6.0 and
+# transformers 5.17.0 (.venv-gpu-rehearse, .ci/gpu_rehearse_env.sh): the wheels into a target
+# folder, the build (C++ only), the checks at smoke sizes on torch, cpp and Triton under
+# TRITON_INTERPRET=1, the sweep and profile at smoke size, the op tests, the sanitizer's cases
+# without the sanitizer, the report and $OUT's layout; it prints each step's device budget and
+# their total, fails when that exceeds 540 s or any step fails. DRY=1 prints the steps only.
+set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${VPY:-python}
+ROOT=$(pwd)
+REHEARSE=${REHEARSE:-0}
 DRY=${DRY:-0}
+OUT=${OUT:-runs/gpu-check/out}
+WORK=${GPU_CHECK_WORK:-runs/gpu-check/work}
+case $OUT in /*) ;; *) OUT=$ROOT/$OUT ;; esac
+case $WORK in /*) ;; *) WORK=$ROOT/$WORK ;; esac
+SITE=$WORK/site
+CSV=$WORK/results.csv
+DEVICE_LIMIT_S=540  # one device command runs at most 10 minutes; 1 left for start and transfer
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export BENCH_DATE=${BENCH_DATE:-$(date -u +%Y-%m-%dT%H:%M:%SZ)}
-LOG=runs/gpu-check
-start=$(date +%s)
-
-step() {  # step NAME COMMAND...: print, then run (unless DRY=1), with its time
-  echo "gpu-check: [$1] ${*:2}"
-  [ "$DRY" = 1 ] && return 0
-  local t0=$(date +%s)
-  bash -o pipefail -c "${*:2}"
-  echo "gpu-check: [$1] done in $(( $(date +%s) - t0 )) s"
-}
+if [ "$REHEARSE" = 1 ]; then
+  PY=${GPU_PY:-$ROOT/${REHEARSE_VENV:-.venv-gpu-rehearse}/bin/python}
+  export TRITON_INTERPRET=1 MAGE_FAST_BUILD_CUDA=0
+  DEV=cpu SIZE=smoke SWEEP=smoke BACKENDS="torch cpp triton" PROFILED=op_torch,cpp
+  BENCH_FLAGS="--threads 1 --budget 0.05 --compile-backend aot_eager"
+  SANITIZE="" NVSMI=""
+else
+  PY=${GPU_PY:-python3}
+  unset TRITON_INTERPRET
+  export MAGE_FAST_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
+  DEV=cuda SIZE=device SWEEP=check BACKENDS="torch triton cuda" PROFILED=op_torch,triton,cuda,liger
+  BENCH_FLAGS="--budget 0.3"
+  SANITIZE="PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 1"
+  NVSMI="nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader;"
+fi
+source .ci/gpu_steps.sh
 
 if [ "$DRY" != 1 ]; then
-  "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu-check needs a CUDA device (DRY=1 lists the steps)')"
-  mkdir -p "$LOG"
+  rm -rf "$WORK" runs/profile
+  mkdir -p "$WORK/logs" "$OUT"
+  rm -f "$OUT"/{results.csv,validated.json,summary.txt,logs.tar.gz}
 fi
-if [ -f .gpu/prelude.sh ]; then
-  build="source .gpu/prelude.sh"
-else
-  build="MAGE_FAST_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST=\${TORCH_CUDA_ARCH_LIST:-9.0+PTX} $PY -m pip install -q --no-build-isolation --no-deps -e ."
-fi
-step build "$build && $PY -c 'from mage_fast.ops import _ext; import torch; assert _ext.has_kernel(\"patch_pool_fwd\", \"CUDA\"), \"no CUDA kernels\"'"
-step tests "env -u TRITON_INTERPRET $PY -m pytest -q -x tests/ops tests/benchmarks/test_op_models.py -k 'cuda or triton or expected' 2>&1 | tee $LOG/tests.log | tail -5"
-step memcheck "compute-sanitizer --tool memcheck --error-exitcode 1 $PY .ci/gpu_sanitize_cases.py 2>&1 | tee $LOG/memcheck.log | tail -5"
-for op in patch_pool ian_projection ce_mse; do
-  step "bench $op" "$PY -m benchmarks.bench_$op --isolate op --budget 0.3 2>&1 | tee $LOG/bench_$op.log | tail -25"
-done
-step winners "$PY -m benchmarks.gpu_winners --summary $LOG/summary.txt"
-echo "gpu-check: $([ "$DRY" = 1 ] && echo 'dry run, nothing executed' || echo "passed in $(( $(date +%s) - start )) s; commit benchmarks/results/results.csv and mage_fast/ops/validated.json")"
+start=$SECONDS
+echo "gpu-check: $([ "$REHEARSE" = 1 ] && echo "REHEARSAL on CPU" || echo "device run"), python $PY, out $OUT"
+
+step wheels 15 60 "rm -rf '$SITE' && ls .whl/*.whl && $PY -m pip install -q --no-index --no-deps --no-compile --target '$SITE' .whl/*.whl"
+export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
+step build 110 600 "$PY -m pip install -q --no-index --no-deps --no-build-isolation -e . && $PY -m benchmarks.gpu_validate --env --require-ext --device $DEV"
+step env 10 60 "$NVSMI $PY -m benchmarks.gpu_validate --env --device $DEV"
+step validate 75 300 "rc=0; for b in $BACKENDS; do timeout -k 5 $([ "$REHEARSE" = 1 ] && echo 100 || echo 25) $PY -m benchmarks.gpu_validate --backend \$b --size $SIZE --device $DEV --out '$WORK/checks.jsonl' || rc=1; done; exit \$rc"
+bench="--sweep $SWEEP --modes full --csv '$CSV' $BENCH_FLAGS"
+step sweep 180 300 "rc=0; $PY -m benchmarks.bench_ce_mse $bench --isolate provider || rc=1; for op in ian_projection patch_pool; do $PY -m benchmarks.bench_\$op $bench --isolate op || rc=1; done; exit \$rc"
+step profile 15 120 "$PY -m benchmarks.bench_ce_mse --profile --sweep $SWEEP --modes full --providers $PROFILED $BENCH_FLAGS"
+step tests 80 900 "$PY -m pytest -q -o addopts=-ra -p no:cacheprovider --confcutdir tests/ops --junitxml '$WORK/logs/tests.xml' tests/ops tests/benchmarks/test_op_models.py -k 'cuda or triton or expected or production'"
+step memcheck 35 120 "$SANITIZE $PY .ci/gpu_sanitize_cases.py --device $DEV"
+step report 10 60 "$PY -m benchmarks.gpu_winners --csv '$CSV' --checks '$WORK/checks.jsonl' --steps '$WORK/steps.tsv' --out '$OUT' --device $DEV"
+finish

@@ -10,7 +10,8 @@ the memory point (eager's fp32 logits alone are 4096 x 32000 x 4 B = 500 MiB).
 
 Providers: `torch` (reference.ce_mse_ref: full logits + F.cross_entropy), `compile`
 (torch.compile of it), the op's backends `op_torch` (chunked, online log-sum-exp), `cpp`,
-`triton`, `cuda`, and the anchors `liger` (Liger-Kernel's fused linear CE), `cce` (Apple's
+`triton`, `cuda`, and the anchors `liger` (Liger-Kernel's fused linear CE, its Triton
+implementation), `liger_cute` (its CuTe-DSL SM90 path, where `cutlass.cute` imports), `cce` (Apple's
 cut-cross-entropy) and `torch_lce` (torch's chunked F.linear_cross_entropy, where torch has it).
 Anchors compute the CE only; the MSE term is O(M x H), negligible beside the N x H x V GEMMs.
 """
@@ -33,7 +34,9 @@ _CPU = [
     {"N": 4096, "H": 1024, "V": 32000, "modes": ("full",), "light": True},  # the memory point
 ]
 _SMOKE = [{"N": 64, "H": 64, "V": 512}, {"N": 128, "H": 64, "V": 1000}]
-SHAPES = {"gpu": _GPU, "cpu": _CPU, "smoke": _SMOKE}
+# `make gpu-check`: the peers' published point (N=16384, H=4096) at both vocabularies.
+_CHECK = [{"N": 16384, "H": 4096, "V": v} for v in (32000, 128256)]
+SHAPES = {"gpu": _GPU, "cpu": _CPU, "smoke": _SMOKE, "check": _CHECK}
 
 
 def make_inputs(shape: dict, dtype: torch.dtype, device: torch.device) -> Inputs:
@@ -93,19 +96,33 @@ def _backend(name: str) -> Callable[[dict], Callable[[Inputs], torch.Tensor]]:
     return make
 
 
-def _liger(shape: dict) -> Callable[[Inputs], torch.Tensor]:
-    try:
+def _liger(impl: str) -> Callable[[dict], Callable[[Inputs], torch.Tensor]]:
+    """Liger-Kernel's FLCE with implementation `impl` pinned around each call (Liger picks its
+    CuTe-DSL path on Hopper by itself where it imports; pinned, each provider is one path)."""
+
+    def make(shape: dict) -> Callable[[Inputs], torch.Tensor]:
+        from liger_kernel.backends import get_impl, set_impl
         from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy as fn
-    except ImportError:  # older layouts: the autograd Function only
-        from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction
 
-        fn = LigerFusedLinearCrossEntropyFunction.apply
+        def call(i: Inputs) -> torch.Tensor:
+            before = get_impl()
+            set_impl(impl)
+            try:
+                out = fn(i["hidden"], i["weight"], i["labels"])
+            finally:
+                set_impl(before)
+            return out[0] if isinstance(out, tuple) else out
 
-    def call(i: Inputs) -> torch.Tensor:
-        out = fn(i["hidden"], i["weight"], i["labels"])
-        return out[0] if isinstance(out, tuple) else out
+        return call
 
-    return call
+    return make
+
+
+def _liger_cute_available(device: torch.device) -> str | None:
+    why = module_available("liger_kernel", device) or module_available("cutlass.cute", device)
+    if why is None and torch.cuda.get_device_capability(device) < (9, 0):
+        return "Liger's CuTe-DSL path needs sm_90 or newer"
+    return why
 
 
 def _cce(shape: dict) -> Callable[[Inputs], torch.Tensor]:
@@ -132,7 +149,8 @@ def _torch_lce(shape: dict) -> Callable[[Inputs], torch.Tensor]:
 # The op computes every gradient in its forward; its backward only rescales them.
 PROVIDERS = [
     *standard_providers(OP, _reference, _compiled, _backend, grad_in_forward=True),
-    Provider("liger", _liger, lambda d: module_available("liger_kernel", d), grad_in_forward=True),
+    Provider("liger", _liger("triton"), lambda d: module_available("liger_kernel", d), grad_in_forward=True),
+    Provider("liger_cute", _liger("cutedsl"), _liger_cute_available, grad_in_forward=True),
     Provider("cce", _cce, lambda d: module_available("cut_cross_entropy", d)),
     # torch 2.13's chunked CE on CPU: ~14 s a call at N=256 (the eager reference: 0.8 s).
     Provider("torch_lce", _torch_lce, _torch_lce_available, grad_in_forward=True, light_on_cpu=True),

@@ -28,7 +28,8 @@ OP = "ian_projection"
 _GPU = [{"B": b, "M": b * 576, "C": 1024, "D": d} for d in (2048, 4096) for b in (4, 16, 64)]
 _CPU = [{"B": b, "M": b * 576, "C": 1024, "D": d} for b, d in ((1, 1024), (4, 1024), (1, 2048))]
 _SMOKE = [{"B": 1, "M": 64, "C": 32, "D": 48}, {"B": 1, "M": 100, "C": 40, "D": 64}]
-SHAPES = {"gpu": _GPU, "cpu": _CPU, "smoke": _SMOKE}
+_CHECK = [{"B": 64, "M": 64 * 576, "C": 1024, "D": 4096}]  # `make gpu-check`: the model's aligner
+SHAPES = {"gpu": _GPU, "cpu": _CPU, "smoke": _SMOKE, "check": _CHECK}
 _NAMES = ("x", "w1", "b1", "w2", "b2", "ln_w", "ln_b")
 
 

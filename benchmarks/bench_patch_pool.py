@@ -27,7 +27,8 @@ OP = "patch_pool"
 _GPU = [{"B": b, "G": g, "C": c, "k": k} for b in (16, 64) for g in (24, 27) for c in (1024, 1152) for k in (2, 3)]
 _CPU = [{"B": 16, "G": g, "C": 1024, "k": k} for g in (24, 27) for k in (2, 3)]
 _SMOKE = [{"B": 2, "G": 6, "C": 32, "k": 2}, {"B": 3, "G": 7, "C": 48, "k": 3}]
-SHAPES = {"gpu": _GPU, "cpu": _CPU, "smoke": _SMOKE}
+_CHECK = [{"B": 64, "G": 24, "C": 1024, "k": 2}]  # `make gpu-check`: a CLIP-L tower's grid
+SHAPES = {"gpu": _GPU, "cpu": _CPU, "smoke": _SMOKE, "check": _CHECK}
 
 
 def _out_tokens(shape: dict) -> int:

@@ -164,7 +164,11 @@ def run_child(
 # -- the parent: plan, spawn, collect, write ---------------------------------------------------
 def parse_args(bench: OpBench, argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=f"Benchmark {bench.op} over providers, shapes and modes.")
-    p.add_argument("--sweep", default=None, help="full (the device's sweep, the default), smoke, cpu or gpu")
+    p.add_argument(
+        "--sweep",
+        default=None,
+        help="full (the device's sweep, the default), smoke, cpu, gpu or check (make gpu-check)",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--providers", default=None, help="comma list (default: every available one)")

@@ -31,16 +31,15 @@ def test_patch_pool_is_a_memory_stream_with_every_lane_used() -> None:
         assert max(t, key=t.get) == "mem", t
 
 
-def test_gpu_winners_pick_the_fastest_clean_backend() -> None:
+def test_gpu_winners_pick_the_fastest_clean_validated_backend() -> None:
     from benchmarks.gpu_winners import winners
 
-    row = lambda op, p, ms, status="ok", mode="full", date="d1": {
+    row = lambda op, p, ms, status="ok", mode="full": {
         "op": op,
         "provider": p,
         "ms_median": ms,
         "status": status,
         "mode": mode,
-        "date": date,
     }
     rows = [
         row("patch_pool", "op_torch", 2.0),
@@ -50,8 +49,14 @@ def test_gpu_winners_pick_the_fastest_clean_backend() -> None:
         row("patch_pool", "liger", 0.1),
         row("ce_mse", "op_torch", 3.0),
         row("ce_mse", "triton", 1.0, mode="forward"),
-        row("ce_mse", "triton", 0.1, date="old"),
+        row("ian_projection", "op_torch", 3.0),
+        row("ian_projection", "triton", 1.0),
+        row("ian_projection", "cuda", 2.0),
     ]
-    got = winners(rows, "d1")
+    checked = {(op, b): True for op in ("patch_pool", "ce_mse") for b in ("torch", "triton", "cuda")}
+    checked |= {("ian_projection", "torch"): True, ("ian_projection", "triton"): False}
+    got = winners(rows, checked)
     assert got["patch_pool"][0] == "triton"  # cuda errored once: not a candidate; liger is not ours
-    assert got["ce_mse"][0] == "torch"  # only full-mode rows of this run count
+    assert got["ce_mse"][0] == "torch"  # only full-mode rows count
+    # triton is fastest but failed its float64 check; cuda never ran the check: neither is a candidate
+    assert got["ian_projection"][0] == "torch" and set(got["ian_projection"][1]) == {"torch"}
