@@ -10,7 +10,8 @@ converts the newest committed checkpoint; the source must be complete (every ran
 the markers list them) and intact. A resume with another world size loads this copy when it
 exists, also with `resume_resize=false`; without one it converts on the fly (`resume_resize`, on
 by default) or refuses. The folder counts only once its `COMMITTED` marker is written (a
-conversion killed midway is redone).
+conversion killed midway is redone) and only for the save it was converted from (the marker
+records the source's commit times; a later save of the same step is converted again).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import sys
 import time
 from types import SimpleNamespace
 
-from mage_fast.train import checkpoint
+from mage_fast.train import checkpoint, ckpt_storage
 
 UNIVERSAL = "universal"
 
@@ -32,8 +33,20 @@ def universal_root(run_dir: str) -> str:
     return os.path.join(checkpoint.ckpt_root(run_dir), UNIVERSAL)
 
 
+def _source(run_dir: str, tag: str) -> dict:
+    """Commit times of checkpoint `tag`'s markers: a copy converted from an earlier save of the same
+    step (a run started over in the same run_dir) does not match them."""
+    folder = os.path.join(checkpoint.ckpt_root(run_dir), tag)
+    return {name: m.get("time") for name, m in ckpt_storage.read_markers(folder).items()}
+
+
 def is_converted(run_dir: str, tag: str) -> bool:
-    return os.path.isfile(os.path.join(universal_root(run_dir), tag, checkpoint.MARKER))
+    """A complete universal copy of this very save of `tag` exists."""
+    try:
+        with open(os.path.join(universal_root(run_dir), tag, checkpoint.MARKER)) as f:
+            return json.load(f).get("source") == _source(run_dir, tag)
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def convert(run_dir: str, tag: str, workers: int = 1) -> str:
@@ -67,7 +80,7 @@ def convert(run_dir: str, tag: str, workers: int = 1) -> str:
     with open(os.path.join(out, checkpoint.META), "w") as f:
         json.dump(meta, f)
     with open(os.path.join(out, checkpoint.MARKER), "w") as f:
-        json.dump({"step": meta.get("step"), "time": time.time()}, f)
+        json.dump({"step": meta.get("step"), "time": time.time(), "source": _source(run_dir, tag)}, f)
     return out
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 
 import pytest
 
@@ -32,7 +33,7 @@ def _commit(run: str, ranks: list[int], world: int, marker: str, extra: tuple[st
         json.dump({"step": 4, "world_size": world, "shapes": {}}, f)
     files = {n: checkpoint.file_record(os.path.join(folder, n)) for n in [*names, checkpoint.META]}
     with open(os.path.join(folder, marker), "w") as f:
-        json.dump({"step": 4, "world": world, "ranks": ranks, "files": files}, f)
+        json.dump({"step": 4, "time": time.time(), "world": world, "ranks": ranks, "files": files}, f)
     return folder
 
 
@@ -101,3 +102,17 @@ def test_resume_tag_takes_the_newest_intact_one_and_refuses_in_one_line(tmp_path
     with pytest.raises(checkpoint.ResumeError, match=f"{TAG}: {_model(0)} has 97 bytes, 96 recorded \\(rank 0\\)"):
         checkpoint.resume_tag(run, Storage())
     assert os.listdir(checkpoint.ckpt_root(run)) == [TAG + checkpoint.DAMAGED]
+
+
+def test_a_converted_copy_counts_only_for_the_save_it_came_from(tmp_path):
+    from mage_fast.train import convert
+
+    run = str(tmp_path / "run")
+    folder = _commit(run, [0, 1], 2, "COMMITTED")
+    out = os.path.join(convert.universal_root(run), TAG)
+    os.makedirs(out)
+    with open(os.path.join(out, checkpoint.MARKER), "w") as f:
+        json.dump({"step": 4, "source": convert._source(run, TAG)}, f)
+    assert convert.is_converted(run, TAG)
+    _commit(run, [0, 1], 2, "COMMITTED")  # the same step saved again (a run started over)
+    assert not convert.is_converted(run, TAG) and os.path.isdir(folder)
