@@ -378,6 +378,9 @@ def _loop(run: Run, prog: Progress, stop: StopRequest) -> tuple[list[dict], list
         batch_sampler=run.batches.iter_from(prog.consumed),
         collate_fn=run.collate,
         num_workers=cfg.data.num_workers,
+        # Its own generator: iter() draws the workers' base seed from it, not from the global RNG,
+        # which a resumed run restores just before and dropout (LoRA's) then draws from.
+        generator=torch.Generator().manual_seed(cfg.seed),
     )
     it, history, accuracy = iter(loader), [], []
     try:
