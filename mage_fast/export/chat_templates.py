@@ -19,7 +19,7 @@ _TEXT = (
 
 # ConversationTemplate's built-in rendering (a tokenizer without a chat template).
 DEFAULT = _TEXT + (
-    "{{ bos_token or '' }}"
+    "{{ (bos_token or '') }}"
     "{%- for m in messages -%}"
     "{%- if m['role'] == 'system' -%}{{ text(m['content']) + '\\n' }}"
     "{%- elif m['role'] == 'user' -%}{{ 'USER: ' + text(m['content']) + '\\n' }}"
@@ -50,13 +50,22 @@ VICUNA_V1 = _TEXT + (
 )
 
 
-def chat_template(name: str, tokenizer: Any) -> str:
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer puts its BOS token in front of a text by itself."""
+    bos = tokenizer.bos_token_id
+    ids = tokenizer("x")["input_ids"]
+    return bos is not None and bool(ids) and ids[0] == bos
+
+
+def chat_template(name: str, tokenizer: Any, bos: bool = True) -> str:
     """The Jinja template for mage-fast's template ``name`` with this tokenizer: the tokenizer's
-    own chat template when "default" finds one (mage-fast renders with it then), else ours."""
-    if name == "default":
-        return tokenizer.chat_template or DEFAULT
-    if name == "vicuna_v1":
-        return VICUNA_V1
+    own chat template when "default" finds one (mage-fast renders with it then), else ours.
+    ``bos=False`` leaves the BOS token out (for a processor whose tokenizer adds it)."""
+    if name == "default" and tokenizer.chat_template:
+        return tokenizer.chat_template
+    if name in ("default", "vicuna_v1"):
+        text = DEFAULT if name == "default" else VICUNA_V1
+        return text if bos else text.replace("(bos_token or '')", "''")
     raise ValueError(
         f"template {name!r} has no exported chat template yet (default and vicuna_v1 have); "
         f"the mage-fast folder keeps working with mage_fast.chat"

@@ -1,6 +1,6 @@
 """A mage-fast export folder as a transformers folder that loads without mage_fast:
 
-    python -m mage_fast.export DIR OUT
+    python -m mage_fast.export DIR OUT [--format remote|llava]
 
 OUT holds config.json (``model_type: mage``, ``auto_map`` to the modeling and configuration files
 in OUT), model.safetensors (the tower as ``vision_tower.*``, the aligner as ``aligner.*`` under
@@ -133,6 +133,18 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="mage_fast.export", description=__doc__.split("\n\n")[0])
     p.add_argument("model", help="a mage-fast export folder (run_dir/export)")
     p.add_argument("out", help="the transformers folder to write")
+    p.add_argument(
+        "--format",
+        choices=("remote", "llava"),
+        default="remote",
+        help="remote: any aligner, with its code in the folder (trust_remote_code); "
+        "llava: an mlp2x_gelu model as a LlavaForConditionalGeneration folder with its processor",
+    )
     a = p.parse_args(argv)
-    export_hf(a.model, a.out)
+    if a.format == "llava":
+        from mage_fast.export.llava import export_llava_folder
+
+        export_llava_folder(a.model, a.out)
+    else:
+        export_hf(a.model, a.out)
     print(f"wrote {a.out}")

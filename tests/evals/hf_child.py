@@ -45,16 +45,19 @@ def run(folder: str, images: list[str], question: str, turns: list[dict], max_ne
 
     prompt = prompt_for(1)
     conversation = proc.apply_chat_template(turns, add_generation_prompt=False, tokenize=False)
-    one = proc(images=pics[:1], text=prompt)
+    one = proc(images=pics[:1], text=prompt, return_tensors="pt")
     out = model.generate(**one, max_new_tokens=max_new_tokens, do_sample=False)
     answer = proc.decode(out[0, one["input_ids"].shape[1] :], skip_special_tokens=True).strip()
     logits = model(**one).logits[0, -1]
-    several = proc(images=pics, text=prompt_for(len(pics)))
-    z = model.get_image_features(several["pixel_values"], several["image_counts"])
+    if "image_counts" in one:  # a mage folder: the visual tokens of a two-image sample too
+        several = proc(images=pics, text=prompt_for(len(pics)), return_tensors="pt")
+        features = model.get_image_features(several["pixel_values"], several["image_counts"]).flatten().tolist()
+    else:  # a LLaVA folder: one image per sample
+        features = torch.cat(list(model.get_image_features(one["pixel_values"]).pooler_output)).flatten().tolist()
     return {
         "class": type(model).__name__, "prompt": prompt, "conversation": conversation, "answer": answer,
         "input_ids": one["input_ids"][0].tolist(), "pixel_values": one["pixel_values"].flatten().tolist(),
-        "last_logits": logits.tolist(), "features": z.flatten().tolist(),
+        "last_logits": logits.tolist(), "features": features,
     }  # fmt: skip
 
 
