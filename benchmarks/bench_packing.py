@@ -11,7 +11,9 @@ padded step's samples into rows of at most max_length tokens (`data.packing`). A
 training loop's own `train_step` on a ZeRO-3 engine of one rank (bench_step's engine), fp32.
 
 Per mode: pad fraction (padding positions / all positions), real (non-pad) tokens per second over
-the timed steps, the median step time, the process's peak resident set, and the ratios to padded.
+the timed steps, the median step time, the process's peak resident set (one step of the mode's
+largest batch), and the ratios to padded. The modes' steps are timed round-robin, so a change in
+the machine's load falls on all three alike.
 Rows go to the results CSV (op `packing`) and a plot to benchmarks/results/packing_<device>.png.
 """
 
@@ -55,23 +57,33 @@ def mode_batches(rows: list[dict], mode: str, batch: int, max_length: int, pad_i
     return [collate([with_pixels(rows[i], image_size, vocab) for i in idx]) for idx in steps]
 
 
-def time_mode(engine, world: int, batches: list, warm: dict, device: torch.device) -> dict:
-    """One warm-up step, then every batch timed -> the mode's figures."""
+def peak_memory(engine, world: int, batches: list, device: torch.device) -> int:
+    """The process's peak memory over one step of the mode's largest batch (most positions)."""
     from mage_fast.train.step import train_step
 
-    train_step(engine, [warm], 0, world)
+    big = max(batches, key=lambda b: b["attention_mask"].numel())
     common.cpu_rss_reset() if device.type == "cpu" else torch.cuda.reset_peak_memory_stats()
-    ms = [common.timed(lambda b=b: train_step(engine, [b], 0, world), device) for b in batches]
-    peak = common.cpu_peak_rss() if device.type == "cpu" else torch.cuda.max_memory_allocated()
-    real = sum(int(b["attention_mask"].sum()) for b in batches)
-    positions = sum(b["attention_mask"].numel() for b in batches)
-    return {
-        "ms": ms,
-        "peak": peak,
-        "pad": 1.0 - real / positions,
-        "tok_s": real / (sum(ms) / 1e3),
-        "rows": sum(b["input_ids"].shape[0] for b in batches) / len(batches),
-    }
+    train_step(engine, [big], 0, world)
+    common.sync(device)
+    return common.cpu_peak_rss() if device.type == "cpu" else torch.cuda.max_memory_allocated()
+
+
+def time_modes(engine, world: int, batches: dict[str, list], device: torch.device) -> dict[str, dict]:
+    """Every mode's steps timed round-robin (step i of each mode, then step i + 1), so a change in
+    the machine's load during the run falls on all modes alike -> each mode's figures."""
+    from mage_fast.train.step import train_step
+
+    ms: dict[str, list[float]] = {m: [] for m in batches}
+    for i in range(len(batches["padded"])):
+        for mode, bs in batches.items():
+            ms[mode].append(common.timed(lambda b=bs[i]: train_step(engine, [b], 0, world), device))
+    out = {}
+    for mode, bs in batches.items():
+        real = sum(int(b["attention_mask"].sum()) for b in bs)
+        positions = sum(b["attention_mask"].numel() for b in bs)
+        rows = sum(b["input_ids"].shape[0] for b in bs) / len(bs)
+        out[mode] = {"ms": ms[mode], "pad": 1.0 - real / positions, "tok_s": real / (sum(ms[mode]) / 1e3), "rows": rows}
+    return out
 
 
 def run_model(name: str, args: argparse.Namespace, device: torch.device) -> list[dict]:
@@ -83,11 +95,14 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device) -> list
     rows, dropped = synthetic_rows(n, model.num_image_tokens, args.max_length, sb.vocab_size, seed=args.seed)
     timed, warm = rows[: -args.batch], rows[-args.batch :]
     pad_id, size = 0, model.image_size
-    warm_batch = mode_batches(warm, "padded", args.batch, args.max_length, pad_id, size)[0]
-    figures = {}
+    batches = {m: mode_batches(timed, m, args.batch, args.max_length, pad_id, size) for m in MODES}
+    from mage_fast.train.step import train_step
+
+    train_step(engine, mode_batches(warm, "padded", args.batch, args.max_length, pad_id, size)[:1], 0, world)
+    peaks = {m: peak_memory(engine, world, batches[m], device) for m in MODES}
+    figures = time_modes(engine, world, batches, device)
     for mode in MODES:
-        batches = mode_batches(timed, mode, args.batch, args.max_length, pad_id, size)
-        figures[mode] = time_mode(engine, world, batches, warm_batch, device)
+        figures[mode]["peak"] = peaks[mode]
         print(f"[packing] {name} {mode}: {common.summarize(figures[mode]['ms']).median:.0f} ms/step", flush=True)
     base = figures["padded"]
     out = []

@@ -10,7 +10,7 @@ from mage_fast.data.config import TEMPLATE_NAMES
 VisionType = Literal["clip", "siglip"]
 LLMArch = Literal["llama", "qwen2"]
 Backend = Literal["auto", "torch", "cpp", "triton", "cuda"]
-AttnImpl = Literal["auto", "sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"]
+AttnImpl = Literal["auto", "sdpa", "sdpa_packed", "eager", "flash_attention_2", "flash_attention_3", "flex_attention"]
 
 
 def check_choice(key: str, value: str, choices: object) -> None:
@@ -99,7 +99,8 @@ class LLMConfig:
     num_heads: int = 4
     num_kv_heads: int = 4
     max_position_embeddings: int = 512
-    # auto: flash_attention_2 if flash-attn is importable (and on CUDA), else sdpa.
+    # auto: flash_attention_2 if flash-attn is importable (and on CUDA), else sdpa_packed (sdpa that
+    # attends a packed row one sample at a time: mage_fast.model.packed_attention).
     attn_implementation: AttnImpl = "auto"
 
     def __post_init__(self) -> None:

@@ -8,16 +8,18 @@ import os
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
+from mage_fast.model import packed_attention
 from mage_fast.model.config import LLMConfig, hf_sizes
 
 
 def pick_attn_implementation(requested: str) -> str:
-    """auto → flash_attention_2 when flash-attn is importable and CUDA is up, else sdpa."""
+    """auto → flash_attention_2 when flash-attn is importable and CUDA is up, else sdpa_packed
+    (HF's sdpa, packed rows attended per sample)."""
     if requested != "auto":
         return requested
     if importlib.util.find_spec("flash_attn") is not None and torch.cuda.is_available():
         return "flash_attention_2"
-    return "sdpa"
+    return packed_attention.NAME
 
 
 def build_llm(cfg: LLMConfig, vocab_size: int) -> torch.nn.Module:

@@ -22,11 +22,12 @@ CE_MSE = available("ce_mse", "cpu")
 COUNTS = {"sam": [3, 1, 4, 2, 1], "default": [1, 0, 2, 0, 1]}
 
 
-def _model(aligner: str, backend: str = "torch") -> MageModel:
+def _model(aligner: str, backend: str = "torch", attn: str = "auto") -> MageModel:
     """A tiny model with every parameter moved off its init, so the zero-initialised layers
     (IAN's SEB out-projections, SAM's guidance) carry signal that a leak would expose."""
     cfg = tiny_model_config(aligner)
-    cfg = dataclasses.replace(cfg, kernels=dataclasses.replace(cfg.kernels, ce_mse=backend), mse_lambda=0.5)
+    llm = dataclasses.replace(cfg.llm, attn_implementation=attn)
+    cfg = dataclasses.replace(cfg, llm=llm, kernels=dataclasses.replace(cfg.kernels, ce_mse=backend), mse_lambda=0.5)
     torch.manual_seed(0)
     m = MageModel(cfg, VOCAB, IMG)
     with torch.no_grad():
@@ -102,11 +103,14 @@ def _batches(m: MageModel, counts: list[int]) -> tuple[dict, dict, dict[str, int
     return Collator(PAD, S)(samples), packed, lengths
 
 
-@pytest.mark.parametrize("backend", CE_MSE)
-@pytest.mark.parametrize("aligner", ALIGNERS)
-def test_packed_equals_unpacked(aligner, backend):
-    """Per-sample losses and every parameter's gradient within REL (fp32, CPU)."""
-    m = _model(aligner, backend)
+@pytest.mark.parametrize(
+    "aligner,backend,attn",
+    [(a, b, "auto") for a in ALIGNERS for b in CE_MSE] + [("ian", "torch", "sdpa"), ("ian", "torch", "eager")],
+)
+def test_packed_equals_unpacked(aligner, backend, attn):
+    """Per-sample losses and every parameter's gradient within REL (fp32, CPU). attn auto is
+    sdpa_packed (per-sample sdpa calls); sdpa and eager run HF's block-diagonal mask."""
+    m = _model(aligner, backend, attn)
     unpacked, packed, lengths = _batches(m, COUNTS.get(aligner, COUNTS["default"]))
     lu, lp = _per_sample(m, unpacked, lengths), _per_sample(m, packed, lengths)
     loss_err = max(abs(float(lp[k] - lu[k])) / abs(float(lu[k])) for k in lu)
@@ -115,7 +119,7 @@ def test_packed_equals_unpacked(aligner, backend):
     exact_zero = [n for n in gu if n.endswith("k_proj.bias")]
     errs = {n: _rel(gp[n], gu[n]) for n in gu if n not in exact_zero and gu[n].abs().max() > 0}
     worst = max(errs, key=errs.get)
-    print(f"{aligner}/{backend}: loss rel err {loss_err:.2e}, worst grad {worst} {errs[worst]:.2e}")
+    print(f"{aligner}/{backend}/{attn}: loss rel err {loss_err:.2e}, worst grad {worst} {errs[worst]:.2e}")
     assert loss_err <= REL
     assert _rel(tp, tu) <= REL
     assert errs[worst] <= REL
