@@ -10,8 +10,8 @@ norms; atol = 1e-3 of the truth's largest magnitude), the op tests' rule at real
 line per quantity, then one per op with `"passed"`: benchmarks/gpu_winners.py lets only a backend
 whose op passed here into validated.json. A backend that crashes writes no "passed" line.
 
-Sizes: `device`, the production shapes (ce_mse N=4864, H=4096, V=128256: two GPU chunks of 2432
-rows; ian_projection C=1024, D=4096, 8 images of 576 tokens; patch_pool 64 images, 24 x 24,
+Sizes: `device`, the production shapes (ce_mse N=7000, H=4096, V=128256: two GPU chunks, 3584
+and 3416 rows; ian_projection C=1024, D=4096, 8 images of 576 tokens; patch_pool 64 images, 24 x 24,
 C=1024); `smoke`, small odd shapes that the CPU (and the Triton interpreter) runs in seconds.
 """
 
@@ -32,7 +32,7 @@ import torch
 
 SIZES: dict[str, dict[str, dict[str, int]]] = {
     "device": {
-        "ce_mse": {"N": 4864, "H": 4096, "V": 128256, "M": 8},
+        "ce_mse": {"N": 7000, "H": 4096, "V": 128256, "M": 8},
         "ian_projection": {"N": 8 * 576, "C": 1024, "D": 4096},
         "patch_pool": {"B": 64, "G": 24, "C": 1024},
     },

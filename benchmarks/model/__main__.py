@@ -46,11 +46,16 @@ def main(argv: list[str] | None = None) -> None:
         t = r.times_ms(DEVICES[name])
         bound = max(t, key=t.get)
         gb, tf = r.bytes / 1e9, (r.tc_flops + r.cuda_flops) / 1e12
+        ms = r.predicted_ms(DEVICES[name])
         print(
-            f"{name:6} {r.op:15} {r.impl:14} {r.phase:26} {r.shape:28} {gb:8.2f} {tf:8.2f} {max(t.values()):8.3f}  {bound}"
+            f"{name:6} {r.op:15} {r.impl:14} {r.phase:26} {r.shape:28} {gb:8.2f} {tf:8.2f} {ms:8.3f}  {bound}  {r.note}"
         )
     for (name, op, impl, shape), (gb, tf, ms) in step_totals(rows).items():
         print(f"{name:6} {op:15} {impl:14} {'sum of steps':26} {shape:28} {gb:8.2f} {tf:8.2f} {ms:8.3f}")
+    for m in op_modules():
+        if hasattr(m, "summary_lines"):
+            for name, dev in DEVICES.items():
+                print("\n".join(m.summary_lines(name, dev)))
 
 
 if __name__ == "__main__":

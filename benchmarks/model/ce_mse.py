@@ -17,6 +17,17 @@ Counted per chunk of r rows (b = 2 bytes per bf16 element, acc = the grad_weight
 once: the accumulator zeroed and rounded to bf16, and the backward's in-place scaling of
 grad_hidden and grad_weight (Liger skips it when the incoming gradient is 1, its best case).
 
+GEMMs are not free of shape: each runs in output tiles, one CTA per SM at a time (the Triton
+tiles of `_launch.gemm_config`: 128x256 for the logits and grad_hidden GEMMs, 128x128 for the
+accumulating grad_weight GEMM; cuBLAS, for torch/cuda/liger, modelled with 128x256 tiles), so
+its tensor-core time is that of whole waves: ceil(tiles / SMs) waves for tiles / SMs of work
+(grad_hidden at 2432 rows: 19 x 16 = 304 tiles on 132 SMs, 3 waves for 2.3). The weight is
+streamed once per group of GROUP_M (8) row tiles (L2 holds the group's rows), so the logits and
+grad_hidden GEMMs read W ceil(row tiles / 8) times. The Triton grad_weight GEMM's accumulate
+epilogue (read and write 128x128 fp32 per tile) runs after the tile's main loop with nothing to
+overlap it (one CTA per SM): its bytes add to the time (Row.serial_bytes); cuBLAS's beta = 1
+epilogue is counted as overlapped traffic.
+
 Liger-Kernel's FLCE is modelled from its chunking rule as published (chunk = next power of two of
 N / ceil(V / H)) with bf16 logits and a bf16 grad_weight updated by addmm per chunk.
 """
@@ -29,6 +40,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import torch
+from mage_fast.kernels import _launch
 
 from benchmarks.model.roofline import Device, Row
 
@@ -49,7 +61,38 @@ class Step:
     tc: float = 0.0
     cuda: float = 0.0
     sfu: float = 0.0
-    gw_bytes: float = 0.0  # the part of `bytes` that is grad_weight traffic
+    gw_bytes: float = 0.0  # the part of `bytes` (and `serial`) that is grad_weight traffic
+    tc_eff: float = 1.0  # wave quantisation of a GEMM
+    serial: float = 0.0  # unhidden epilogue bytes
+    note: str = ""
+
+
+GROUP_M = 8  # row tiles that share each streamed column tile of the weight (kernels/_gemm._tile)
+CUBLAS_TILE = (128, 256)
+
+
+def gemm_tile(impl: str, m: int, n: int, k: int, epilogue: str) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N) of a GEMM: the Triton kernels' fixed tile, or cuBLAS's assumed one."""
+    if impl != "triton":
+        return CUBLAS_TILE
+    cfg = _launch.GEMM_TILES[_launch.gemm_tile_name(m, n, k, DTYPE, epilogue)]
+    return cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
+
+
+def gemm_step(name: str, impl: str, dev: Device, mnk: tuple[int, int, int], io: float, epi: str = "none", **kw) -> Step:
+    """A GEMM (m, n, k) with `io` overlapped bytes (operands and plain output); "acc": the Triton
+    kernel's fp32 read-modify-write of c runs unhidden after each tile (cuBLAS: overlapped)."""
+    m, n, k = mnk
+    bm, bn = gemm_tile(impl, m, n, k, epi)
+    tiles = math.ceil(m / bm) * math.ceil(n / bn)
+    waves = math.ceil(tiles / dev.sms)
+    eff = tiles / (waves * dev.sms)
+    acc = 8.0 * m * n if epi == "acc" else 0.0
+    serial, io = (acc, io) if impl == "triton" else (0.0, io + acc)
+    note = f"{bm}x{bn} tiles {tiles}, waves {waves} for {tiles / dev.sms:.2f}"
+    if serial:
+        note += f", unhidden epilogue {serial / (dev.hbm_tbps * 1e12) * 1e3:.3f} ms"
+    return Step(name, io + serial, tc=2.0 * m * n * k, tc_eff=eff, serial=serial, note=note, **kw)
 
 
 def chunk_sizes(impl: str, dev: Device, v: int) -> list[int]:
@@ -74,18 +117,26 @@ def _row_bytes(impl: str) -> float:
     return 2 * 4 + B  # two passes over fp32 logits, P written once
 
 
-def chunk_steps(impl: str, r: int, v: int) -> list[Step]:
+def chunk_steps(impl: str, dev: Device, r: int, v: int) -> list[Step]:
     """The kernels of one chunk of `r` tokens."""
     w, hc, pv = v * H * B, r * H * B, r * v * B
-    acc = B if impl == "liger" else 4
+    w_reads = math.ceil(math.ceil(r / gemm_tile(impl, r, v, H, "none")[0]) / GROUP_M)  # W once per row-tile group
     logits_out = B if impl == "liger" else 4
     gh_out = r * H * (4 + 4 + B) if impl in ("torch", "cuda") else hc  # ATen: fp32 temporary, then copy
     mask_copy = 0 if impl == "liger" else 2 * hc  # ignored rows of h selected to 0
+    if impl == "liger":  # bf16 grad_weight updated by addmm (cuBLAS, beta = 1): read + write in bf16
+        gw_io = pv + hc + 2 * v * H * B
+        gw = gemm_step("grad_weight", impl, dev, (v, H, r), gw_io, gw_bytes=2 * v * H * B)
+    else:
+        gw = gemm_step("grad_weight", impl, dev, (v, H, r), pv + hc + mask_copy, "acc", gw_bytes=8 * v * H)
+    reads = f", W read {w_reads}x"
+    logits = gemm_step("logits", impl, dev, (r, v, H), w_reads * w + hc + r * v * logits_out)
+    grad_h = gemm_step("grad_hidden", impl, dev, (r, H, v), pv + w_reads * w + gh_out)
     return [
-        Step("logits", w + hc + r * v * logits_out, tc=2 * r * H * v),
+        Step(logits.name, logits.bytes, tc=logits.tc, tc_eff=logits.tc_eff, note=logits.note + reads),
         Step("rows", r * v * _row_bytes(impl) + 16 * r, cuda=6 * r * v, sfu=2 * r * v),
-        Step("grad_hidden", pv + w + gh_out, tc=2 * r * v * H),
-        Step("grad_weight", pv + hc + mask_copy + 2 * v * H * acc, tc=2 * r * v * H, gw_bytes=2 * v * H * acc),
+        Step(grad_h.name, grad_h.bytes, tc=grad_h.tc, tc_eff=grad_h.tc_eff, note=grad_h.note + reads),
+        gw,
     ]
 
 
@@ -104,15 +155,16 @@ def steps(impl: str, dev: Device, v: int) -> list[tuple[Step, int, int]]:
     """(step, how many times, rows) over the whole call."""
     out = []
     for r, count in sorted(Counter(chunk_sizes(impl, dev, v)).items(), reverse=True):
-        out += [(s, count, r) for s in chunk_steps(impl, r, v)]
+        out += [(s, count, r) for s in chunk_steps(impl, dev, r, v)]
     return out + [(s, 1, 0) for s in once_steps(impl, v)]
 
 
 def _row(impl: str, v: int, step: Step, count: int, r: int) -> Row:
     phase = f"step:{step.name}" + (f"[{count}x{r}]" if r else "")
-    gw = f"grad_weight {count * step.gw_bytes / 1e9:.2f} GB"
+    note = f"grad_weight {count * step.gw_bytes / 1e9:.2f} GB" + (f"; {step.note}" if step.note else "")
     work = (count * step.tc, count * step.cuda, count * step.sfu)
-    return Row("ce_mse", impl, phase, f"N={N},H={H},V={v}", count * step.bytes, *work, note=gw)
+    shape = f"N={N},H={H},V={v}"
+    return Row("ce_mse", impl, phase, shape, count * step.bytes, *work, note, step.tc_eff, count * step.serial)
 
 
 def rows(dev: Device) -> list[Row]:
@@ -133,3 +185,26 @@ def roofline_ms(dev: Device, v: int) -> float:
 def grad_weight_bytes(impl: str, dev: Device, v: int) -> float:
     """HBM bytes of grad_weight traffic (zero, read-modify-writes, rounding, scaling)."""
     return sum(c * s.gw_bytes for s, c, _ in steps(impl, dev, v))
+
+
+def extra_bytes(impl: str, dev: Device, v: int) -> float:
+    """Device memory the call holds beyond its inputs and its returned gradients: one chunk's
+    logits and P, and the fp32 grad_weight accumulator (Liger: bf16 logits of its chunk only)."""
+    r = chunk_sizes(impl, dev, v)[0]
+    if impl == "liger":
+        return r * v * B
+    return r * v * (4 + B) + v * H * 4
+
+
+def summary_lines(name: str, dev: Device) -> list[str]:
+    """One line per implementation and vocabulary: predicted fwd+bwd, the chunking, extra memory."""
+    out = []
+    for v in VOCABS:
+        for impl in IMPLS:
+            sizes = chunk_sizes(impl, dev, v)
+            out.append(
+                f"{name:6} ce_mse fwd+bwd {impl:7} V={v:<6}: {predicted_ms(impl, dev, v):6.1f} ms, "
+                f"{len(sizes)} chunks of {sizes[0]} rows, {extra_bytes(impl, dev, v) / 1e9:.2f} GB extra "
+                f"(FLOP roofline {roofline_ms(dev, v):.1f} ms)"
+            )
+    return out

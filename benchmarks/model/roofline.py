@@ -44,16 +44,22 @@ class Row:
     cuda_flops: float = 0.0  # CUDA-core FLOPs (elementwise, reductions)
     sfu_ops: float = 0.0  # transcendental ops (exp, erf)
     note: str = ""
+    tc_eff: float = 1.0  # fraction of the SMs' tensor-core time doing work (wave quantisation)
+    serial_bytes: float = 0.0  # bytes moved after the tensor-core work, not overlapped with it
 
     def times_ms(self, dev: Device) -> dict[str, float]:
         """Lower-bound time of each resource, in ms: memory, tensor cores, CUDA cores, SFU."""
         return {
             "mem": self.bytes / (dev.hbm_tbps * 1e12) * 1e3,
-            "tc": self.tc_flops / (dev.tc_tflops_bf16 * 1e12) * 1e3,
+            "tc": self.tc_flops / self.tc_eff / (dev.tc_tflops_bf16 * 1e12) * 1e3,
             "cuda": self.cuda_flops / (dev.cuda_tflops_fp32 * 1e12) * 1e3,
             "sfu": self.sfu_ops / (dev.sfu_tops * 1e12) * 1e3,
         }
 
+    def serial_ms(self, dev: Device) -> float:
+        """Time of the unhidden epilogue traffic, added after the overlapped resources."""
+        return self.serial_bytes / (dev.hbm_tbps * 1e12) * 1e3
+
     def predicted_ms(self, dev: Device) -> float:
-        """Roofline prediction: the slowest resource bounds the phase."""
-        return max(self.times_ms(dev).values())
+        """Roofline prediction: the slowest resource bounds the phase; unhidden epilogues add."""
+        return max(self.times_ms(dev).values()) + self.serial_ms(dev)

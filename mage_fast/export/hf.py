@@ -22,14 +22,12 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 
 from mage_fast.export import remote
 from mage_fast.export.chat_templates import chat_template
+from mage_fast.model.hf_llava import _staged  # the folder appears whole or not at all
 
 REMOTE_FILES = ("configuration_mage.py", "modeling_mage.py", "aligner_mage.py", "processing_mage.py")
 AUTO_MAP = {
@@ -37,22 +35,6 @@ AUTO_MAP = {
     "AutoModelForImageTextToText": "modeling_mage.MageForConditionalGeneration",
 }
 PROCESSOR_AUTO_MAP = {"AutoProcessor": "processing_mage.MageProcessor"}
-
-
-@contextmanager
-def _staged(out_dir: str) -> Iterator[str]:
-    """A temporary sibling folder renamed to ``out_dir`` when the block succeeds."""
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".hf-export-", dir=parent)
-    try:
-        yield tmp
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def hf_state(model) -> dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@ CLIP tower dropped), and whose chat template renders the model's template.
 from __future__ import annotations
 
 from mage_fast.export.chat_templates import adds_bos, chat_template
-from mage_fast.export.hf import _staged
+from mage_fast.model.hf_llava import _staged
 
 
 def llava_processor(tok, template: str, transform, patch_size: int, clip: bool):

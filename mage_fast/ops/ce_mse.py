@@ -23,11 +23,14 @@ to autograd: the op holds one V x H buffer from forward to the weight's .grad, n
 
 Planner (`plan`): tokens are walked in chunks of `rows`; one fp32 (rows, V) logits buffer and
 its P exist at a time. CPU: `rows` keeps both within CHUNK_BYTES (64 MiB: 262 rows at V = 32000,
-65 at V = 128256). GPU: chunk buffers about GPU_WEIGHT_FACTOR times the weight's bytes (capped by
-the device's memory), rows a multiple of 128 and balanced over the chunks, so grad_weight is
-read and written once per chunk, a handful of times in all (7 chunks at N = 16384, H = 4096,
-bf16, for V = 32000 and V = 128256). The loop is token-outer. Every backend takes its rows from
-this planner, as does the traffic model (benchmarks/model/ce_mse.py).
+65 at V = 128256). GPU: chunk buffers within the cap (GPU_BUFFER_CAP, at most 1/16 of the
+device's memory), rows a multiple of 128 and balanced over the chunks; among the fewest chunks
+that fit and up to three more, the one whose GEMMs take the least modelled time
+(`_chunk_seconds`: whole waves of output tiles on the SMs, and the unhidden fp32 read-modify-write
+of grad_weight once per chunk). At N = 16384, H = 4096, bf16: 4 chunks of 4096 rows for
+V = 128256 (3.15 GB of buffers), one chunk for V = 32000. The loop is token-outer. Every backend
+takes its rows from this planner, as does the traffic model (benchmarks/model/ce_mse.py), whose
+fuller count agrees with the choice (tests/benchmarks/test_model_ce_mse.py).
 
 Backends: `torch` (this file), `triton` (kernels/ce_mse.py: fixed GEMM configs per shape, an
 online log-sum-exp row kernel), `cpp` and `cuda` (one native function, csrc/ce_mse.cpp, on two
@@ -52,8 +55,15 @@ CHUNK_BYTES: int = 64 * 2**20  # CPU: fp32 logits + P of one chunk
 DeviceClass = Literal["cpu", "h100", "h200", "gpu"]
 GPU_MEM_GIB: dict[str, float] = {"h100": 80.0, "h200": 141.0, "gpu": 24.0}
 GPU_ROW_MULTIPLE = 128  # tensor-core tile height
-GPU_WEIGHT_FACTOR = 2.0  # chunk buffers ~ 2x the weight's bytes: few grad_weight passes
-GPU_BUFFER_CAP = 4 * 2**30  # and at most 4 GiB, or 1/16 of the device's memory
+GPU_BUFFER_CAP = 4 * 2**30  # chunk buffers at most 4 GiB, or 1/16 of the device's memory
+GPU_SMS = 132  # H100 / H200 SXM; another GPU ("gpu") is planned as if it had as many
+# (bf16 tensor-core FLOP/s, HBM bytes/s) per class: their ratio prices the grad_weight epilogue in
+# GEMM time. The figures of benchmarks/model/roofline.py (measured on these machines).
+GPU_RATES: dict[str, tuple[float, float]] = {
+    "h100": (790e12, 3.0e12),
+    "h200": (790e12, 4.3e12),
+    "gpu": (790e12, 3.0e12),
+}
 
 
 @dataclass(frozen=True)
@@ -72,14 +82,34 @@ def chunk_rows(n: int, v: int, budget: int | None = None) -> int:
     return max(1, min(n, budget // (2 * 4 * max(v, 1))))
 
 
+def _waves(m: int, n: int, bm: int, bn: int) -> int:
+    """Waves of (bm, bn) output tiles of an (m, n) GEMM, one tile per SM at a time."""
+    return math.ceil(math.ceil(m / bm) * math.ceil(n / bn) / GPU_SMS)
+
+
+def _chunk_seconds(rows: int, n: int, h: int, v: int, device_class: str) -> float:
+    """Modelled time of the chunked GEMMs over `n` tokens in chunks of `rows`: whole waves of the
+    kernels' tiles (128x256: logits, grad_hidden; 128x128: grad_weight) and the grad_weight
+    accumulate epilogue, 8 bytes per V x H element per chunk, which no main loop hides."""
+    flops, hbm = GPU_RATES.get(device_class, GPU_RATES["gpu"])
+    per_sm = flops / GPU_SMS
+    t = 0.0
+    for s in range(0, max(n, 1), rows):
+        r = min(rows, max(n, 1) - s)
+        t += _waves(r, v, 128, 256) * 2 * 128 * 256 * h / per_sm  # logits, K = h
+        t += _waves(r, h, 128, 256) * 2 * 128 * 256 * v / per_sm  # grad_hidden, K = v
+        t += _waves(v, h, 128, 128) * 2 * 128 * 128 * r / per_sm + 8 * v * h / hbm  # grad_weight, K = r
+    return t
+
+
 def _gpu_rows(n: int, h: int, v: int, itemsize: int, device_class: str) -> int:
     per_row = max(v, 1) * (4 + itemsize)
     cap = min(GPU_BUFFER_CAP, GPU_MEM_GIB.get(device_class, GPU_MEM_GIB["gpu"]) * 2**30 / 16)
-    budget = min(cap, max(GPU_WEIGHT_FACTOR * v * h * itemsize, 256 * 2**20))
-    most = max(GPU_ROW_MULTIPLE, int(budget // per_row) // GPU_ROW_MULTIPLE * GPU_ROW_MULTIPLE)
-    chunks = math.ceil(max(n, 1) / most)
-    rows = math.ceil(math.ceil(max(n, 1) / chunks) / GPU_ROW_MULTIPLE) * GPU_ROW_MULTIPLE
-    return min(rows, most)
+    most = max(GPU_ROW_MULTIPLE, int(cap // per_row) // GPU_ROW_MULTIPLE * GPU_ROW_MULTIPLE)
+    fewest = math.ceil(max(n, 1) / most)
+    m = GPU_ROW_MULTIPLE
+    options = {min(most, math.ceil(math.ceil(max(n, 1) / c) / m) * m) for c in range(fewest, fewest + 4)}
+    return min(options, key=lambda r: (_chunk_seconds(r, n, h, v, device_class), -r))
 
 
 def plan(n: int, h: int, v: int, dtype: torch.dtype, device_class: DeviceClass) -> Plan:

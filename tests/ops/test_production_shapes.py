@@ -2,8 +2,9 @@
 by the low-precision rule against the fp32 reference on the same rounded inputs. Skipped without
 a CUDA device: `make gpu-check` runs them (its `-k production`).
 
-ce_mse at N=4864, H=4096, V=128256 walks two GPU chunks of 2432 rows (the planner's h100/h200
-rule), so the chunk boundary and the fp32 grad_weight accumulation across chunks are covered.
+ce_mse at N=7000, H=4096, V=128256 walks two GPU chunks, 3584 and 3416 rows (the planner on
+h100/h200), so the chunk boundary, a partial last chunk and the fp32 grad_weight accumulation
+across chunks are covered.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def _compare(names: list[str], fn, ref, inputs: list[torch.Tensor], diff: list[i
 
 @pytest.mark.parametrize("backend", _backends())
 def test_production_ce_mse(backend: str) -> None:
-    N, H, V, M = 4864, 4096, 128256, 8
+    N, H, V, M = 7000, 4096, 128256, 8
     torch.manual_seed(0)
     labels = torch.randint(0, V, (N,), device="cuda")
     labels[::8] = -100
