@@ -159,17 +159,25 @@ class Progress:
     bad_run: list[int] = field(default_factory=list)  # the current run of skipped steps
     resumed_from: str | None = None
 
-    def client_state(self, batches: ResumableBatches) -> dict:
+    def client_state(self, batches: ResumableBatches, world: int) -> dict:
+        """What the checkpoint carries besides the engine. Every rank's RNG states go in
+        (`rng_ranks`): ZeRO-2 writes the client state once, from rank 0, and ranks' torch RNGs
+        differ once dropout has drawn for batches of other lengths."""
         rng = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
         data = batches.state(self.consumed)
-        return {"step": self.step, "data": data, "nonfinite": self.nonfinite, "bad_run": self.bad_run, "rng": rng}
+        out = {"step": self.step, "data": data, "nonfinite": self.nonfinite, "bad_run": self.bad_run, "rng": rng}
+        return {**out, "rng_ranks": all_gather_objects(rng, world)}
 
-    def restore(self, client: dict, batches: ResumableBatches) -> None:
+    def restore(self, client: dict, batches: ResumableBatches, rank: int, world: int) -> None:
+        """Position, counters and this rank's RNG states (a checkpoint of another world size: the
+        `rng` that resize.load re-derived)."""
         self.step, self.consumed = int(client["step"]), batches.check_state(client["data"])
         self.nonfinite, self.bad_run = int(client["nonfinite"]), list(client["bad_run"])
-        torch.set_rng_state(client["rng"]["torch"])
-        random.setstate(client["rng"]["python"])
-        np.random.set_state(client["rng"]["numpy"])
+        ranks = client.get("rng_ranks") or []
+        rng = ranks[rank] if len(ranks) == world else client["rng"]
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
 
 
 def _write_config(cfg: TrainConfig, world: int) -> None:
@@ -250,7 +258,7 @@ def resume(run: Run) -> Progress:
             client = resize.load(run.engine, run.cfg.run_dir, tag, run.universal, run.cfg.seed, run.rank)
         else:
             client = checkpoint.load(run.engine, run.cfg.run_dir, tag)
-        prog.restore(client, run.batches)
+        prog.restore(client, run.batches, run.rank, run.world)
         prog.resumed_from = tag
         if run.rank == 0:
             print(f"resumed from {tag}: step {prog.step}", flush=True)
@@ -361,7 +369,7 @@ def _accuracy(run: Run, step: int, logs: Logs) -> dict:
 
 def _save(run: Run, prog: Progress) -> None:
     meta = {"step": prog.step, "world_size": run.world, "shapes": param_shapes(run.engine.module)}
-    client = prog.client_state(run.batches)
+    client = prog.client_state(run.batches, run.world)
     checkpoint.save(run.engine, run.cfg.run_dir, prog.step, client, run.cfg.keep_last, run.storage, meta)
 
 
