@@ -2,7 +2,8 @@
 
 Runs bench_patch_pool (providers in a child process, as `make bench` does), bench_ian_projection
 and bench_ce_mse (in this process), bench_step (tiny model, 2 steps, kernels on and off),
-bench_packing (--smoke: padded, grouped and packed, one step each) and plot.py, into runs/bench-smoke/ (git-ignored), with `--strict`: any errored case fails. One
+bench_packing (--smoke: padded, grouped and packed, one step each), bench_lora (--smoke: full and
+LoRA, 2 steps each) and plot.py, into runs/bench-smoke/ (git-ignored), with `--strict`: any errored case fails. One
 thread, `torch.compile` with the aot_eager backend (dynamo + AOTAutograd without Inductor's C++
 build, which alone would take minutes cold). Timings here mean nothing; the guard does not run.
 """
@@ -18,6 +19,7 @@ import time
 from benchmarks import (
     bench_ce_mse,
     bench_ian_projection,
+    bench_lora,
     bench_packing,
     bench_patch_pool,
     bench_step,
@@ -69,6 +71,8 @@ def main() -> int:
         failed.append("step")
     if bench_packing.main(["--smoke", "--threads", "1", "--csv", csv]) != 0:
         failed.append("packing")
+    if bench_lora.main(["--sizes", "demo", "--smoke", "--csv", csv]) != 0:
+        failed.append("lora")
     if plot.main(["--csv", csv, "--out", OUT]) != 0:
         failed.append("plot")
     pngs = sorted(f for f in os.listdir(OUT) if f.endswith(".png"))
@@ -79,7 +83,7 @@ def main() -> int:
     print(f"bench-smoke: {len(rows)} rows, plots {', '.join(pngs)} in {OUT} ({time.time() - t0:.0f} s)")
     if failed:
         print(f"bench-smoke: FAILED: {', '.join(failed)}")
-    checks = 7  # three op scripts, the step, packing, the plots, the PNG files
+    checks = 8  # three op scripts, the step, packing, lora, the plots, the PNG files
     print(f"bench-smoke: {checks - len(failed)} passed, {len(failed)} failed")
     return 1 if failed else 0
 

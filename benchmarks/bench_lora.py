@@ -1,0 +1,146 @@
+"""Full fine-tuning vs LoRA, side by side in one run: trainable parameters, optimizer-state bytes,
+peak memory and step time, at the demo size and at a wider LLM.
+
+    python -m benchmarks.bench_lora                     # CPU: demo + wide, full and lora
+    python -m benchmarks.bench_lora --sizes demo --csv ''
+
+Each (size, mode) runs in its own process (its own peak memory), one rank, ZeRO-3 through
+DeepSpeed on the real engine glue (`mage_fast.train.engine`), `warmup` then `steps` timed steps
+of the training loop's own `train_step` on one synthetic batch (benchmarks.bench_step). `full` is
+stage 2 as the demo trains it (tower frozen, aligner and LLM trained); `lora` is the same with
+`lora.enable=true` (rank 16 on every linear layer of the LLM's blocks, the aligner fully trained).
+Optimizer-state bytes: the fp32 master weights and AdamW moments DeepSpeed holds (all ranks);
+peak memory: the process's whole peak over the timed steps (CUDA allocator, or resident set on
+CPU). With LoRA the LM head is frozen, so ce_mse runs without its weight gradient: no (V, H)
+fp32 buffer and no P^T h GEMM (the row's note gives the buffer's size). QLoRA (lora.quantize=nf4)
+needs bitsandbytes on CUDA; the script reports it as refused elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+from benchmarks import bench_step, common
+
+SIZES = {
+    "demo": [],  # benchmarks/configs/step_tiny.yaml: the built-in demo's model
+    "wide": [
+        "train.model.llm.hidden_size=1024", "train.model.llm.intermediate_size=2816", "train.model.llm.num_layers=4",
+        "train.model.llm.num_heads=16", "train.model.llm.num_kv_heads=16", "train.micro_batch_size=4",
+        "bench.vocab_size=8192", "bench.warmup=1", "bench.steps=3",
+    ],
+}  # fmt: skip
+SMOKE = ["train.micro_batch_size=4", "bench.seq_len=64", "bench.warmup=1", "bench.steps=2"]  # seconds, not figures
+MODES = {"full": ["train.freeze_vision=true"], "lora": ["train.freeze_vision=true", "train.lora.enable=true"]}
+ROW_TAG = "@@ROW "
+
+
+def run_case(config: str, size: str, mode: str, device: torch.device, extra: list[str]) -> dict:
+    """Build the engine for (size, mode) (`extra`: more overrides) and time its steps -> one CSV row."""
+    from mage_fast.train.engine import optimizer_state_bytes, param_counts
+    from mage_fast.train.step import train_step
+
+    cfg, sb = bench_step.load(config, [*SIZES[size], *MODES[mode], *extra])
+    engine, model, _, world, _hf = bench_step._engine(cfg, sb, "kernels_on")
+    batch = bench_step.make_batch(model, sb, cfg.micro_batch_size, engine.device)
+    samples, peak, _ = bench_step._timed_steps(lambda: train_step(engine, [batch], 0, world), sb, device)
+    t, n = common.summarize(samples), param_counts(engine.module)
+    head = model.llm.get_output_embeddings().weight
+    v, h = getattr(head, "ds_shape", head.shape)
+    state = optimizer_state_bytes(engine)
+    grad_w = "computed" if head.requires_grad else f"skipped (no {v}x{h} fp32 buffer, {v * h * 4 / 2**20:.1f} MiB)"
+    return {
+        "op": "lora_step",
+        "provider": mode,
+        "mode": "full",
+        "dtype": "bfloat16" if cfg.bf16 else "float32",
+        "ms_median": round(t.median, 3),
+        "ms_p20": round(t.p20, 3),
+        "ms_p80": round(t.p80, 3),
+        "reps": t.reps,
+        "peak_mem_mb": common.fmt_mb(peak),
+        "mem_method": common.memory_method(device) + "_total",
+        "tokens_per_s": round(cfg.micro_batch_size * sb.seq_len * world / (t.median / 1e3), 1),
+        "status": "ok",
+        "note": f"trainable {n['trainable']} of {n['total']} params; optimizer state {state} B; "
+        f"lm_head grad_weight {grad_w}",
+        "_facts": {"trainable": n["trainable"], "state": state, "peak": peak, "ms": t.median},
+    }
+
+
+def _spawn(args: argparse.Namespace, size: str, mode: str) -> dict:
+    """One case in a child process: its row, or an error row."""
+    cmd = [sys.executable, "-m", "benchmarks.bench_lora", "--config", args.config, "--device", args.device,
+           "--child", f"{size}:{mode}", *(["--smoke"] if args.smoke else [])]  # fmt: skip
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run(cmd, cwd=common.ROOT, env=env, capture_output=True, text=True)
+    found = [ln for ln in proc.stdout.splitlines() if ln.startswith(ROW_TAG)]
+    if proc.returncode == 0 and found:
+        return json.loads(found[-1][len(ROW_TAG) :])
+    sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
+    return {"op": "lora_step", "provider": mode, "mode": "full", "dtype": "float32", "status": "error",
+            "note": f"child exited with {proc.returncode}"}  # fmt: skip
+
+
+def _qlora_row(device: torch.device) -> dict:
+    from mage_fast.model.lora import quantize_refusal
+
+    reason = quantize_refusal("nf4")
+    return {"op": "lora_step", "provider": "qlora", "mode": "full", "dtype": "float32", "status": "skipped",
+            "note": reason or "runs"}  # fmt: skip
+
+
+def _ratios(rows: dict[str, dict]) -> str:
+    """LoRA / full of the facts, as one printed line (empty when either errored)."""
+    full, lo = rows.get("full", {}).get("_facts"), rows.get("lora", {}).get("_facts")
+    if not full or not lo:
+        return ""
+    r = {k: lo[k] / full[k] for k in ("trainable", "state", "peak", "ms")}
+    return (
+        f"lora/full: trainable params {r['trainable']:.4f}, optimizer state {r['state']:.4f} "
+        f"({full['state'] / 2**20:.1f} -> {lo['state'] / 2**20:.1f} MiB), peak memory {r['peak']:.3f} "
+        f"({full['peak'] / 2**20:.0f} -> {lo['peak'] / 2**20:.0f} MiB), step time {r['ms']:.3f}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Full fine-tuning vs LoRA: parameters, optimizer state, memory, time.")
+    p.add_argument("--config", default=os.path.join(bench_step.CONFIGS, "step_tiny.yaml"))
+    p.add_argument("--sizes", default="demo,wide")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--csv", default=common.RESULTS_CSV, help="where the rows are appended ('' for nowhere)")
+    p.add_argument("--smoke", action="store_true", help="tiny batch, 2 steps: that it runs (bench-smoke)")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if args.child:
+        size, mode = args.child.split(":")
+        print(ROW_TAG + json.dumps(run_case(args.config, size, mode, device, SMOKE if args.smoke else [])), flush=True)
+        return 0
+    t0, out, errors = time.time(), [], 0
+    ident = common.run_identity(device)
+    for size in [s for s in args.sizes.split(",") if s]:
+        rows = {mode: _spawn(args, size, mode) for mode in MODES}
+        rows["qlora"] = _qlora_row(device)
+        for mode, r in rows.items():
+            r.update(ident, shape=f"{size}{',smoke' if args.smoke else ''}")
+            errors += r["status"] == "error"
+            print(f"[lora] {size:>4} {mode:>5}: {r.get('ms_median', '-')} ms/step, peak {r.get('peak_mem_mb', '-')} "
+                  f"MB; {r['note']}", flush=True)  # fmt: skip
+        print(f"[lora] {size:>4} {_ratios(rows)}", flush=True)
+        out += [{k: v for k, v in r.items() if k != "_facts"} for r in rows.values()]
+    if args.csv:
+        common.append_rows(out, args.csv)
+    print(f"[lora] {len(out)} row(s) -> {args.csv or '(not written)'} in {time.time() - t0:.0f} s", flush=True)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
