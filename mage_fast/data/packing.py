@@ -106,8 +106,3 @@ def pack_rows(samples: Sequence[dict], capacity: int, pad_id: int) -> tuple[list
         "sample_rows": torch.tensor(rows_of, dtype=torch.long),
     }
     return order, tensors
-
-
-def pad_fraction(attention_mask: torch.Tensor) -> float:
-    """Share of a batch's (R, L) positions that are padding."""
-    return 1.0 - float(attention_mask.sum()) / max(attention_mask.numel(), 1)
