@@ -17,14 +17,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 
 from safetensors.torch import save_file
 
 from mage_fast.model import lora
 from mage_fast.model.mllm import MageModel
-from mage_fast.model.pretrained import CONFIG_NAME
+from mage_fast.model.pretrained import CONFIG_NAME, staged
 from mage_fast.train.engine import gathered_state
 
 ADAPTER_EXPORT = "export_adapter"
@@ -72,14 +70,6 @@ def write_adapter_export(out_dir: str, model: MageModel, tokenizer, rank: int) -
     if missing:
         print(f"no adapter export: {missing[0]} has no base folder (random init); {out_dir} not written", flush=True)
         return False
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    tmp = tempfile.mkdtemp(prefix=".export-adapter-", dir=parent)
-    try:
+    with staged(out_dir, prefix=".export-adapter-") as tmp:
         _write(tmp, model, tokenizer, adapted, states, full, bases)
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return True
