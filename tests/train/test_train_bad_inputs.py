@@ -144,7 +144,12 @@ def test_stage2_from_stage1_aligner_over_bad_mixed_data(shapes_dir, strict_zero3
     assert line.startswith("error: ResumeError: cannot resume") and "step00000003" in line
     assert "module llm.model.layers.0.mlp.down_proj" in line
     assert "shape (32, 64) in the checkpoint but shape (32, 48) in this model config" in line
-    # ... and with another world size and resizing switched off says what to run.
+    # ... and with another world size and resizing switched off says what to run. The run above
+    # converted step 3 for one rank before its shapes were compared; resume_resize=false would
+    # load that copy, so it goes first.
+    universal = os.path.join(s1, "checkpoints", "universal")
+    assert os.path.isfile(os.path.join(universal, "step00000003", "COMMITTED"))
+    shutil.rmtree(universal)
     p = _single(_common(s1, shapes_dir, strict_zero3) + ["max_steps=5", "resume_resize=false"])
     assert p.returncode != 0
     line = p.stderr.strip().splitlines()[-1]
