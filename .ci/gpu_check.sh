@@ -69,7 +69,7 @@ echo "gpu-check: $([ "$REHEARSE" = 1 ] && echo "REHEARSAL on CPU" || echo "devic
 
 step wheels 15 60 "rm -rf '$SITE' && ls .whl/*.whl && $PY -m pip install -q --no-index --no-deps --no-compile --target '$SITE' .whl/*.whl"
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
-step build 110 600 "$PY -m pip install -q --no-index --no-deps --no-build-isolation -e . && $PY -m benchmarks.gpu_validate --env --require-ext --device $DEV"
+step build 110 1500 "$PY -m pip install -q --no-index --no-deps --no-build-isolation -e . && $PY -m benchmarks.gpu_validate --env --require-ext --device $DEV"
 step env 10 60 "$NVSMI $PY -m benchmarks.gpu_validate --env --device $DEV"
 step validate 75 300 "rc=0; for b in $BACKENDS; do timeout -k 5 $([ "$REHEARSE" = 1 ] && echo 100 || echo 25) $PY -m benchmarks.gpu_validate --backend \$b --size $SIZE --device $DEV --out '$WORK/checks.jsonl' || rc=1; done; exit \$rc"
 bench="--sweep $SWEEP --modes full --csv '$CSV' $BENCH_FLAGS"

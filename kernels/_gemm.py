@@ -8,7 +8,9 @@ free: pass `w.t()`), 16-bit or fp32 operands, fp32 accumulation. Epilogues:
               the backward);
 * "gelu_grad" c = acc * GELU'(aux), and the fp32 column sums of that product per M tile into
               `part` (M tiles x N; the bias gradient without an fp32 copy of c);
-* "acc"       c += acc, c fp32 (weight gradients accumulated over token chunks).
+* "acc"       c = aux + acc, aux fp32 (default: c itself, i.e. c += acc in place): weight
+              gradients accumulated over token chunks; the last chunk passes the fp32 running
+              sum as aux and writes c in the output dtype (no separate rounding pass).
 
 The tile of each call is `_launch.gemm_config(M, N, K, dtype, epilogue)`: fixed per shape, so the
 result is the same on every run and rank (no timing autotune).
@@ -88,7 +90,7 @@ def _gemm_kernel(
         out = tl.where(mask, acc * _gelu_grad(z), 0.0)
         tl.store(part_ptr + pid_m.to(tl.int64) * N + rn, tl.sum(out, axis=0), mask=mask_n)
     elif EPI == 3:
-        out = acc + tl.load(c_ptrs, mask=mask, other=0.0)
+        out = acc + tl.load(x_ptrs, mask=mask, other=0.0)
     else:
         out = acc
     tl.store(c_ptrs, round_to(out, c_ptr.dtype.element_ty), mask=mask)
@@ -159,8 +161,9 @@ def matmul(
 ) -> torch.Tensor:
     """out (M, N) <- epilogue(a (M, K) @ b (K, N)); see the module docstring.
 
-    `aux` (M, N): written by "bias_gelu" (optional), read by "gelu_grad". `part`: fp32
-    (part_rows(M), N) zeros, filled by "gelu_grad" (sum it over dim 0 for the column sums).
+    `aux` (M, N): written by "bias_gelu" (optional), read by "gelu_grad" and "acc" (fp32; for
+    "acc" it defaults to `out`). `part`: fp32 (part_rows(M), N) zeros, filled by "gelu_grad" (sum
+    it over dim 0 for the column sums).
     """
     M, K = a.shape
     N = b.shape[1]
@@ -196,7 +199,8 @@ def _check(a, b, out, epi: int, bias, aux, part) -> None:
         assert aux is not None and part is not None and part.dtype == torch.float32
         assert part.shape == (part_rows(M), N) and part.is_contiguous()
     if epi == 3:
-        assert out.dtype == torch.float32
+        acc_in = out if aux is None else aux
+        assert acc_in.dtype == torch.float32 and tuple(acc_in.shape) == (M, N)
 
 
 def _zero_k(out: torch.Tensor, epi: int, bias, aux) -> torch.Tensor:

@@ -9,8 +9,10 @@ The tokens are walked in chunks of `rows` (mage_fast.ops.ce_mse.plan). Per chunk
      p_target = 1 - 1e-6 carries an fp32 rounding error of the size of 1 - p itself, the sum of the
      others does not. Ignored rows are selected to 0 (tl.where), so NaN/Inf logits there stay out;
   3. grad_hidden[chunk] = P W (GEMM into its rows of the output) and grad_weight += P^T h_chunk
-     (the ignored rows of h selected to 0; GEMM with an accumulate epilogue into one fp32 (V, H)
-     buffer). The GEMMs run with fixed tiles per shape (kernels/_gemm.matmul).
+     (the ignored rows of h selected to 0). grad_weight: the first chunk stores its product in
+     one fp32 (V, H) buffer (no zero fill), the middle ones accumulate into it, the last adds its
+     product to it and writes the sum in the output dtype (no rounding pass); one chunk writes
+     the output directly. The GEMMs run with fixed tiles per shape (kernels/_gemm.matmul).
 The MSE term: `_ce_mse_mse_kernel`, one image vector per program, squared error and the unscaled
 gradient (img - img_target on masked rows) in fp32. Per-token and per-image partial sums are
 summed by torch: deterministic, no atomics, and the denominator stays on the device (no host sync).
@@ -112,10 +114,11 @@ def linear_ce_fwd(
     need_h: bool,
     need_w: bool,
     rows: int,
+    gw_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """hidden (N, H), weight (V, H), labels (N,) int64 in [0, V) or ignore_index, `rows` tokens per
     chunk -> (per-token CE (N,) fp32, the unscaled P W (N, H) in hidden's dtype or None, P^T h
-    (V, H) fp32 or None)."""
+    (V, H) summed in fp32, returned in `gw_dtype`, or None)."""
     labels = labels.contiguous()
     ignore_index = int(ignore_index)
     N, H = hidden.shape
@@ -124,9 +127,11 @@ def linear_ce_fwd(
     need_g = need_h or need_w
     loss_rows = torch.empty((N,), dtype=torch.float32, device=dev)
     gh = torch.empty((N, H), dtype=dt, device=dev) if need_h else None
-    gw = torch.zeros((V, H), dtype=torch.float32, device=dev) if need_w else None
+    gw = torch.empty((V, H), dtype=gw_dtype, device=dev) if need_w else None
     if N == 0:
-        return loss_rows, gh, gw
+        return loss_rows, gh, gw.zero_() if gw is not None else None
+    # the fp32 running sum of P^T h over the chunks before the last (gw itself when it is fp32)
+    acc = None if gw is None or gw_dtype == torch.float32 or N <= rows else torch.empty((V, H), device=dev)
     rows = max(1, min(rows, N))
     logits = torch.empty((rows, V), dtype=torch.float32, device=dev)
     grad = torch.empty((rows, V), dtype=dt, device=dev) if need_g else logits
@@ -154,8 +159,22 @@ def linear_ce_fwd(
             matmul(grad[:r], weight, gh[s:e])
         if need_w:
             hm = h.masked_fill((lab == ignore_index)[:, None], 0.0)  # NaN/Inf of padding rows stay out
-            matmul(grad[:r].t(), hm, gw, "acc")
+            _grad_weight_chunk(grad[:r].t(), hm, gw, acc, first=s == 0, last=e == N)
     return loss_rows, gh, gw
+
+
+def _grad_weight_chunk(pt: torch.Tensor, hm: torch.Tensor, gw: torch.Tensor, acc, first: bool, last: bool) -> None:
+    """One chunk's P^T h into grad_weight: stored by the first chunk, accumulated by the others in
+    fp32 (`acc`, or gw itself when gw is fp32), the last one writing gw in its dtype."""
+    running = gw if acc is None else acc
+    if first and last:
+        matmul(pt, hm, gw)
+    elif first:
+        matmul(pt, hm, running)
+    elif last:
+        matmul(pt, hm, gw, "acc", aux=running)
+    else:
+        matmul(pt, hm, running, "acc")
 
 
 @_launch.on_tensor_device

@@ -14,8 +14,9 @@ Counted per chunk of r rows (b = 2 bytes per bf16 element, acc = the grad_weight
   for the ATen paths);
 * grad_weight GEMM: P and the (masked copy of the) hidden rows read, the accumulator read and
   written (acc = fp32: 8 V H bytes per chunk; Liger: bf16, 4 V H);
-once: the accumulator zeroed and rounded to bf16, and the backward's in-place scaling of
-grad_hidden and grad_weight (Liger skips it when the incoming gradient is 1, its best case).
+once: the accumulator zeroed and rounded to bf16 (torch, cuda; the Triton kernels store the
+first chunk and write the last in the output dtype instead), and the backward's in-place scaling
+of grad_hidden and grad_weight (Liger skips it when the incoming gradient is 1, its best case).
 
 GEMMs are not free of shape: each runs in output tiles, one CTA per SM at a time (the Triton
 tiles of `_launch.gemm_config`: 128x256 for the logits and grad_hidden GEMMs, 128x128 for the
@@ -68,6 +69,13 @@ class Step:
 
 
 GROUP_M = 8  # row tiles that share each streamed column tile of the weight (kernels/_gemm._tile)
+# The Triton grad_weight GEMMs: the first chunk stores its fp32 product (no zero fill), the last
+# adds the running sum and writes the output dtype (no rounding pass), one chunk writes the output
+# directly (kernels/ce_mse.py). False: every chunk accumulates into a zeroed fp32 buffer that a
+# last pass rounds, as the torch and cuda backends do.
+TRITON_STORES_FIRST = True
+# fp32 accumulator bytes per V x H element moved by the grad_weight epilogue, by chunk position
+EPILOGUE_BYTES = {"only": B, "first": 4, "middle": 8, "last": 4 + B}
 CUBLAS_TILE = (128, 256)
 
 
@@ -117,8 +125,8 @@ def _row_bytes(impl: str) -> float:
     return 2 * 4 + B  # two passes over fp32 logits, P written once
 
 
-def chunk_steps(impl: str, dev: Device, r: int, v: int) -> list[Step]:
-    """The kernels of one chunk of `r` tokens."""
+def chunk_steps(impl: str, dev: Device, r: int, v: int, pos: str = "middle") -> list[Step]:
+    """The kernels of one chunk of `r` tokens at position `pos` (only, first, middle, last)."""
     w, hc, pv = v * H * B, r * H * B, r * v * B
     w_reads = math.ceil(math.ceil(r / gemm_tile(impl, r, v, H, "none")[0]) / GROUP_M)  # W once per row-tile group
     logits_out = B if impl == "liger" else 4
@@ -127,6 +135,13 @@ def chunk_steps(impl: str, dev: Device, r: int, v: int) -> list[Step]:
     if impl == "liger":  # bf16 grad_weight updated by addmm (cuBLAS, beta = 1): read + write in bf16
         gw_io = pv + hc + 2 * v * H * B
         gw = gemm_step("grad_weight", impl, dev, (v, H, r), gw_io, gw_bytes=2 * v * H * B)
+    elif impl == "triton" and TRITON_STORES_FIRST:
+        epi = "acc" if pos in ("middle", "last") else "none"
+        gw = gemm_step("grad_weight", impl, dev, (v, H, r), pv + hc + mask_copy, epi, gw_bytes=0)
+        serial = EPILOGUE_BYTES[pos] * v * H
+        gw = Step(gw.name, pv + hc + mask_copy + serial, gw.tc, tc_eff=gw.tc_eff, serial=serial, gw_bytes=serial,
+                  note=f"{gw.note.split(', unhidden')[0]}, {pos} chunk: unhidden epilogue "
+                  f"{serial / (dev.hbm_tbps * 1e12) * 1e3:.3f} ms")  # fmt: skip
     else:
         gw = gemm_step("grad_weight", impl, dev, (v, H, r), pv + hc + mask_copy, "acc", gw_bytes=8 * v * H)
     reads = f", W read {w_reads}x"
@@ -144,18 +159,23 @@ def once_steps(impl: str, v: int) -> list[Step]:
     """Kernels run once per call: accumulator set-up and rounding, the backward's scaling."""
     if impl == "liger":
         return [Step("gw_zero", v * H * B, gw_bytes=v * H * B)]
+    scale = Step("bwd_scale", 2 * N * H * B + 2 * v * H * B, cuda=N * H + v * H, gw_bytes=2 * v * H * B)
+    if impl == "triton" and TRITON_STORES_FIRST:
+        return [scale]
     return [
         Step("gw_zero", v * H * 4, gw_bytes=v * H * 4),
         Step("gw_round", v * H * (4 + B), gw_bytes=v * H * (4 + B)),
-        Step("bwd_scale", 2 * N * H * B + 2 * v * H * B, cuda=N * H + v * H, gw_bytes=2 * v * H * B),
+        scale,
     ]
 
 
 def steps(impl: str, dev: Device, v: int) -> list[tuple[Step, int, int]]:
     """(step, how many times, rows) over the whole call."""
+    sizes = chunk_sizes(impl, dev, v)
+    pos = ["only"] if len(sizes) == 1 else ["first"] + ["middle"] * (len(sizes) - 2) + ["last"]
     out = []
-    for r, count in sorted(Counter(chunk_sizes(impl, dev, v)).items(), reverse=True):
-        out += [(s, count, r) for s in chunk_steps(impl, dev, r, v)]
+    for (r, p), count in Counter(zip(sizes, pos)).items():
+        out += [(s, count, r) for s in chunk_steps(impl, dev, r, v, p)]
     return out + [(s, 1, 0) for s in once_steps(impl, v)]
 
 

@@ -206,11 +206,12 @@ def _fwd_triton(hidden, weight, labels, img, img_target, img_mask, lam, ignore_i
         f"{OP}: a label is out of bounds: ids must be in [0, {V}) or ignore_index",
     )
     inv = 1.0 / _denom(valid, num_items)
-    loss_rows, gh, gw = _triton.kernels.linear_ce_fwd(hidden, weight, labels, ignore_index, nh, nw, rows)
+    gw_dt = grad_weight_dtype(weight.dtype)
+    loss_rows, gh, gw = _triton.kernels.linear_ce_fwd(hidden, weight, labels, ignore_index, nh, nw, rows, gw_dt)
     ce = loss_rows.sum() * inv
     mse, gi, s_mse = _triton.kernels.masked_mse_fwd(img, img_target, img_mask, ni)
     gh = gh if gh is not None else hidden.new_empty(0)
-    gw = gw.to(grad_weight_dtype(weight.dtype)) if gw is not None else weight.new_empty(0)
+    gw = gw if gw is not None else weight.new_empty(0)
     gi = gi if gi is not None else img.new_empty(0)
     return ce + lam * mse, ce, mse, gh, gw, gi, torch.stack([inv, s_mse])
 
