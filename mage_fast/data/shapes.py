@@ -9,8 +9,11 @@ Each image (S×S px, default 48) holds 1–4 coloured shapes, each in its own ce
   DIR/images/NNNNN.png
   DIR/stage1.json   captions ("describe the image ." → "a red circle at top left , ...", objects
                     in random order), stage 1
+                    With --places, also a position-first description per image ("describe each
+                    place ." → "at center is a blue square , at top left is a red circle ."): the
+                    position → content lookup that colour and shape questions need, once per object
   DIR/stage2.json   one question of each type per training image, with the caption for the MSE term,
-                    plus the stage-1 captions again (measured: without them the content → position
+                    plus the stage-1 rows again (measured: without the captions the content → position
                     lookup fades and "where is X ?" stays near 0.5; with them 0.82 after 800 steps)
   DIR/eval.json     the same questions on held-out images (never in stage1/stage2)
   DIR/tokenizer/    a word-level tokenizer (tokenizers WordLevel) trained on all the text
@@ -47,6 +50,7 @@ CANONICAL_HALF = 0.37  # half-size of a shape drawn without jitter, in cells
 # Words the chat templates add around the text; the word tokenizer must know them.
 TEMPLATE_WORDS = ("USER", "ASSISTANT", "SYSTEM", "TOOL", ":", "\n")
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "<image>")
+PLACES_PROMPT = "describe each place ."
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,13 @@ def caption(objs: list[Obj], rng: random.Random) -> str:
     return " , ".join(f"a {o.colour} {o.shape} at {o.position}" for o in order) + " ."
 
 
+def places(objs: list[Obj], rng: random.Random) -> str:
+    """Cells in random order, each naming its object: "at center is a blue square , ..." trains the
+    position → content lookup of "what color is the shape at center ?" once per object."""
+    order = rng.sample(objs, len(objs))
+    return " , ".join(f"at {o.position} is a {o.colour} {o.shape}" for o in order) + " ."
+
+
 def questions(objs: list[Obj], rng: random.Random) -> list[tuple[str, str, str]]:
     """One (qtype, question, answer) per type, about a randomly chosen object."""
     o = rng.choice(objs)
@@ -146,28 +157,35 @@ def train_word_tokenizer(texts: list[str], out_dir: str) -> None:
     fast.save_pretrained(out_dir)
 
 
-def generate(out: str, n: int, seed: int, size: int = 48, eval_fraction: float = 0.05) -> dict:
-    """Write the world to `out`; returns the summary also saved as world.json."""
+def generate(
+    out: str, n: int, seed: int, size: int = 48, eval_fraction: float = 0.05, with_places: bool = False
+) -> dict:
+    """Write the world to `out`; returns the summary also saved as world.json. `with_places` adds a
+    position-first description row per training image to stage 1 (and so to stage 2)."""
     if n < 20:
         raise ValueError(f"--n must be at least 20 (got {n}): the eval split needs images too")
     rng = random.Random(seed)
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
     n_eval = max(10, int(n * eval_fraction))
     stage1, stage2, evals, texts = [], [], [], []
+    place_rng = random.Random(f"places-{seed}")  # its own draws: the world is the same with or without
     for i in range(n):
         objs = sample_scene(rng)
         rel = f"images/{i:05d}.png"
         draw_scene(objs, size, rng).save(os.path.join(out, rel))
         cap = caption(objs, rng)
         qs = questions(objs, rng)
-        texts.append(cap)
+        desc = places(objs, place_rng) if with_places else None
+        texts.extend([cap] + ([desc] if desc else []))
         texts.extend(f"{q} {a}" for _, q, a in qs)
         if i < n - n_eval:
             stage1.append(_row(f"{i:05d}-caption", rel, "describe the image .", cap, cap, "caption"))
+            if desc:  # the caption stays the MSE target: the same image, the same content
+                stage1.append(_row(f"{i:05d}-places", rel, PLACES_PROMPT, desc, cap, "places"))
             stage2.extend(_row(f"{i:05d}-{t}", rel, q, a, cap, t) for t, q, a in qs)
         else:
             evals.extend(_row(f"{i:05d}-{t}", rel, q, a, cap, t) for t, q, a in qs)
-    texts.append("describe the image .")
+    texts += ["describe the image ."] + ([PLACES_PROMPT] if with_places else [])
     from .shapes_tools import tool_corpus  # the tool rows' words and JSON punctuation (stage 3)
 
     texts.extend(tool_corpus())
@@ -178,7 +196,7 @@ def generate(out: str, n: int, seed: int, size: int = 48, eval_fraction: float =
     world = {
         "seed": seed, "n_images": n, "n_eval_images": n_eval, "image_size": size,
         "colours": list(COLOURS), "shapes": list(SHAPES), "positions": list(POSITIONS),
-        "splits": {"stage1": len(stage1), "stage2": len(stage2), "eval": len(evals)},
+        "places": with_places, "splits": {"stage1": len(stage1), "stage2": len(stage2), "eval": len(evals)},
     }  # fmt: skip
     with open(os.path.join(out, "world.json"), "w") as f:
         json.dump(world, f, indent=1)
@@ -191,8 +209,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=6000, help="number of images (train + eval)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=48, help="image side in pixels (a multiple of 3)")
+    p.add_argument("--places", action="store_true", help="also a position-first description per training image")
     a = p.parse_args(argv)
-    world = generate(a.out, a.n, a.seed, a.size)
+    world = generate(a.out, a.n, a.seed, a.size, with_places=a.places)
     print(json.dumps(world["splits"]), "->", a.out)
 
 

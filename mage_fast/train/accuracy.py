@@ -65,3 +65,12 @@ class AccuracyEval:
             texts.update(part)
         items = [dict(it, text=texts[i]) for i, it in enumerate(self.items)]
         return score(items)[0], items
+
+
+def converged(acc: dict[str, float], bar: float) -> bool:
+    """Every question type (not "overall") at `bar` or above; never with `bar` 0 (early stop off).
+
+    acc: accuracy per qtype and "overall", as `AccuracyEval.run` returns it (the same on every
+    rank, so every rank stops at the same step)."""
+    types = [v for k, v in acc.items() if k != "overall"]
+    return bar > 0 and bool(types) and min(types) >= bar

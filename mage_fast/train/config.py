@@ -76,6 +76,9 @@ class TrainConfig:
     export: bool = True  # write run_dir/export (HF-style parts) at the end
     log_every: int = 10
     eval_every: int = 0  # steps between held-out accuracy evals on data.answers; 0: only at the end
+    # Stop (checkpoint, final eval, export) at the first held-out check where every question type
+    # is >= this; 0: off. The budget is then not spent past convergence.
+    early_stop_accuracy: float = 0.0
     threads: int = 0  # torch CPU threads per rank; 0: cores / local ranks
     deterministic: bool = False
     max_bad_steps: int = 5  # abort after this many non-finite steps (loss or grad norm) in a row
@@ -92,6 +95,13 @@ class TrainConfig:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
         if self.eval_every and not self.data.answers:
             raise ValueError(f"eval_every={self.eval_every} needs data.answers (held-out rows with reference answers)")
+        if not 0.0 <= self.early_stop_accuracy <= 1.0:
+            raise ValueError(f"early_stop_accuracy must be in [0, 1] (0: off), got {self.early_stop_accuracy}")
+        if self.early_stop_accuracy and not (self.eval_every and self.data.answers):
+            raise ValueError(
+                f"early_stop_accuracy={self.early_stop_accuracy} needs eval_every > 0 and data.answers: "
+                f"the held-out checks decide when to stop"
+            )
         bad = [s for s in self.stop_signals if s not in get_args(StopSignal)]
         if bad:
             raise ValueError(f"stop_signals: {bad[0]!r} is not one of {get_args(StopSignal)}")

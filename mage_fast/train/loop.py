@@ -26,7 +26,7 @@ from mage_fast.data.tokens import ensure_special_tokens
 from mage_fast.eval import write_answers
 from mage_fast.model import pretrained
 from mage_fast.train import checkpoint, ckpt_storage, llava_init, lora_export, resize, startup
-from mage_fast.train.accuracy import AccuracyEval
+from mage_fast.train.accuracy import AccuracyEval, converged
 from mage_fast.train.config import TrainConfig
 from mage_fast.train.dist import (
     all_gather_objects,
@@ -302,10 +302,15 @@ class Logs:
             self.writer.add_scalar(f"lr/{g.get('name', 'group')}", g["lr"], rec["step"])
         self.t_last, self.tok_since = time.time(), 0.0
 
-    def accuracy(self, step: int, acc: dict[str, float]) -> None:
+    def accuracy(self, step: int, acc: dict[str, float], done: bool) -> None:
         for k, v in acc.items():
             self.writer.add_scalar(f"eval/accuracy_{k}", v, step)
-        self.bar.write(f"step {step} held-out accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
+        line = f"step {step} held-out accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items())
+        bar = self.cfg.early_stop_accuracy
+        if bar:
+            verdict = "converged, stopping early" if done else "not yet"
+            line += f"; every type >= {bar} (early_stop_accuracy): {verdict}"
+        self.bar.write(line)
 
     def close(self) -> None:
         if self.on:
@@ -356,14 +361,15 @@ def _check_bad_run(run: Run, prog: Progress, rec: dict) -> None:
 
 
 def _accuracy(run: Run, step: int, logs: Logs) -> dict:
-    """Held-out exact match per qtype on data.answers (both ranks generate); appended to accuracy.jsonl."""
+    """Held-out exact match per qtype on data.answers (both ranks generate); appended to accuracy.jsonl.
+    "converged": every type reached early_stop_accuracy (always false with it off)."""
     acc, answered = run.acc_eval.run(run.engine.module, run.rank, run.world)
-    point = {"step": step, "accuracy": acc}
+    point = {"step": step, "accuracy": acc, "converged": converged(acc, run.cfg.early_stop_accuracy)}
     if run.rank == 0:
         write_answers(answered, os.path.join(run.cfg.run_dir, "answers_eval.jsonl"), f"step{step}")
         with open(os.path.join(run.cfg.run_dir, "accuracy.jsonl"), "a") as f:
             f.write(json.dumps(point) + "\n")
-        logs.accuracy(step, acc)
+        logs.accuracy(step, acc, point["converged"])
     return point
 
 
@@ -378,7 +384,9 @@ def _due(every: int, step: int, last: int) -> bool:
 
 
 def _loop(run: Run, prog: Progress, stop: StopRequest) -> tuple[list[dict], list[dict], bool]:
-    """Steps until max_steps or a stop signal -> (history, accuracy points, stopped early)."""
+    """Steps until max_steps, a held-out check at early_stop_accuracy (checkpointed, then the
+    final eval and export as at max_steps) or a stop signal -> (history, accuracy points, stopped
+    by a signal)."""
     cfg = run.cfg
     logs, inject, inject_rank = Logs(run, prog), *_injections(run.world)
     loader = DataLoader(
@@ -403,13 +411,17 @@ def _loop(run: Run, prog: Progress, stop: StopRequest) -> tuple[list[dict], list
                 history[-1].update(step_probe(run.engine))
             logs.step(history[-1], res, prog, run.engine)
             _check_bad_run(run, prog, history[-1])
+            done = False
             if run.acc_eval is not None and _due(cfg.eval_every, prog.step, cfg.max_steps):
                 accuracy.append(_accuracy(run, prog.step, logs))
-            if _due(cfg.save_every, prog.step, cfg.max_steps) or res.stop:
+                done = accuracy[-1]["converged"]
+            if _due(cfg.save_every, prog.step, cfg.max_steps) or res.stop or done:
                 _save(run, prog)
             pause_for_signal(prog.step, stop)
             if res.stop and prog.step < cfg.max_steps:
                 return history, accuracy, True
+            if done:
+                break
     finally:
         logs.close()
     return history, accuracy, False
@@ -475,6 +487,7 @@ def _summary(run: Run, prog: Progress, history: list[dict], accuracy: list[dict]
         "zero_stage": zero_stage(run.ds),
         "history": history,
         "accuracy": accuracy,
+        "converged_at": next((p["step"] for p in accuracy if p["converged"]), None),
         "data": st.summary(),
         "data_skipped": skipped,
         "nonfinite_steps": prog.nonfinite,

@@ -49,6 +49,27 @@ def test_splits_and_question_types(tmp_path) -> None:
         assert os.path.isfile(os.path.join(out, r["image"])) and r["conversations"][1]["value"]
 
 
+def test_places_add_a_position_first_row_per_training_image(tmp_path) -> None:
+    plain, more = str(tmp_path / "plain"), str(tmp_path / "places")
+    generate(plain, n=40, seed=3)
+    generate(more, n=40, seed=3, with_places=True)
+    rows = {
+        d: {s: json.load(open(os.path.join(d, f"{s}.json"))) for s in ("stage1", "stage2", "eval")}
+        for d in (plain, more)
+    }
+    assert _digest(os.path.join(plain, "images")) == _digest(os.path.join(more, "images"))  # the same world
+    assert rows[plain]["eval"] == rows[more]["eval"]
+    added = [r for r in rows[more]["stage1"] if r["qtype"] == "places"]
+    assert [r for r in rows[more]["stage1"] if r["qtype"] != "places"] == rows[plain]["stage1"]
+    assert len(added) == len(rows[plain]["stage1"]) and {r["qtype"] for r in rows[more]["stage2"]} >= {"places"}
+    for cap_row, row in zip(rows[plain]["stage1"], added):
+        # every object of the caption, named after its cell; the caption stays the MSE target
+        objs = [o.removeprefix("a ").split(" at ") for o in cap_row["caption"].rstrip(" .").split(" , ")]
+        want = {f"at {pos} is a {what}" for what, pos in objs}
+        assert set(row["conversations"][1]["value"].rstrip(" .").split(" , ")) == want
+        assert row["image"] == cap_row["image"] and row["caption"] == cap_row["caption"]
+
+
 def test_cli_writes_the_world(tmp_path) -> None:
     out = str(tmp_path / "cli")
     p = subprocess.run([sys.executable, "-m", "mage_fast.data.shapes", "--out", out, "--n", "20", "--seed", "1"],
