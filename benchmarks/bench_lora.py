@@ -57,18 +57,7 @@ def run_case(config: str, size: str, mode: str, device: torch.device, extra: lis
     state = optimizer_state_bytes(engine)
     grad_w = "computed" if head.requires_grad else f"skipped (no {v}x{h} fp32 buffer, {v * h * 4 / 2**20:.1f} MiB)"
     return {
-        "op": "lora_step",
-        "provider": mode,
-        "mode": "full",
-        "dtype": "bfloat16" if cfg.bf16 else "float32",
-        "ms_median": round(t.median, 3),
-        "ms_p20": round(t.p20, 3),
-        "ms_p80": round(t.p80, 3),
-        "reps": t.reps,
-        "peak_mem_mb": common.fmt_mb(peak),
-        "mem_method": common.memory_method(device) + "_total",
-        "tokens_per_s": round(cfg.micro_batch_size * sb.seq_len * world / (t.median / 1e3), 1),
-        "status": "ok",
+        **bench_step.step_row("lora_step", mode, cfg, sb, t, peak, device, world),
         "note": f"trainable {n['trainable']} of {n['total']} params; optimizer state {state} B; "
         f"lm_head grad_weight {grad_w}",
         "_facts": {"trainable": n["trainable"], "state": state, "peak": peak, "ms": t.median},

@@ -146,6 +146,25 @@ def _timed_steps(step, sb: StepBench, device: torch.device) -> tuple[list[float]
     return samples, peak, warm
 
 
+def step_row(op: str, provider: str, cfg, sb: StepBench, t, peak: int, device: torch.device, world: int) -> dict:
+    """The CSV fields of a whole-step row: timing `t` (common.summarize), the process's peak
+    memory, tokens per second over all ranks."""
+    return {
+        "op": op,
+        "provider": provider,
+        "mode": "full",
+        "dtype": "bfloat16" if cfg.bf16 else "float32",
+        "ms_median": round(t.median, 3),
+        "ms_p20": round(t.p20, 3),
+        "ms_p80": round(t.p80, 3),
+        "reps": t.reps,
+        "peak_mem_mb": common.fmt_mb(peak),
+        "mem_method": common.memory_method(device) + "_total",
+        "tokens_per_s": round(cfg.micro_batch_size * sb.seq_len * world / (t.median / 1e3), 1),
+        "status": "ok",
+    }
+
+
 def run_setting(cfg, sb: StepBench, setting: str, device: torch.device, peaks: common.Peaks | None) -> dict:
     """Build the engine with the setting's backends, run warmup + timed steps of the training
     loop's own `train_step`; one CSV row."""
@@ -168,24 +187,12 @@ def run_setting(cfg, sb: StepBench, setting: str, device: torch.device, peaks: c
         flush=True,
     )
     flops = model_flops(model, cfg.micro_batch_size, sb.seq_len, loss_tokens(batch["labels"]))
-    tokens = cfg.micro_batch_size * sb.seq_len * world
     used = ",".join(f"{op}={resolve(op, SETTINGS[setting], device)}" for op in OPS)
-    row = {
-        "op": "step",
-        "provider": setting,
-        "mode": "full",
-        "dtype": "bfloat16" if cfg.bf16 else "float32",
-        "ms_median": round(t.median, 3),
-        "ms_p20": round(t.p20, 3),
-        "ms_p80": round(t.p80, 3),
-        "reps": t.reps,
-        "peak_mem_mb": common.fmt_mb(peak),
-        "mem_method": common.memory_method(device) + "_total",
-        "tokens_per_s": round(tokens / (t.median / 1e3), 1),
-        "status": "ok",
-        "note": f"backends {used}; zero stage {zero_stage(ds)}; world {world}; "
-        f"optimizer {opt.kind} {opt.ms / (sb.warmup + sb.steps):.2f} ms/step",
-    }
+    row = step_row("step", setting, cfg, sb, t, peak, device, world)
+    row["note"] = (
+        f"backends {used}; zero stage {zero_stage(ds)}; world {world}; "
+        f"optimizer {opt.kind} {opt.ms / (sb.warmup + sb.steps):.2f} ms/step"
+    )
     row.update(common.roofline(flops, 0, t.median, "compute", peaks))
     row.pop("gbps", None)
     return row
