@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -299,10 +299,13 @@ def main(bench: OpBench, module: str, argv: list[str] | None = None) -> int:
         f"{peaks.tflops:.3f} TFLOP/s",
         flush=True,
     )
-    rows = _collect(bench, module, args, providers, shapes, modes, dtype, device, budget)
-    _annotate(bench, args, rows, shapes, dtype, device, peaks)
-    if args.csv:
-        common.append_rows(rows, args.csv)
+    rows: list[dict] = []
+    # Each child's rows reach the CSV when it ends: a run stopped later (a timeout) keeps them.
+    for group in _collect(bench, module, args, providers, shapes, modes, dtype, device, budget):
+        _annotate(bench, args, group, shapes, dtype, device, peaks)
+        if args.csv:
+            common.append_rows(group, args.csv)
+        rows += group
     print_table(rows)
     print(f"[{bench.op}] {len(rows)} row(s) -> {args.csv or '(not written)'} in {time.time() - t0:.0f} s", flush=True)
     errors = sum(r.get("status") != "ok" for r in rows)
@@ -321,8 +324,9 @@ def _collect(
     dtype: str,
     device: torch.device,
     budget: float,
-) -> list[dict]:
-    """The rows of every provider: in this process (--isolate none) or in children."""
+) -> Iterator[list[dict]]:
+    """The rows of every provider, one list per process that measured them: this one
+    (--isolate none), one child for all (op) or a child per provider."""
     if args.isolate == "none":
         import contextlib
         import io
@@ -330,13 +334,12 @@ def _collect(
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
             run_child(bench, providers, shapes, modes, dtype, device, budget)
-        return [json.loads(ln[len(ROW_TAG) :]) for ln in buf.getvalue().splitlines() if ln.startswith(ROW_TAG)]
-    rows: list[dict] = []
+        yield [json.loads(ln[len(ROW_TAG) :]) for ln in buf.getvalue().splitlines() if ln.startswith(ROW_TAG)]
+        return
     groups = [[p] for p in providers] if args.isolate == "provider" else [providers]
     for group in groups:
         if group:
-            rows += _spawn(bench, module, args, group, dtype)
-    return rows
+            yield _spawn(bench, module, args, group, dtype)
 
 
 def _annotate(
