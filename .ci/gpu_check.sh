@@ -43,7 +43,9 @@ DEVICE_LIMIT_S=540  # one device command runs at most 10 minutes; 1 left for sta
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export BENCH_DATE=${BENCH_DATE:-$(date -u +%Y-%m-%dT%H:%M:%SZ)}
 if [ "$REHEARSE" = 1 ]; then
-  PY=${GPU_PY:-$ROOT/${REHEARSE_VENV:-.venv-gpu-rehearse}/bin/python}
+  RV=${REHEARSE_VENV:-.venv-gpu-rehearse}
+  case $RV in /*) ;; *) RV=$ROOT/$RV ;; esac
+  PY=${GPU_PY:-$RV/bin/python}
   export TRITON_INTERPRET=1 MAGE_FAST_BUILD_CUDA=0
   DEV=cpu SIZE=smoke SWEEP=smoke BACKENDS="torch cpp triton" PROFILED=op_torch,cpp
   BENCH_FLAGS="--threads 1 --budget 0.05 --compile-backend aot_eager"
