@@ -1,9 +1,11 @@
 """LoRA in one process (no launch): the `lora:` config and its refusals, which parameters train,
-the optimizer's param groups (the aligner at its own learning rate, frozen weights in none), the
-merged and adapter exports against the adapted model's logits, and the QLoRA refusal."""
+the optimizer's param groups (the aligner at its own learning rate, frozen weights in none), a
+checkpoint of another LoRA config refused, the merged and adapter exports against the adapted
+model's logits, and the QLoRA refusal."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -15,8 +17,9 @@ from mage_fast.model import lora, pretrained
 from mage_fast.model.lora_config import LoraConfig
 from mage_fast.model.mllm import MageModel
 from mage_fast.train import lora_export
+from mage_fast.train.checkpoint import META, ResumeError, check_compatible
 from mage_fast.train.config import TrainConfig
-from mage_fast.train.engine import apply_freeze, build_model, build_optimizer, export_state
+from mage_fast.train.engine import apply_freeze, build_model, build_optimizer, export_state, param_shapes
 
 
 def test_lora_is_off_by_default_and_in_the_resolved_config():
@@ -105,6 +108,24 @@ def test_param_groups_aligner_at_its_own_lr_frozen_weights_in_none(tokenizer):
     assert set(map(id, model.aligner.parameters())) <= in_groups
     base = [p for n, p in model.llm.named_parameters() if ".lora_" not in n]
     assert base and not any(id(p) in in_groups for p in base)
+
+
+def test_a_lora_checkpoint_refuses_another_lora_config_naming_the_module(tokenizer, tmp_path):
+    # The adapters' names and shapes are in the checkpoint's parameter shapes: a resume with LoRA
+    # off, or another rank, fails before loading, naming the module and both shapes.
+    saved, _ = _model(tokenizer, ["lora.enable=true", "lora.r=4"])
+    folder = tmp_path / "checkpoints" / "step00000002"
+    folder.mkdir(parents=True)
+    (folder / META).write_text(json.dumps({"step": 2, "world_size": 1, "shapes": param_shapes(saved)}))
+    plain, _ = _model(tokenizer, [])
+    with pytest.raises(ResumeError, match=r"module llm\.model\.layers\.0\.\S+ parameter \S+ has shape \(\d+, \d+\) in the "
+                       r"checkpoint but absent in this model config"):  # fmt: skip
+        check_compatible(str(tmp_path), "step00000002", param_shapes(plain), 1)
+    other, _ = _model(tokenizer, ["lora.enable=true", "lora.r=8"])
+    with pytest.raises(
+        ResumeError, match=r"lora_A\.default\.weight has shape \(4, \d+\) in the checkpoint but shape \(8,"
+    ):
+        check_compatible(str(tmp_path), "step00000002", param_shapes(other), 1)
 
 
 def _perturb_adapters(model) -> None:
