@@ -1,5 +1,6 @@
 """Multi-image data: SAM / Mantis converters, LLaVA rows with image lists (up front and
-interleaved), the shapes world's group / change / story tasks checked against their captions."""
+interleaved), the shapes world's group / change / story tasks checked against their captions, the
+linked object small and listed per image, unchanged objects drawn pixel for pixel alike."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from transformers import AutoTokenizer
 
 from mage_fast.data import Collator, ImageTransform, LlavaDataset, ensure_special_tokens
 from mage_fast.data.multi import convert, from_mantis, from_sam, place_images
-from mage_fast.data.shapes_multi import STORY_LEN, generate
+from mage_fast.data.shapes import POSITIONS
+from mage_fast.data.shapes_multi import STORY_LEN, Design, generate
 
 OBJ = re.compile(r"(red|green|blue|yellow) (circle|square|triangle) at ([a-z ]+?)(?= ,| \.)")
 
@@ -139,3 +141,54 @@ def test_answers_match_the_scenes(world):
     for r in rows:
         assert r["refs"] == [r["conversations"][1]["value"]] and len(r["caption"]) == len(r["image"])
         _check(r["task"], [_scene(c) for c in r["caption"]], r["refs"][0])
+
+
+def _cell_box(cell: int, size: int) -> tuple[int, int, int, int]:
+    r, c = divmod(cell, 3)
+    return c * size // 3, r * size // 3, (c + 1) * size // 3, (r + 1) * size // 3
+
+
+def _ink(img, cell: int) -> int:
+    crop = img.crop(_cell_box(cell, img.size[0])).convert("L")
+    return sum(1 for p in crop.getdata() if p)
+
+
+def test_linked_object_small_and_listed(world):
+    from PIL import Image
+
+    rows = json.load(open(os.path.join(world, "train.json")))
+    crowded = []
+    for r in rows:
+        for j, (cap, link) in enumerate(zip(r["caption"], r["link"])):
+            objs = _scene(cap)
+            crowded.append(len(objs))
+            if link is None:  # only the scene before an object appears or after it disappears
+                assert r["task"] == "change" and (j, r["refs"][0].split()[3]) in {(0, "appeared"), (1, "disappeared")}
+                continue
+            colour, shape, cell = link
+            assert (colour, shape, POSITIONS[cell]) in objs
+            img = Image.open(os.path.join(world, r["image"][j]))
+            big = [_ink(img, POSITIONS.index(p)) for c, s, p in objs if (c, s) != (colour, shape)]
+            assert _ink(img, cell) < min(big), (r["id"], j)
+    assert min(crowded) >= 2 and max(crowded) <= 7 and sum(crowded) / len(crowded) >= 4
+
+
+def test_unchanged_objects_drawn_alike(world):
+    from PIL import Image, ImageChops
+
+    rows = json.load(open(os.path.join(world, "train.json")))
+    for r in (x for x in rows if x["task"] in ("change", "story")):
+        imgs = [Image.open(os.path.join(world, p)).convert("RGB") for p in r["image"]]
+        cells = {link[2] for link in r["link"] if link is not None}
+        for a, b in zip(imgs, imgs[1:]):
+            diff = ImageChops.difference(a, b)
+            for cell in cells:
+                diff.paste((0, 0, 0), _cell_box(cell, a.size[0]))
+            assert diff.getbbox() is None, r["id"]  # every pixel outside the linked cells is equal
+
+
+def test_design_checked():
+    with pytest.raises(ValueError, match="objects per scene"):
+        Design(min_objects=5, max_objects=4)
+    with pytest.raises(ValueError, match="link_half"):
+        Design(link_half=0.6)
