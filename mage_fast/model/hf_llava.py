@@ -20,12 +20,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from safetensors.torch import save_file
 
 from mage_fast.model.config import AlignerConfig, LLMConfig, ModelConfig, VisionConfig
-from mage_fast.model.pretrained import staged
 
 _PROJ = {"linear_1": "fc1", "linear_2": "fc2"}  # LLaVA's projector names → our MLP's
 
@@ -37,6 +40,23 @@ def is_llava_dir(path: str | None) -> bool:
         return False
     with open(file, encoding="utf-8") as f:
         return json.load(f).get("model_type") == "llava"
+
+
+@contextmanager
+def _staged(out_dir: str) -> Iterator[str]:
+    """A temporary sibling folder renamed to ``out_dir`` when the block succeeds (readers never
+    see half a folder); removed when it fails."""
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".llava-", dir=parent)
+    try:
+        yield tmp
+        if os.path.exists(out_dir):
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _check_importable(c) -> None:
@@ -85,7 +105,7 @@ def import_llava(src: str, out_dir: str) -> None:
         f"{_PROJ[k.split('.')[0]]}.{k.split('.')[1]}": v.contiguous()
         for k, v in hf.model.multi_modal_projector.state_dict().items()
     }
-    with staged(out_dir, prefix=".llava-") as tmp:
+    with _staged(out_dir) as tmp:
         with open(os.path.join(tmp, CONFIG_NAME), "w") as f:
             json.dump(dataclasses.asdict(_model_config(c)), f, indent=1)
         hf.model.vision_tower.save_pretrained(os.path.join(tmp, "vision_tower"))
@@ -139,7 +159,7 @@ def export_llava(model_dir: str, out_dir: str) -> None:
     with torch.device("meta"):
         hf = LlavaForConditionalGeneration(llava_config(model))
     hf.load_state_dict(llava_state(model), strict=True, assign=True)
-    with staged(out_dir, prefix=".llava-") as tmp:
+    with _staged(out_dir) as tmp:
         hf.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         image_transform(model_dir, model.image_size).save(tmp)

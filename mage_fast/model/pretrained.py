@@ -18,8 +18,6 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -30,23 +28,6 @@ from mage_fast.model.config import ModelConfig
 from mage_fast.model.mllm import MageModel
 
 CONFIG_NAME = "mage_config.json"
-
-
-@contextmanager
-def staged(out_dir: str, prefix: str = ".export-") -> Iterator[str]:
-    """A temporary sibling folder renamed to `out_dir` when the block succeeds (readers never see
-    half a folder); removed when it fails."""
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)
-    try:
-        yield tmp
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def export_parts(model: MageModel) -> dict[str, torch.nn.Module]:

@@ -21,8 +21,9 @@ import os
 from safetensors.torch import save_file
 
 from mage_fast.model import lora
+from mage_fast.model.hf_llava import _staged  # the folder appears whole or not at all
 from mage_fast.model.mllm import MageModel
-from mage_fast.model.pretrained import CONFIG_NAME, staged
+from mage_fast.model.pretrained import CONFIG_NAME
 from mage_fast.train.engine import gathered_state
 
 ADAPTER_EXPORT = "export_adapter"
@@ -70,6 +71,6 @@ def write_adapter_export(out_dir: str, model: MageModel, tokenizer, rank: int) -
     if missing:
         print(f"no adapter export: {missing[0]} has no base folder (random init); {out_dir} not written", flush=True)
         return False
-    with staged(out_dir, prefix=".export-adapter-") as tmp:
+    with _staged(out_dir) as tmp:
         _write(tmp, model, tokenizer, adapted, states, full, bases)
     return True
