@@ -47,18 +47,19 @@ if [ "$REHEARSE" = 1 ]; then
   case $RV in /*) ;; *) RV=$ROOT/$RV ;; esac
   PY=${GPU_PY:-$RV/bin/python}
   export TRITON_INTERPRET=1 MAGE_FAST_BUILD_CUDA=0
-  DEV=cpu SIZE=smoke SWEEP=smoke BACKENDS="torch cpp triton" PROFILED=op_torch,cpp
+  DEV=cpu SIZE=smoke SWEEP=smoke BACKENDS="torch:300 cpp:300 triton:300" PROFILED=op_torch,cpp
   BENCH_FLAGS="--threads 1 --budget 0.05 --compile-backend aot_eager"
-  VAL_T=300 CE_T=400 OP_T=200  # per-process caps inside the validate and sweep steps
+  CE_T=400 OP_T=200  # per-process caps inside the sweep step
   CE_PROVIDERS=""
   SANITIZE="" NVSMI=""
 else
   PY=${GPU_PY:-python3}
   unset TRITON_INTERPRET
   export MAGE_FAST_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
-  DEV=cuda SIZE=device SWEEP=check BACKENDS="torch triton cuda" PROFILED=op_torch,triton,cuda,liger
+  # backend:timeout of its validate process (Triton's JIT compiles the production shapes' kernels)
+  DEV=cuda SIZE=device SWEEP=check BACKENDS="torch:15 triton:35 cuda:15" PROFILED=op_torch,triton,cuda,liger
   BENCH_FLAGS="--budget 0.3"
-  VAL_T=20 CE_T=110 OP_T=22  # per-process timeouts inside validate (x3) and sweep (ce_mse + 2 ops)
+  CE_T=110 OP_T=22  # per-process timeouts inside the sweep (ce_mse, then 2 ops)
   CE_PROVIDERS="--providers triton,cuda,liger,liger_cute,cce,op_torch,torch,torch_lce,compile"  # compile last: slowest
   SANITIZE="PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 1"
   NVSMI="nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader;"
@@ -77,7 +78,7 @@ step wheels 15 60 "rm -rf '$SITE' && ls .whl/*.whl && $PY -m pip install -q --no
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 step build 140 1500 "$PY -m pip install -q --no-index --no-deps --no-build-isolation -e . && $PY -m benchmarks.gpu_validate --env --require-ext --device $DEV"
 step env 10 60 "$NVSMI $PY -m benchmarks.gpu_validate --env --device $DEV"
-step validate 65 900 "rc=0; for b in $BACKENDS; do timeout -k 5 $VAL_T $PY -m benchmarks.gpu_validate --backend \$b --size $SIZE --device $DEV --out '$WORK/checks.jsonl' || rc=1; done; exit \$rc"
+step validate 65 900 "rc=0; for bt in $BACKENDS; do timeout -k 5 \${bt#*:} $PY -m benchmarks.gpu_validate --backend \${bt%:*} --size $SIZE --device $DEV --out '$WORK/checks.jsonl' || rc=1; done; exit \$rc"
 bench="--sweep $SWEEP --modes full --csv '$CSV' $BENCH_FLAGS"
 step sweep 160 900 "rc=0; timeout -k 5 $CE_T $PY -m benchmarks.bench_ce_mse $bench $CE_PROVIDERS --isolate provider || rc=1; for op in ian_projection patch_pool; do timeout -k 5 $OP_T $PY -m benchmarks.bench_\$op $bench --isolate op || rc=1; done; exit \$rc"
 step profile 15 120 "$PY -m benchmarks.bench_ce_mse --profile --sweep $SWEEP --modes full --providers $PROFILED $BENCH_FLAGS"
