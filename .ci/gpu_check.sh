@@ -15,7 +15,8 @@
 #             patch_pool at the model's shapes: fwd+bwd time and peak extra memory, with the bf16
 #             matmul and copy peaks measured in the same run (`--sweep check`)
 #   profile   torch.profiler traces of ce_mse's providers
-#   tests     the op tests on CUDA and compiled Triton, the production-shape ones included
+#   tests     the op tests on CUDA and compiled Triton, the production-shape ones first (the sm_90
+#             compile report is for machines without a GPU)
 #   memcheck  compute-sanitizer memcheck with the caching allocator off
 #   report    validated.json (only backends that passed `validate`), summary, this run's CSV rows
 # $OUT (default runs/gpu-check/out, relative paths from the repository root) gets 4 files:
@@ -82,7 +83,8 @@ step validate 65 900 "rc=0; for bt in $BACKENDS; do timeout -k 5 \${bt#*:} $PY -
 bench="--sweep $SWEEP --modes full --csv '$CSV' $BENCH_FLAGS"
 step sweep 160 900 "rc=0; timeout -k 5 $CE_T $PY -m benchmarks.bench_ce_mse $bench $CE_PROVIDERS --isolate provider || rc=1; for op in ian_projection patch_pool; do timeout -k 5 $OP_T $PY -m benchmarks.bench_\$op $bench --isolate op || rc=1; done; exit \$rc"
 step profile 15 120 "$PY -m benchmarks.bench_ce_mse --profile --sweep $SWEEP --modes full --providers $PROFILED $BENCH_FLAGS"
-step tests 80 900 "$PY -m pytest -q -o addopts=-ra -p no:cacheprovider --confcutdir tests/ops --junitxml '$WORK/logs/tests.xml' tests/ops tests/benchmarks/test_op_models.py -k 'cuda or triton or expected or production'"
+pytest="$PY -m pytest -q -o addopts=-ra -p no:cacheprovider --confcutdir tests/ops"
+step tests 80 900 "rc=0; $pytest --junitxml '$WORK/logs/tests_production.xml' tests/ops/test_production_shapes.py || rc=1; $pytest --junitxml '$WORK/logs/tests.xml' --ignore tests/ops/test_production_shapes.py tests/ops tests/benchmarks/test_op_models.py -k '(cuda or triton or expected) and not sm90' || rc=1; exit \$rc"
 step memcheck 35 120 "$SANITIZE $PY .ci/gpu_sanitize_cases.py --device $DEV"
 step report 10 60 "$PY -m benchmarks.gpu_winners --csv '$CSV' --checks '$WORK/checks.jsonl' --steps '$WORK/steps.tsv' --out '$OUT' --device $DEV"
 finish
