@@ -24,7 +24,8 @@ def demo(out: str, data: str) -> str:
     """The demo's two stages and its eval, shortened; returns `out`."""
     cfg = os.path.join(ROOT, "configs", "train")
     for stage, extra in (("stage1", []), ("stage2", [f"init_from={out}/stage1/export"])):
-        launch(["--config", f"{cfg}/demo_{stage}.yaml", f"run_dir={out}/{stage}", f"data.root={data}", *SHORT, *extra])
+        args = ["--config", f"{cfg}/demo_{stage}.yaml", f"run_dir={out}/{stage}", f"data.root={data}", *SHORT, *extra]
+        launch(args, timeout=900)  # the demo's model, larger than the other tests' tiny one
     model, rows, answers = f"{out}/stage2/export", f"{data}/eval.json", f"{out}/answers.jsonl"
     cmd = [sys.executable, "-m", "mage_fast.eval", "--model", model, "--data", rows, "--out", answers]
     p = subprocess.run(cmd, cwd=ROOT, env=launch_env(), capture_output=True, text=True, timeout=300)
