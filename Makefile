@@ -116,16 +116,19 @@ demo-tools: install
 	$(VENV_PATH) $(VPY) -m mage_fast.tools.score --model $(DEMO)/stage3/export --data $(DEMO)/tools/eval.json \
 	  --config configs/train/demo_tools.yaml --out $(DEMO)/tools_scores.json
 
-# Multi-image demo (README "Multi-image: SAM"): the shapes world's group / change / story tasks,
-# `ian` and `sam` trained with the same config, seed and budget (one process each, CPU), then
-# BLEU-4 / ROUGE-L / CIDEr-D per task for both, the step-time ratio sam/ian and a PNG of the table
-# in $(DEMO_MULTI)/results.{md,json,png}. MULTI_ARGS: overrides for both runs, e.g. max_steps=100.
+# Multi-image demo (README "Multi-image: SAM", docs/sam.md): the shapes world's group / change /
+# story tasks (crowded scenes, one visual token per image), `ian`, `sam` and `sam` exclude-self
+# trained with the same config, seed and budget per seed (one process per run, two at a time);
+# mean ± std over seeds, the paired bootstrap interval of sam − ian, the bars and the guidance
+# maps in $(DEMO_MULTI)/{results.md,results.json,results.png,guidance_*.png}. Finished runs are
+# reused, so an interrupted run continues. MULTI_ARGS: overrides for every run, e.g. max_steps=100.
 DEMO_MULTI ?= runs/demo_multi
+MULTI_SEEDS ?= 0 1 2
 MULTI_ARGS ?=
 demo-multi: install
 	$(VENV_PATH) $(VPY) -m mage_fast.data.shapes_multi --out $(DEMO_MULTI)/data --n 2000 --n-eval 50 --seed 0
 	$(VENV_PATH) $(VPY) -m mage_fast.demo_multi --data $(DEMO_MULTI)/data --out $(DEMO_MULTI) \
-	  --config configs/train/demo_multi.yaml $(MULTI_ARGS)
+	  --config configs/train/demo_multi.yaml $(MULTI_ARGS) --seeds $(MULTI_SEEDS)
 
 # The projector ablation (mage_fast/ablate.py): 4 aligners and 3 MSE weights on the shapes world,
 # 3 seeds, one process per run; runs/ablate/{table.md,results.json,ablate.png}. Finished runs are

@@ -1,12 +1,17 @@
-"""`make demo-multi`: `ian` against `sam` on the shapes world's multi-image tasks.
+"""`make demo-multi`: `ian` against `sam` on the shapes world's multi-image tasks, over seeds.
 
-    python -m mage_fast.demo_multi --data DIR --out RUNS [--config YAML] [key=value ...]
+    python -m mage_fast.demo_multi --data DIR --out RUNS [--seeds 0 1 2] [--jobs 2] [key=value ...]
 
-Trains both aligners with the same config, seed and step budget (one process each, one after the
-other), answers the held-out sets greedily, scores BLEU-4 / ROUGE-L / CIDEr-D per task
-(`mage_fast.score`), and times one training step of each (forward, backward, AdamW; the same
-batches, alternating, median CPU time over repeats; one process, no DeepSpeed) for the ratio sam / ian.
-Writes RUNS/results.json, RUNS/results.md and RUNS/results.png; prints the table.
+Variants: ``ian``, ``sam`` (include-self, the authors' code) and ``sam_excl`` (exclude-self, their
+paper), each trained with the same config (configs/train/demo_multi.yaml: one visual token per
+image), seed, data order and step budget, one process per (variant, seed), ``--jobs`` at a time.
+Each process trains, then answers the held-out sets greedily; a sam process also answers with
+its guidance knocked out (P21 zeroed) and probes its guidance weights. A finished run (its
+``done.json``) is reused, so an interrupted demo continues. Then: BLEU-4 / ROUGE-L / CIDEr-D per
+task (SAM's rule, `mage_fast.score`) as mean ± std over seeds, the paired bootstrap interval of
+each sam variant − ian (`mage_fast.demo_multi_stats`), the bars (results.png) and the guidance
+maps of a few held-out sets (guidance_<variant>.png, `mage_fast.demo_multi_look`). Written to
+RUNS/: results.json, results.md, results.png, guidance_*.png; the table is printed.
 """
 
 from __future__ import annotations
@@ -14,163 +19,144 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
+import resource
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
-import torch
-
-from mage_fast.score import METRICS, load_predictions, load_references, scores_by_task
-
-ALIGNERS = ("ian", "sam")
-
-
-def train_one(config: str, data: str, run: str, aligner: str, overrides: list[str]) -> float:
-    """Train one aligner in a child process; returns its wall time in seconds."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "mage_fast.train",
-        "--config",
-        config,
-        f"run_dir={run}",
-        f"data.root={data}",
-        f"model.aligner.type={aligner}",
-        *overrides,
-    ]
-    env = dict(
-        os.environ,
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=os.environ.get("MASTER_PORT", "29517"),
-        RANK="0",
-        WORLD_SIZE="1",
-        LOCAL_RANK="0",
-    )
-    t0 = time.time()
-    subprocess.run(cmd, check=True, env=env)
-    return time.time() - t0
+VARIANTS: dict[str, list[str]] = {
+    "ian": ["model.aligner.type=ian"],
+    "sam": ["model.aligner.type=sam", "model.aligner.sam_include_self=true"],
+    "sam_excl": ["model.aligner.type=sam", "model.aligner.sam_include_self=false"],
+}
+CONFIG = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "train", "demo_multi.yaml"
+)
+MAP_SETS = 2  # held-out sets per task drawn in the guidance maps
 
 
-def answer_and_score(run: str, data: str, max_new_tokens: int) -> dict:
-    """Greedy answers on DATA/eval.json with the run's export, scored per task."""
-    from mage_fast.eval import evaluate
-
-    out = os.path.join(run, "answers_multi.jsonl")
-    evaluate(os.path.join(run, "export"), os.path.join(data, "eval.json"), out, max_new_tokens=max_new_tokens)
-    refs, tasks = load_references(os.path.join(data, "eval.json"))
-    return scores_by_task(load_predictions(out), refs, tasks)
+def run_dir(out: str, variant: str, seed: int) -> str:
+    return os.path.join(out, "runs", f"{variant}_s{seed}")
 
 
-def _batches(model, tok, data: str, n: int, size: int) -> list[dict]:
-    from mage_fast.data import Collator, ImageTransform, LlavaDataset
-
-    ds = LlavaDataset(
-        os.path.join(data, "train.json"),
-        tok,
-        image_root=data,
-        transform=ImageTransform(model.image_size),
-        num_image_tokens=model.num_image_tokens,
-        max_length=256,
-        max_bad_fraction=0.0,
-    )
-    collate = Collator(tok.pad_token_id, model.image_size)
-    return [collate([ds[i * size + j] for j in range(size)]) for i in range(n)]
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
-def _step(model, opt, batch: dict) -> float:
-    """CPU seconds of this process for one step: on a shared machine the wall clock also counts
-    other jobs' time slices, the process's CPU time only its own work (all its threads)."""
-    t0 = time.process_time()
-    out = model(**{k: v for k, v in batch.items() if k != "ids"})
-    out["loss"].backward()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    return time.process_time() - t0
+def _write_json(path: str, obj: object) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)
 
 
-def step_times(runs: dict[str, str], data: str, batch_size: int, repeats: int) -> dict[str, float]:
-    """Median CPU seconds per training step of each run's exported model, same batches, alternating,
-    on one thread (on a shared machine, a multi-threaded step's CPU time also counts spin-waiting)."""
+def child(run: str, data: str, config: str, max_new_tokens: int, overrides: list[str]) -> None:
+    """Train (unless the run's export exists), answer the held-out sets, probe a sam; done.json last."""
+    from mage_fast.train.__main__ import main as train_main
+
+    t0, c0 = time.time(), _cpu()
+    if not os.path.isfile(os.path.join(run, "summary.json")):
+        code = train_main(["--config", config, f"run_dir={run}", f"data.root={data}", "resume=false", *overrides])
+        if code:
+            sys.exit(code)
+    t1, c1 = time.time(), _cpu()
+    import torch
+
+    from mage_fast.demo_multi_look import answers, probe
     from mage_fast.model.pretrained import load_pretrained
 
-    models = {a: load_pretrained(os.path.join(r, "export")) for a, r in runs.items()}
-    tok = next(iter(models.values()))[1]
-    batches = _batches(models["ian"][0], tok, data, 2, batch_size)
-    opts = {a: torch.optim.AdamW(m.parameters(), lr=1e-6) for a, (m, _) in models.items()}
-    times: dict[str, list[float]] = {a: [] for a in runs}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    for r in range(repeats + 1):
-        for a, (m, _) in models.items():
-            m.train()
-            t = _step(m, opts[a], batches[r % len(batches)])
-            if r:  # the first round warms up
-                times[a].append(t)
-    torch.set_num_threads(threads)
-    return {a: statistics.median(v) for a, v in times.items()}
+    torch.manual_seed(0)
+    model, tok = load_pretrained(os.path.join(run, "export"))
+    with open(os.path.join(data, "eval.json")) as f:
+        rows = json.load(f)
+    said = {"answers": answers(model, tok, data, rows, max_new_tokens)}
+    if hasattr(model.aligner, "p21"):
+        said["answers_noguide"] = answers(model, tok, data, rows, max_new_tokens, guidance=False)
+        said["probe"] = probe(model, data, rows)
+    with open(os.path.join(run, "summary.json")) as f:
+        steps = json.load(f)["step"]
+    times = {
+        "train_wall_s": t1 - t0,
+        "train_cpu_s": c1 - c0,
+        "eval_wall_s": time.time() - t1,
+        "eval_cpu_s": _cpu() - c1,
+    }
+    _write_json(os.path.join(run, "done.json"), {**said, "steps": steps, **times})
 
 
-def write_results(out: str, table: dict, times: dict, walls: dict, steps: int) -> str:
-    """results.json, results.md and results.png; returns the markdown table."""
-    ratio = times["sam"] / times["ian"]
-    lines = [
-        "| task | n | " + " | ".join(f"{m} ian | {m} sam" for m in METRICS) + " |",
-        "|---|---|" + "---|---|" * len(METRICS),
-    ]
-    for task, row in table["ian"].items():
-        cells = " | ".join(f"{row[m]:.2f} | {table['sam'][task][m]:.2f}" for m in METRICS)
-        lines.append(f"| {task} | {row['n']} | {cells} |")
-    md = "\n".join(lines) + (
-        f"\n\nTraining steps per aligner: {steps}. Step CPU time (forward + backward + AdamW, 8 rows, one thread, median): "
-        f"ian {1e3 * times['ian']:.1f} ms, sam {1e3 * times['sam']:.1f} ms, ratio sam/ian {ratio:.2f}. "
-        f"Training wall time (with start-up): ian {walls['ian']:.0f} s, sam {walls['sam']:.0f} s.\n"
-    )
-    with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump(
-            {"scores": table, "step_s": times, "ratio": ratio, "train_wall_s": walls, "steps": steps}, f, indent=1
-        )
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(md)
-    plot_table(os.path.join(out, "results.png"), table, ratio, steps)
-    return md
+def launch(out: str, data: str, config: str, variant: str, seed: int, port: int, a: argparse.Namespace) -> dict:
+    """One (variant, seed) in a child process unless its done.json exists; returns done.json."""
+    run = run_dir(out, variant, seed)
+    done = os.path.join(run, "done.json")
+    if not os.path.isfile(done):
+        overrides = [*VARIANTS[variant], f"seed={seed}", *a.overrides]
+        cmd = [sys.executable, "-m", "mage_fast.demo_multi", "--child", run, data, config, str(a.max_new_tokens)]
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        log = os.path.join(out, "runs", f"{variant}_s{seed}.log")
+        os.makedirs(os.path.dirname(log), exist_ok=True)
+        print(f"demo-multi: {variant} seed {seed} (log {log})", flush=True)
+        with open(log, "w") as f:
+            subprocess.run([*cmd, *overrides], check=True, env=env, stdout=f, stderr=subprocess.STDOUT)
+    with open(done) as f:
+        return json.load(f)
 
 
-def plot_table(path: str, table: dict, ratio: float, steps: int) -> None:
-    """The score table as a PNG (matplotlib's table, no axes)."""
-    import matplotlib
+def run_all(a: argparse.Namespace) -> dict[str, list[dict]]:
+    """{variant: [done.json per seed, in --seeds order]}, ``--jobs`` processes at a time."""
+    jobs = [(v, s) for s in a.seeds for v in VARIANTS]
+    base = int(os.environ.get("MASTER_PORT", "29517"))
+    with ThreadPoolExecutor(max_workers=a.jobs) as pool:
+        futs = {
+            (v, s): pool.submit(launch, a.out, a.data, a.config, v, s, base + i, a) for i, (v, s) in enumerate(jobs)
+        }
+        results = {k: f.result() for k, f in futs.items()}
+    return {v: [results[(v, s)] for s in a.seeds] for v in VARIANTS}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    cols = ["task", "n"] + [f"{m}\n{a}" for m in METRICS for a in ALIGNERS]
-    rows = [
-        [t, str(r["n"])] + [f"{table[a][t][m]:.2f}" for m in METRICS for a in ALIGNERS] for t, r in table["ian"].items()
-    ]
-    fig, ax = plt.subplots(figsize=(9, 0.5 + 0.4 * (len(rows) + 2)))
-    ax.axis("off")
-    ax.table(cellText=rows, colLabels=cols, loc="center", cellLoc="center").scale(1, 2.2)
-    ax.set_title(f"shapes multi-image tasks, {steps} steps each; step CPU time sam/ian {ratio:.2f}")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+def draw_guidance(a: argparse.Namespace, done: dict[str, list[dict]]) -> list[str]:
+    """guidance_<variant>.png for each sam variant's first seed over MAP_SETS held-out sets per task."""
+    from mage_fast.data.shapes_multi import TASKS
+    from mage_fast.demo_multi_look import draw_maps
+    from mage_fast.model.pretrained import load_pretrained
+
+    with open(os.path.join(a.data, "eval.json")) as f:
+        rows = json.load(f)
+    picked = [r for t in TASKS for r in [x for x in rows if x["task"] == t][:MAP_SETS]]
+    said = {v: done[v][0]["answers"] for v in VARIANTS}
+    paths = []
+    for v in VARIANTS:
+        if v == "ian":
+            continue
+        model, _ = load_pretrained(os.path.join(run_dir(a.out, v, a.seeds[0]), "export"))
+        paths.append(os.path.join(a.out, f"guidance_{v}.png"))
+        draw_maps(model, a.data, picked, said, paths[-1])
+    return paths
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        run, data, config, mnt, *overrides = argv[1:]
+        return child(run, data, config, int(mnt), overrides)
     p = argparse.ArgumentParser(prog="mage_fast.demo_multi", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="a shapes_multi world")
-    p.add_argument("--out", required=True, help="runs folder (RUNS/ian, RUNS/sam, results.*)")
-    p.add_argument("--config", default="configs/train/demo_multi.yaml")
+    p.add_argument("--out", required=True, help="runs folder (RUNS/runs/<variant>_s<seed>, results.*)")
+    p.add_argument("--config", default=CONFIG)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--jobs", type=int, default=2, help="runs at a time (each on one thread)")
     p.add_argument("--max-new-tokens", type=int, default=40)
-    p.add_argument("--time-repeats", type=int, default=10)
-    p.add_argument("overrides", nargs="*", help="key=value for both trainings, e.g. max_steps=100")
+    p.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("overrides", nargs="*", help="key=value for every training, e.g. max_steps=100")
     a = p.parse_args(argv)
-    runs = {al: os.path.join(a.out, al) for al in ALIGNERS}
-    walls = {al: train_one(a.config, a.data, runs[al], al, a.overrides) for al in ALIGNERS}
-    table = {al: answer_and_score(runs[al], a.data, a.max_new_tokens) for al in ALIGNERS}
-    with open(os.path.join(runs["ian"], "summary.json")) as f:
-        steps = json.load(f)["step"]
-    times = step_times(runs, a.data, batch_size=8, repeats=a.time_repeats)
-    print(write_results(a.out, table, times, walls, steps))
+    if len(a.seeds) < 2:
+        print("demo-multi: one seed gives no spread and no seed resampling; use >= 3 for a claim", flush=True)
+    t0 = time.time()
+    done = run_all(a)
+    from mage_fast.demo_multi_report import write_results
+
+    maps = draw_guidance(a, done)
+    print(write_results(a.out, a.data, done, a.seeds, maps, a.boot, time.time() - t0))
 
 
 if __name__ == "__main__":

@@ -55,7 +55,9 @@ class Design:
 
     def __post_init__(self) -> None:
         if not 2 <= self.min_objects <= self.max_objects <= 7:
-            raise ValueError(f"objects per scene must satisfy 2 <= min <= max <= 7, got {self.min_objects}-{self.max_objects}")
+            raise ValueError(
+                f"objects per scene must satisfy 2 <= min <= max <= 7, got {self.min_objects}-{self.max_objects}"
+            )
         if not 0.05 <= self.link_half <= 0.45:
             raise ValueError(f"link_half must be in [0.05, 0.45] cells, got {self.link_half}")
 
@@ -154,7 +156,9 @@ MAKERS: dict[str, Callable[[Task], tuple[Scenes, str]]] = {
 }  # fmt: skip
 
 
-def draw_set(scenes: Scenes, small: dict[Pair, Pair], size: int, design: Design, rng: random.Random) -> list[Image.Image]:
+def draw_set(
+    scenes: Scenes, small: dict[Pair, Pair], size: int, design: Design, rng: random.Random
+) -> list[Image.Image]:
     """The set's images: each (colour, shape) keeps one size and jitter in every scene it is in
     (so an unchanged object is drawn pixel for pixel alike); small pairs get ``link_half``."""
     looks: dict[Pair, tuple[float, float, float]] = {}

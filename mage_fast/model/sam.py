@@ -58,12 +58,10 @@ def context_pairs(counts: torch.Tensor, include_self: bool) -> tuple[torch.Tenso
     return tuple(torch.tensor(x, dtype=torch.long, device=dev) for x in (units, srcs, guided, ctx_of))
 
 
-def grouped_softmax_sum(
-    scores: torch.Tensor, v: torch.Tensor, unit: torch.Tensor, src: torch.Tensor, n_units: int
-) -> torch.Tensor:
-    """Per unit and patch position: sum over the unit's pairs of softmax(scores[src]) · v[src].
+def grouped_softmax(scores: torch.Tensor, unit: torch.Tensor, src: torch.Tensor, n_units: int) -> torch.Tensor:
+    """alpha (Q, P): per unit and patch position, the softmax of scores[src] over the unit's pairs.
 
-    scores (N, P) fp32, v (N, P, C), unit/src (Q,) → (n_units, P, C) in v's dtype.
+    scores (N, P) fp32, unit/src (Q,) from :func:`context_pairs`.
     """
     s = scores[src]  # (Q, P)
     idx = unit[:, None].expand_as(s)
@@ -71,7 +69,17 @@ def grouped_softmax_sum(
     m = m.scatter_reduce(0, idx, s, reduce="amax", include_self=True)
     e = torch.exp(s - m[unit])
     den = torch.zeros_like(m).index_add(0, unit, e)
-    alpha = (e / den[unit]).to(v.dtype)
+    return e / den[unit]
+
+
+def grouped_softmax_sum(
+    scores: torch.Tensor, v: torch.Tensor, unit: torch.Tensor, src: torch.Tensor, n_units: int
+) -> torch.Tensor:
+    """Per unit and patch position: sum over the unit's pairs of softmax(scores[src]) · v[src].
+
+    scores (N, P) fp32, v (N, P, C), unit/src (Q,) → (n_units, P, C) in v's dtype.
+    """
+    alpha = grouped_softmax(scores, unit, src, n_units).to(v.dtype)
     out = v.new_zeros(n_units, v.shape[1], v.shape[2])
     return out.index_add(0, unit, alpha.unsqueeze(-1) * v[src])
 
