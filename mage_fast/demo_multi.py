@@ -66,6 +66,7 @@ def child(run: str, data: str, config: str, max_new_tokens: int, overrides: list
     from mage_fast.demo_multi_look import answers, probe
     from mage_fast.model.pretrained import load_pretrained
 
+    torch.set_num_threads(1)  # runs go side by side, one core each, as the config's threads=1 trains
     torch.manual_seed(0)
     model, tok = load_pretrained(os.path.join(run, "export"))
     with open(os.path.join(data, "eval.json")) as f:
