@@ -75,16 +75,16 @@ fi
 start=$SECONDS
 echo "gpu-check: $([ "$REHEARSE" = 1 ] && echo "REHEARSAL on CPU" || echo "device run"), python $PY, out $OUT"
 
-step wheels 15 60 "rm -rf '$SITE' && ls .whl/*.whl && $PY -m pip install -q --no-index --no-deps --no-compile --target '$SITE' .whl/*.whl"
+step wheels 15 300 "rm -rf '$SITE' && ls .whl/*.whl && $PY -m pip install -q --no-index --no-deps --no-compile --target '$SITE' .whl/*.whl"
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 step build 140 1500 "$PY -m pip install -q --no-index --no-deps --no-build-isolation -e . && $PY -m benchmarks.gpu_validate --env --require-ext --device $DEV"
-step env 10 60 "$NVSMI $PY -m benchmarks.gpu_validate --env --device $DEV"
+step env 10 300 "$NVSMI $PY -m benchmarks.gpu_validate --env --device $DEV"
 step validate 65 900 "rc=0; for bt in $BACKENDS; do timeout -k 5 \${bt#*:} $PY -m benchmarks.gpu_validate --backend \${bt%:*} --size $SIZE --device $DEV --out '$WORK/checks.jsonl' || rc=1; done; exit \$rc"
 bench="--sweep $SWEEP --modes full --csv '$CSV' $BENCH_FLAGS"
 step sweep 160 900 "rc=0; timeout -k 5 $CE_T $PY -m benchmarks.bench_ce_mse $bench $CE_PROVIDERS --isolate provider || rc=1; for op in ian_projection patch_pool; do timeout -k 5 $OP_T $PY -m benchmarks.bench_\$op $bench --isolate op || rc=1; done; exit \$rc"
-step profile 15 120 "$PY -m benchmarks.bench_ce_mse --profile --sweep $SWEEP --modes full --providers $PROFILED $BENCH_FLAGS"
+step profile 15 900 "$PY -m benchmarks.bench_ce_mse --profile --sweep $SWEEP --modes full --providers $PROFILED $BENCH_FLAGS"
 pytest="$PY -m pytest -q -o addopts=-ra -p no:cacheprovider --confcutdir tests/ops"
 step tests 80 900 "rc=0; $pytest --junitxml '$WORK/logs/tests_production.xml' tests/ops/test_production_shapes.py || rc=1; $pytest --junitxml '$WORK/logs/tests.xml' --ignore tests/ops/test_production_shapes.py tests/ops tests/benchmarks/test_op_models.py -k '(cuda or triton or expected) and not sm90' || rc=1; exit \$rc"
-step memcheck 35 120 "$SANITIZE $PY .ci/gpu_sanitize_cases.py --device $DEV"
-step report 10 60 "$PY -m benchmarks.gpu_winners --csv '$CSV' --checks '$WORK/checks.jsonl' --steps '$WORK/steps.tsv' --out '$OUT' --device $DEV"
+step memcheck 35 900 "$SANITIZE $PY .ci/gpu_sanitize_cases.py --device $DEV"
+step report 10 300 "$PY -m benchmarks.gpu_winners --csv '$CSV' --checks '$WORK/checks.jsonl' --steps '$WORK/steps.tsv' --out '$OUT' --device $DEV"
 finish
