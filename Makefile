@@ -24,7 +24,7 @@ $(STAMP): $(SOURCES)
 	$(VENV_PATH) $(VPY) -c "import torch" 2>/dev/null || $(VENV_PATH) $(VPY) -m pip install -q torch==2.13.0
 	$(VENV_PATH) $(VPY) -m pip install -q -r requirements.txt
 	$(VENV_PATH) $(VPY) -m pip install -q --no-build-isolation -e .
-	$(VENV_PATH) $(VPY) -m mage_fast.train.prebuild
+	$(VENV_PATH) $(VPY) -m mage_fast.train.prebuild --ops ShareMemCommBuilder
 	touch $(STAMP)
 
 # The built-in task: generate the shapes world, stage 1 (align on captions, CE + MSE), stage 2
@@ -53,6 +53,7 @@ demo-seeds: install
 # Test files run in TEST_WORKERS processes (pytest-xdist), a file's tests in one of them, so a
 # module's shared launch runs once; most of the time goes to real 2-rank launches.
 test: install
+	$(VENV_PATH) $(VPY) -m mage_fast.train.prebuild
 	$(VENV_PATH) $(VPY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # The unit and op tests (all but the `slow` real launches) under another ATen CPU kernel set than
