@@ -38,15 +38,15 @@ def table(runs: list[dict]) -> tuple[list[str], dict]:
     """The printed lines and the summary {qtype: {"mean", "min"}} over the runs; question types in
     the first run's order, "overall" last."""
     qtypes = [q for q in runs[0]["accuracy"] if q != "overall"] + ["overall"]
-    head = f"{'qtype':<10}" + "".join(f"{r['name']:>10}" for r in runs) + f"{'mean':>10}{'min':>10}"
+    head = f"{'qtype':<14}" + "".join(f"{r['name']:>10}" for r in runs) + f"{'mean':>10}{'min':>10}"
     lines, summary = [head], {}
     for q in qtypes:
         vals = [r["accuracy"].get(q, float("nan")) for r in runs]
         summary[q] = {"mean": sum(vals) / len(vals), "min": min(vals)}
         cells = "".join(f"{v:>10.3f}" for v in vals)
-        lines.append(f"{q:<10}{cells}{summary[q]['mean']:>10.3f}{summary[q]['min']:>10.3f}")
+        lines.append(f"{q:<14}{cells}{summary[q]['mean']:>10.3f}{summary[q]['min']:>10.3f}")
     stops = "".join(f"{r['stopped_at'] if r['stopped_at'] is not None else '-':>10}" for r in runs)
-    lines.append(f"{'stage-2 steps':<10}{stops}")
+    lines.append(f"{'stage-2 steps':<14}{stops}")
     return lines, summary
 
 
