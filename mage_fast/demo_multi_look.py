@@ -119,7 +119,8 @@ def draw_maps(model, data: str, rows: list[dict], said: dict[str, dict[str, str]
 
     model.eval()
     grid, width = model.vision_tower.grid, max(len(r["image"]) for r in rows)
-    fig, axes = plt.subplots(len(rows), width, figsize=(2.2 * width, 2.6 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), width, figsize=(2.2 * width, 3.0 * len(rows)), squeeze=False)
+    fig.subplots_adjust(hspace=0.9)  # room for each set's answers under its images
     for ax_row, row in zip(axes, rows):
         alpha, _ = set_guidance(model.aligner, model.vision_tower(_pixels(model, data, row)))
         maps = per_image_map(alpha).view(-1, grid, grid)
@@ -136,7 +137,7 @@ def draw_maps(model, data: str, rows: list[dict], said: dict[str, dict[str, str]
                 ax.add_patch(Rectangle((c * size / 3, r * size / 3), size / 3, size / 3, fill=False, ec="cyan", lw=2))
             ax.set_title(f"image {j + 1}", fontsize=7)
         lines = [f'{row["task"]}: ref "{row["refs"][0]}"'] + [f'{v}: "{s.get(row["id"], "")}"' for v, s in said.items()]
-        ax_row[0].text(0, -0.35, "\n".join(lines), transform=ax_row[0].transAxes, fontsize=6, va="top")
+        ax_row[0].text(0, -0.06, "\n".join(lines), transform=ax_row[0].transAxes, fontsize=6, va="top")
     fig.colorbar(im, ax=axes, shrink=0.6, label="alpha (weight in the context)")
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

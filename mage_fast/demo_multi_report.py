@@ -116,7 +116,10 @@ def plot_bars(s: dict, path: str) -> None:
             ax.bar(xs, [x[0] for x in ms], w, yerr=[x[1] for x in ms], capsize=3, label=v)
         ax.set_xticks(range(len(tasks)), tasks)
         ax.set_title(m)
+        if m not in METRICS:
+            ax.axhline(1 / 12, color="grey", ls="--", lw=1, label="chance (1 of 12 objects)")
     axes[0].legend(fontsize=8)
+    axes[-1].legend(fontsize=7)
     fig.suptitle("held-out multi-image tasks: mean ± std over seeds (one visual token per image)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
