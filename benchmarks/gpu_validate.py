@@ -18,12 +18,13 @@ C=1024); `smoke`, small odd shapes that the CPU (and the Triton interpreter) run
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -153,10 +154,18 @@ def check(op: str, backend: str, size: str, dev: torch.device) -> list[dict]:
     return [*recs, {**base, "passed": passed, "seconds": round(time.time() - t0, 2), "note": note}]
 
 
-def _small_chunks_on_cpu(size: str, dev: torch.device) -> None:
-    """On CPU the smoke ce_mse case walks several chunks (the GPU sizes walk two by the planner)."""
+@contextlib.contextmanager
+def _small_chunks_on_cpu(size: str, dev: torch.device) -> Iterator[None]:
+    """On CPU the smoke ce_mse case walks several chunks (the GPU sizes walk two by the planner);
+    the planner's budget is restored afterwards."""
+    mod = importlib.import_module("mage_fast.ops.ce_mse")
+    before = mod.CHUNK_BYTES
     if size == "smoke" and dev.type == "cpu":
-        importlib.import_module("mage_fast.ops.ce_mse").CHUNK_BYTES = 2 * 16 * SIZES["smoke"]["ce_mse"]["V"] * 4
+        mod.CHUNK_BYTES = 2 * 16 * SIZES["smoke"]["ce_mse"]["V"] * 4
+    try:
+        yield
+    finally:
+        mod.CHUNK_BYTES = before
 
 
 def environment(dev: torch.device, require_ext: bool) -> int:
@@ -202,10 +211,10 @@ def main(argv: list[str] | None = None) -> int:
         return environment(dev, args.require_ext)
     if not (args.backend and args.out):
         p.error("--backend and --out are required (or --env)")
-    _small_chunks_on_cpu(args.size, dev)
     failed = 0
     for op in args.ops.split(","):
-        recs = check(op, args.backend, args.size, dev)
+        with _small_chunks_on_cpu(args.size, dev):
+            recs = check(op, args.backend, args.size, dev)
         with open(args.out, "a") as f:
             f.writelines(json.dumps(r) + "\n" for r in recs)
         for r in recs[:-1]:

@@ -6,6 +6,7 @@ CI as `make gpu-check REHEARSE=1` (.ci/run)."""
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import os
 import re
@@ -40,6 +41,7 @@ def test_a_crashing_backend_is_recorded_failed(tmp_path) -> None:
     )
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     assert rc == 1 and recs[-1]["passed"] is False and "unavailable" in recs[-1]["note"]
+    assert importlib.import_module("mage_fast.ops.ce_mse").CHUNK_BYTES == 64 * 2**20  # restored
 
 
 def _rows(path: str) -> None:
