@@ -183,3 +183,39 @@ def test_probe_and_maps(tiny, tmp_path):
     path = str(tmp_path / "maps.png")
     draw_maps(model, data, rows[:3], {"sam": {rows[0]["id"]: "every scene has a red circle ."}}, path)
     assert open(path, "rb").read(4) == b"\x89PNG"
+
+
+def test_finished_runs_reused(tmp_path, monkeypatch):
+    import argparse
+    import subprocess
+
+    from mage_fast.demo_multi import VARIANTS, run_all, run_dir
+
+    for v in VARIANTS:
+        for s in (3, 4):
+            os.makedirs(run_dir(str(tmp_path), v, s))
+            with open(os.path.join(run_dir(str(tmp_path), v, s), "done.json"), "w") as f:
+                json.dump({"variant": v, "seed": s}, f)
+
+    def no_launch(*args, **kwargs):
+        raise AssertionError("a finished run was launched again")
+
+    monkeypatch.setattr(subprocess, "run", no_launch)
+    a = argparse.Namespace(out=str(tmp_path), data="unused", config="unused", seeds=[3, 4], jobs=2, overrides=[])
+    done = run_all(a)
+    assert {v: [r["seed"] for r in rs] for v, rs in done.items()} == {v: [3, 4] for v in VARIANTS}
+    assert all(r["variant"] == v for v, rs in done.items() for r in rs)
+
+
+def test_make_passes_seeds_and_overrides():
+    import subprocess
+
+    from testutil import ROOT
+
+    p = subprocess.run(
+        ["make", "-n", "-o", ".venv/.mage-fast-installed", "demo-multi", "MULTI_SEEDS=3 4", "MULTI_ARGS=max_steps=9"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    line = p.stdout.replace("\\\n", " ").splitlines()[-1]
+    assert "-m mage_fast.demo_multi" in line and line.endswith("max_steps=9 --seeds 3 4")
