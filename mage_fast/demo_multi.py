@@ -55,11 +55,18 @@ def child(run: str, data: str, config: str, max_new_tokens: int, overrides: list
     """Train (unless the run's export exists), answer the held-out sets, probe a sam; done.json last."""
     from mage_fast.train.__main__ import main as train_main
 
-    t0, c0 = time.time(), _cpu()
+    timing = os.path.join(run, "train_time.json")
     if not os.path.isfile(os.path.join(run, "summary.json")):
+        t0, c0 = time.time(), _cpu()
         code = train_main(["--config", config, f"run_dir={run}", f"data.root={data}", "resume=false", *overrides])
         if code:
             sys.exit(code)
+        _write_json(timing, {"train_wall_s": time.time() - t0, "train_cpu_s": _cpu() - c0})
+    # a run trained by another process without this record has no training time (null)
+    trained = {"train_wall_s": None, "train_cpu_s": None}
+    if os.path.isfile(timing):
+        with open(timing) as f:
+            trained = json.load(f)
     t1, c1 = time.time(), _cpu()
     import torch
 
@@ -77,12 +84,7 @@ def child(run: str, data: str, config: str, max_new_tokens: int, overrides: list
         said["probe"] = probe(model, data, rows)
     with open(os.path.join(run, "summary.json")) as f:
         steps = json.load(f)["step"]
-    times = {
-        "train_wall_s": t1 - t0,
-        "train_cpu_s": c1 - c0,
-        "eval_wall_s": time.time() - t1,
-        "eval_cpu_s": _cpu() - c1,
-    }
+    times = {**trained, "eval_wall_s": time.time() - t1, "eval_cpu_s": _cpu() - c1}
     _write_json(os.path.join(run, "done.json"), {**said, "steps": steps, **times})
 
 

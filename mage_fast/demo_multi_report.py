@@ -93,7 +93,9 @@ def _ci(d: dict) -> str:
 
 
 def _timing_line(t: dict) -> str:
-    return (f"Wall {t['wall_s']:.0f} s for this invocation; CPU time of the runs: training {t['train_cpu_s']:.0f} s, "
+    untimed = t.get("untimed_trainings")
+    untimed = f" ({untimed} trained by another process, not counted)" if untimed else ""
+    return (f"Wall {t['wall_s']:.0f} s for this invocation; CPU time of the runs: training {t['train_cpu_s']:.0f} s{untimed}, "
             f"answering and probing {t['eval_cpu_s']:.0f} s (on an idle 2-core machine with 2 jobs the runs "
             f"take about half their CPU time in wall time).")  # fmt: skip
 
@@ -132,7 +134,8 @@ def write_results(out: str, data: str, done: dict, seeds: list[int], maps: list[
     runs = [r for rs in done.values() for r in rs]
     timing = {
         "wall_s": wall,
-        "train_cpu_s": sum(r["train_cpu_s"] for r in runs),
+        "train_cpu_s": sum(r["train_cpu_s"] for r in runs if r.get("train_cpu_s") is not None),
+        "untimed_trainings": sum(r.get("train_cpu_s") is None for r in runs),
         "eval_cpu_s": sum(r["eval_cpu_s"] for r in runs),
     }
     steps = runs[0]["steps"]

@@ -96,7 +96,7 @@ def test_write_results(tmp_path):
     perfect = {k: v[0] for k, v in refs.items()}
     probe_row = {"entropy": 0.9, "link_lift": 1.2, "guidance_size": 0.1}
     done = {
-        "ian": [dict(answers=preds, **timing)] * 2,
+        "ian": [dict(answers=preds, **timing), dict(answers=preds, **dict(timing, train_cpu_s=None))],
         "sam": [dict(answers=perfect, answers_noguide=preds, probe=probe_row, **timing)] * 2,
     }
     md = write_results(str(out), str(data), done, [0, 1], [], 100, 30.0)
@@ -108,7 +108,8 @@ def test_write_results(tmp_path):
     hit = object_hits(perfect, refs, {k: tasks[i % 3] for i, k in enumerate(refs)})["all"]["object"]
     assert any(x.startswith("| all | ") and f"| {hit:.2f} ± 0.00 (12 distinct) |" in x for x in lines)
     saved = json.loads((out / "results.json").read_text())
-    assert saved["diff"]["sam"]["all"]["ROUGE-L"]["lo"] > 0 and saved["timing"]["train_cpu_s"] == 40.0
+    assert saved["diff"]["sam"]["all"]["ROUGE-L"]["lo"] > 0 and saved["timing"]["train_cpu_s"] == 30.0
+    assert "training 30 s (1 trained by another process, not counted)" in md
     assert saved["probe"]["sam"]["link_lift"] == [1.2, 0.0]
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
 
