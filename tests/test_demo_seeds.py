@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-from testutil import ROOT
+from testutil import ROOT, make_dry_run
 
 from mage_fast.demo_seeds import main
 
@@ -17,9 +17,7 @@ STAMP = os.path.join(".venv", ".mage-fast-installed")
 
 
 def dry_run(*args: str) -> list[str]:
-    p = subprocess.run(["make", "-n", "-o", STAMP, *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert p.returncode == 0, p.stderr
-    return p.stdout.replace("\\\n", " ").splitlines()
+    return make_dry_run("-o", STAMP, *args)
 
 
 def test_seed_reaches_the_world_and_both_stages():

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 
-from testutil import ROOT
+from testutil import ROOT, make_dry_run
 
 VENV_BIN = os.path.join(ROOT, ".venv", "bin")
 STAMP = os.path.join(".venv", ".mage-fast-installed")
@@ -25,9 +24,7 @@ def phony_targets() -> list[str]:
 def dry_run(target: str) -> list[str]:
     """The shell lines `make -n TARGET` prints (continuations joined); install's recipe included."""
     extra = ["-W", "setup.py"] if target == "install" else ["-o", STAMP]
-    p = subprocess.run(["make", "-n", *extra, target], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert p.returncode == 0, p.stderr
-    return p.stdout.replace("\\\n", " ").splitlines()
+    return make_dry_run(*extra, target)
 
 
 def runs_venv_program(program: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 from mage_fast.model.config import AlignerConfig, LLMConfig, ModelConfig, VisionConfig
 
@@ -25,6 +26,17 @@ def remove_ds_shm_buffers() -> None:
                 os.unlink(path)
             except OSError:
                 pass
+
+
+def make_dry_run(*args: str) -> list[str]:
+    """The shell lines `make -n ARGS` prints in the repository, continuations joined. The caller's
+    make variables are dropped: under `make test` the child make would otherwise print its
+    "Entering/Leaving directory" lines among the commands."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")}
+    cmd = ["make", "-n", "--no-print-directory", *args]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    assert p.returncode == 0, p.stderr
+    return p.stdout.replace("\\\n", " ").splitlines()
 
 
 def tiny_model_config(aligner: str = "ian") -> ModelConfig:

@@ -209,14 +209,8 @@ def test_finished_runs_reused(tmp_path, monkeypatch):
 
 
 def test_make_passes_seeds_and_overrides():
-    import subprocess
+    from testutil import make_dry_run
 
-    from testutil import ROOT
-
-    p = subprocess.run(
-        ["make", "-n", "-o", ".venv/.mage-fast-installed", "demo-multi", "MULTI_SEEDS=3 4", "MULTI_ARGS=max_steps=9"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert p.returncode == 0, p.stderr
-    line = p.stdout.replace("\\\n", " ").splitlines()[-1]
+    lines = make_dry_run("-o", ".venv/.mage-fast-installed", "demo-multi", "MULTI_SEEDS=3 4", "MULTI_ARGS=max_steps=9")
+    line = lines[-1]
     assert "-m mage_fast.demo_multi" in line and line.endswith("max_steps=9 --seeds 3 4")
