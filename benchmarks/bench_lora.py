@@ -68,7 +68,11 @@ def _spawn(args: argparse.Namespace, size: str, mode: str) -> dict:
     """One case in a child process: its row, or an error row."""
     cmd = [sys.executable, "-m", "benchmarks.bench_lora", "--config", args.config, "--device", args.device,
            "--child", f"{size}:{mode}", *(["--smoke"] if args.smoke else [])]  # fmt: skip
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    # The child is a world of its own: a process group of this process (bench_step's engine, run
+    # earlier in the same smoke process) left RANK and MASTER_PORT set, and its store holds the port.
+    dist_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in dist_vars}
+    env["PYTHONWARNINGS"] = "ignore"
     proc = subprocess.run(cmd, cwd=common.ROOT, env=env, capture_output=True, text=True)
     found = [ln for ln in proc.stdout.splitlines() if ln.startswith(ROW_TAG)]
     if proc.returncode == 0 and found:
