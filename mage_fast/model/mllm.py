@@ -106,6 +106,22 @@ class MageModel(nn.Module):
             return (e * m).sum(1) / m.sum(1).clamp(min=1.0)
 
     # -- training -----------------------------------------------------------------------------
+    def _alignment_targets(
+        self,
+        d_img: torch.Tensor,
+        input_ids: torch.Tensor,
+        caption_ids: torch.Tensor | None,
+        caption_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """d_txt (M, D) in d_img's dtype and img_mask (M,) bool: which images have a caption."""
+        if caption_ids is not None and caption_mask is not None and d_img.shape[0] > 0:
+            return self.caption_targets(caption_ids, caption_mask).to(d_img.dtype), caption_mask.any(1)
+        if caption_ids is not None:
+            # A rank without images still calls the caption embedding lookup: under ZeRO-3 each
+            # module call gathers its parameters with the other ranks, which make this call.
+            self.caption_targets(input_ids.new_zeros(1, 1), input_ids.new_zeros(1, 1, dtype=torch.bool))
+        return torch.zeros_like(d_img), torch.zeros(d_img.shape[0], dtype=torch.bool, device=d_img.device)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -148,16 +164,7 @@ class MageModel(nn.Module):
         h = hidden[:, :-1][sel]
         y = targets[sel]
         d_img = z.mean(1)
-        if caption_ids is not None and caption_mask is not None and z.shape[0] > 0:
-            d_txt = self.caption_targets(caption_ids, caption_mask).to(d_img.dtype)
-            img_mask = caption_mask.any(1)
-        else:
-            if caption_ids is not None:
-                # A rank without images still calls the caption embedding lookup: under ZeRO-3 each
-                # module call gathers its parameters with the other ranks, which make this call.
-                self.caption_targets(input_ids.new_zeros(1, 1), input_ids.new_zeros(1, 1, dtype=torch.bool))
-            d_txt = torch.zeros_like(d_img)
-            img_mask = torch.zeros(d_img.shape[0], dtype=torch.bool, device=d_img.device)
+        d_txt, img_mask = self._alignment_targets(d_img, input_ids, caption_ids, caption_mask)
         weight = self.llm.get_output_embeddings().weight
         lam = self.cfg.mse_lambda * mse_share
         loss, ce, mse = ce_mse(
