@@ -1,8 +1,9 @@
-"""README.md names only what exists: every module of a `python -m X` / `--module X` command
-imports and answers `--help` (all of them in one subprocess), every `make T` target is a rule of
-the Makefile, every path into the repository names a tracked file or folder (braces expanded,
-globs matched; `<op>`-style placeholders and run outputs are not paths into the repository), and
-none points outside it. The helpers are checked on a made-up README that breaks each rule."""
+"""README.md and docs/*.md name only what exists: every module of a `python -m X` / `--module X`
+command imports and answers `--help` (all of them in one subprocess), every `make T` target is a
+rule of the Makefile, every path into the repository names a tracked file or folder (braces
+expanded, globs matched; `<op>`-style placeholders and run outputs are not paths into the
+repository), every relative markdown link names a file beside the document, and none points
+outside the repository. The helpers are checked on a made-up document that breaks each rule."""
 
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ import re
 import subprocess
 import sys
 
+import pytest
 from testutil import ROOT
 
 _FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 _MODULE = re.compile(r"(?:\bpython3?|torchrun\b[^\n`]*?)\s+-m\s+([A-Za-z_][\w.]*)|--module\s+([A-Za-z_][\w.]*)")
 _TARGET = re.compile(r"(?:^|[\s;&|(`])make\s+([a-z][\w-]*)")
 _PATH = re.compile(r"(?<![\w/.-])((?:\.\./)*\.?[A-Za-z_][\w.-]*/[\w./{},*<>-]*)")
+_LINK = re.compile(r"\]\(([^()\s#]+)(?:#[^()\s]*)?\)")
 # Runs one module's command line with --help in this process; prints its exit status and whether it printed usage.
 _HELP = """
 import contextlib, io, json, runpy, sys
@@ -69,16 +72,29 @@ def _expand(path: str) -> list[str]:
 
 
 def repo_paths(text: str) -> set[str]:
-    """Paths into the repository (first component a tracked top-level entry) and any `../` path."""
+    """Paths written in prose or code, relative to the root: those into the repository (first
+    component a tracked top-level entry) and any `../` path. Markdown link targets are relative to
+    their document instead: `link_paths`."""
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     top = {line.split("/")[0] for line in tracked.splitlines()}
     found = set()
-    for raw in _PATH.findall(text):
+    for raw in _PATH.findall(_LINK.sub("]()", text)):
         path = raw.rstrip(".,;:")
         placeholder = "<" in path or re.fullmatch(r"[A-Z_]+(\.\w+)?", path.rsplit("/", 1)[-1])  # <op>.py, X.yaml
         if path.startswith("../") or (path.split("/")[0] in top and not placeholder):
             found.add(path)
     return found
+
+
+def _from_root(base: str, path: str) -> str:
+    """`path`, written in folder `base`, relative to the root (starting with `../` when outside)."""
+    return os.path.normpath(os.path.join(base, path)).replace(os.sep, "/")
+
+
+def link_paths(text: str, base: str = "") -> set[str]:
+    """Targets of the relative markdown links `[..](target)` / `![..](target)` of a document in
+    folder `base`, relative to the root; web and mail links are not paths."""
+    return {_from_root(base, t) for t in _LINK.findall(text) if not re.match(r"[a-z]+:", t)}
 
 
 def missing_paths(paths: set[str]) -> list[str]:
@@ -109,6 +125,7 @@ def test_the_checks_catch_what_does_not_exist():
         "```bash\npython -m mage_fast.nope --x\ndeepspeed --module mage_fast.train\nmake nope\n```\n"
         "Run `make test`, see configs/train/{demo_stage1,nope}.yaml, `mage_fast/ops/<op>.py` and\n"
         "    ../shared/tool.sh   # a helper elsewhere\n"
+        "[ok](../Makefile), [gone](nope.md#part), ![up](../../x.png), [web](https://example.com/a/b)\n"
     )
     assert modules(fake) == {"mage_fast.nope", "mage_fast.train"}
     assert targets(fake) - make_rules() == {"nope"}
@@ -116,27 +133,49 @@ def test_the_checks_catch_what_does_not_exist():
         "../shared/tool.sh (outside the repository)",
         "configs/train/{demo_stage1,nope}.yaml",
     ]
+    assert missing_paths(link_paths(fake)) == [
+        "../../x.png (outside the repository)",
+        "../Makefile (outside the repository)",
+        "nope.md",
+    ]
+    assert missing_paths(link_paths(fake, "docs")) == ["../x.png (outside the repository)", "docs/nope.md"]
     assert help_answers({"mage_fast.nope"})["mage_fast.nope"][0] != 0
 
 
-def _readme() -> str:
-    with open(os.path.join(ROOT, "README.md")) as f:
+DOCS = ["README.md", *sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))]
+
+
+def _read(doc: str) -> str:
+    with open(os.path.join(ROOT, doc)) as f:
         return f.read()
 
 
 def test_readme_make_targets_exist():
-    found = targets(_readme())
-    assert {"demo", "test", "bench-smoke"} <= found and not found - make_rules(), found - make_rules()
+    assert {"demo", "test", "bench-smoke"} <= targets(_read("README.md"))
 
 
-def test_readme_paths_exist():
-    paths = repo_paths(_readme())
-    assert len(paths) > 30 and not missing_paths(paths), missing_paths(paths)
+@pytest.mark.parametrize("doc", DOCS)
+def test_make_targets_exist(doc):
+    found = targets(_read(doc))
+    assert not found - make_rules(), found - make_rules()
 
 
-def test_readme_modules_answer_help():
-    names = modules(_readme())
-    answers = help_answers(names)
+def test_readme_names_enough_paths():
+    assert len(repo_paths(_read("README.md"))) > 20
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_paths_exist(doc):
+    text = _read(doc)
+    bad = missing_paths(repo_paths(text) | link_paths(text, os.path.dirname(doc)))
+    assert not bad, bad
+
+
+def test_modules_answer_help():
+    """All documents' modules in one subprocess (importing them is most of this file's time)."""
+    names = {doc: modules(_read(doc)) for doc in DOCS}
+    answers = help_answers(set().union(*names.values()))
     print(answers)
-    assert {"mage_fast.train", "mage_fast.train.convert", "mage_fast.eval"} <= names
-    assert not {n: a for n, a in answers.items() if a != [0, True]}
+    assert {"mage_fast.train", "mage_fast.eval"} <= names["README.md"]
+    bad = {f"{doc}: {n}": answers[n] for doc, found in names.items() for n in sorted(found) if answers[n] != [0, True]}
+    assert not bad, bad
