@@ -31,7 +31,7 @@ $(STAMP): $(SOURCES)
 # (questions), then held-out exact-match accuracy per question type. Two ranks on CPU via gloo.
 # SEED seeds the world (images, questions, held-out rows) and both stages' init and data order.
 demo: install
-	$(VENV_PATH) $(VPY) -m mage_fast.data.shapes --out $(DEMO)/data --n 6000 --seed $(SEED)
+	$(VENV_PATH) $(VPY) -m mage_fast.shapes.scenes --out $(DEMO)/data --n 6000 --seed $(SEED)
 	$(VENV_PATH) deepspeed --num_gpus $(NPROC) --module mage_fast.train \
 	  --config configs/train/demo_stage1.yaml run_dir=$(DEMO)/stage1 data.root=$(DEMO)/data seed=$(SEED)
 	$(VENV_PATH) deepspeed --num_gpus $(NPROC) --module mage_fast.train \
@@ -110,7 +110,7 @@ demo-lora: install
 # executor's scores on the held-out rows (valid-call, tool name, arguments, over-call, end-to-end).
 demo-tools: install
 	test -f $(DEMO)/stage2/export/mage_config.json || $(MAKE) demo
-	$(VENV_PATH) $(VPY) -m mage_fast.data.shapes_tools --out $(DEMO)/tools --n 6300 --n-eval 300 --seed 1
+	$(VENV_PATH) $(VPY) -m mage_fast.shapes.tool_tasks --out $(DEMO)/tools --n 6300 --n-eval 300 --seed 1
 	$(VENV_PATH) deepspeed --num_gpus $(NPROC) --module mage_fast.train \
 	  --config configs/train/demo_tools.yaml run_dir=$(DEMO)/stage3 data.root=$(DEMO)/tools \
 	  init_from=$(DEMO)/stage2/export
@@ -127,7 +127,7 @@ DEMO_MULTI ?= runs/demo_multi
 MULTI_SEEDS ?= 0 1 2
 MULTI_ARGS ?=
 demo-multi: install
-	$(VENV_PATH) $(VPY) -m mage_fast.data.shapes_multi --out $(DEMO_MULTI)/data --n 2000 --n-eval 50 --seed 0
+	$(VENV_PATH) $(VPY) -m mage_fast.shapes.multi --out $(DEMO_MULTI)/data --n 2000 --n-eval 50 --seed 0
 	$(VENV_PATH) $(VPY) -m mage_fast.demo_multi --data $(DEMO_MULTI)/data --out $(DEMO_MULTI) \
 	  --config configs/train/demo_multi.yaml $(MULTI_ARGS) --seeds $(MULTI_SEEDS)
 

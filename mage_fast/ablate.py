@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--n", type=int, default=3000, help="images in the shapes world")
     a = p.parse_args(argv)
-    from mage_fast.data.shapes import generate
+    from mage_fast.shapes.scenes import generate
 
     if not os.path.isfile(os.path.join(a.out, "data", "world.json")):
         generate(os.path.join(a.out, "data"), n=a.n, seed=0)

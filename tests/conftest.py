@@ -22,7 +22,7 @@ os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.g
 
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory) -> str:
-    from mage_fast.data.shapes import generate
+    from mage_fast.shapes.scenes import generate
 
     out = str(tmp_path_factory.mktemp("shapes"))
     generate(out, n=60, seed=0)

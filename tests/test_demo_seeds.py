@@ -22,7 +22,7 @@ def dry_run(*args: str) -> list[str]:
 
 def test_seed_reaches_the_world_and_both_stages():
     lines = dry_run("demo", "SEED=7", "DEMO=/tmp/d7")
-    world = [x for x in lines if "mage_fast.data.shapes" in x]
+    world = [x for x in lines if "mage_fast.shapes.scenes" in x]
     stages = [x for x in lines if "mage_fast.train" in x]
     assert len(world) == 1 and "--seed 7" in world[0] and "--out /tmp/d7/data" in world[0]
     assert len(stages) == 2 and all(" seed=7" in x for x in stages)

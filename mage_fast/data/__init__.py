@@ -1,17 +1,17 @@
 """LLaVA-format data pipeline: config, image transform, special tokens, templates, dataset, collator."""
 
-from .collator import Collator
-from .config import DataConfig
-from .image import CLIP_MEAN, CLIP_STD, ImageTransform, load_image
-from .llava import REASONS, DataError, DataStats, LlavaDataset, read_rows
-from .template import (
+from mage_fast.data.collator import Collator
+from mage_fast.data.config import DataConfig
+from mage_fast.data.image import CLIP_MEAN, CLIP_STD, ImageTransform, load_image
+from mage_fast.data.llava import REASONS, DataError, DataStats, LlavaDataset, read_rows
+from mage_fast.data.template import (
     IGNORE_INDEX,
     ConversationTemplate,
     encode_conversation,
     encode_generation_prompt,
     to_messages,
 )
-from .tokens import IMAGE_TOKEN, ensure_special_tokens, image_token_id
+from mage_fast.data.tokens import IMAGE_TOKEN, ensure_special_tokens, image_token_id
 
 __all__ = [
     "CLIP_MEAN",

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from .packing import pack_rows
-from .template import IGNORE_INDEX
+from mage_fast.data.packing import pack_rows
+from mage_fast.data.template import IGNORE_INDEX
 
 
 class Collator:

@@ -18,8 +18,8 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .llava import read_rows
-from .tokens import IMAGE_TOKEN
+from mage_fast.data.llava import read_rows
+from mage_fast.data.tokens import IMAGE_TOKEN
 
 MANTIS_ROLES = {"user": "human", "human": "human", "assistant": "gpt", "gpt": "gpt", "system": "system"}
 

@@ -1,7 +1,7 @@
 """The tool loop: generate, parse, validate, execute, feed the result back, until an answer.
 
 Each step the model answers the conversation so far (greedy). Text with ``<tool_call>`` blocks is
-parsed (:func:`~mage_fast.tools.convert.parse_markup`, strings stripped: word-level tokenizers
+parsed (:func:`~mage_fast.toolcall.convert.parse_markup`, strings stripped: word-level tokenizers
 decode with spaces between tokens) and every call runs through the :class:`Registry` (schema check
 first; failures are error observations). The calls and observations join the conversation, an
 image result as an ``<image>`` placeholder plus the image itself, and the model answers again.
@@ -21,9 +21,9 @@ from PIL import Image
 from mage_fast.data.image import ImageTransform
 from mage_fast.data.template import ConversationTemplate
 
-from .convert import parse_markup
-from .format import CALL_ROLE, OBS_ROLE, Call, RowError, calls_value, check_calls
-from .registry import Observation, Registry
+from mage_fast.toolcall.convert import parse_markup
+from mage_fast.toolcall.format import CALL_ROLE, OBS_ROLE, Call, RowError, calls_value, check_calls
+from mage_fast.tools.registry import Observation, Registry
 
 
 @dataclass
@@ -134,7 +134,7 @@ def load_agent(model_dir: str, modules: list[str] = (), timeout_s: float = 30.0,
     """An Agent over an exported model, the built-in tools and those of ``modules``."""
     from mage_fast.model.pretrained import image_transform, load_pretrained
 
-    from .registry import make_registry
+    from mage_fast.tools.registry import make_registry
 
     model, tok = load_pretrained(model_dir)
     model.eval()

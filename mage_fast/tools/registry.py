@@ -31,7 +31,7 @@ from typing import Any
 
 from PIL import Image
 
-from .format import IMAGE_TOKEN, Call, RowError, check_calls
+from mage_fast.toolcall.format import IMAGE_TOKEN, Call, RowError, check_calls
 
 DEFAULT_TIMEOUT_S = 30.0
 
@@ -116,7 +116,7 @@ def _wrap(name: str, out: Any) -> Observation:
 
 def builtin_tools() -> list[Tool]:
     """The shapes world's ``render_scene`` and ``edit_scene``."""
-    from . import builtin
+    from mage_fast.tools import builtin
 
     return [Tool(builtin.render_scene, builtin.RENDER_SCHEMA), Tool(builtin.edit_scene, builtin.EDIT_SCHEMA, True)]
 

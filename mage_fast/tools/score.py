@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .format import CALL_ROLE, USER_ROLES, Call, parse_calls, role_of
+from mage_fast.toolcall.format import CALL_ROLE, USER_ROLES, Call, parse_calls, role_of
 
 
 def normalize(x: Any) -> Any:
@@ -155,8 +155,8 @@ def _load(path: str) -> Image.Image:
 
 def prepare(rows: list[dict[str, Any]], root: str) -> list[dict[str, Any]]:
     """Rows → records with a fresh episode (the prompt turns and their images) each."""
-    from .agent import Episode
-    from .format import count_placeholders
+    from mage_fast.tools.agent import Episode
+    from mage_fast.toolcall.format import count_placeholders
 
     out = []
     for row in rows:
@@ -193,7 +193,7 @@ def evaluate(
     """Scores overall and per row ``kind`` of the first ``limit`` rows (0: all)."""
     from mage_fast.data.llava import read_rows
 
-    from .agent import load_agent
+    from mage_fast.tools.agent import load_agent
 
     t0 = time.time()
     agent = load_agent(model_dir, list(modules), timeout_s, max_steps=max_steps)
@@ -211,7 +211,7 @@ def evaluate(
 
 def tools_config(path: str | None):
     """The ``tools`` section of a training YAML (defaults without one)."""
-    from .config import ToolsConfig
+    from mage_fast.toolcall.config import ToolsConfig
 
     if not path:
         return ToolsConfig()

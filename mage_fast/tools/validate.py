@@ -18,7 +18,7 @@ import sys
 from collections import Counter
 from typing import Any
 
-from .format import RowError, check_row
+from mage_fast.toolcall.format import RowError, check_row
 
 
 def validate_rows(rows: list[Any]) -> list[tuple[str, str, str]]:

@@ -10,7 +10,7 @@ from mage_fast.configtools import ConfigError
 from mage_fast.data.config import DataConfig
 from mage_fast.model.config import ModelConfig
 from mage_fast.model.lora_config import LoraConfig
-from mage_fast.tools.config import ToolsConfig
+from mage_fast.toolcall.config import ToolsConfig
 
 Schedule = Literal["cosine", "constant"]
 # Signals that ask for a checkpoint and a clean exit (mage_fast.train.preempt).

@@ -9,7 +9,7 @@ import torch
 from _data_helpers import make_tokenizer, qa, write_png, write_rows, write_truncated
 
 from mage_fast.data import IGNORE_INDEX, DataConfig, DataError, ImageTransform, LlavaDataset
-from mage_fast.tools.format import TOOL_REASONS
+from mage_fast.toolcall.format import TOOL_REASONS
 
 K, S = 4, 8
 

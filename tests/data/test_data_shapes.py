@@ -10,7 +10,7 @@ import sys
 
 from testutil import ROOT
 
-from mage_fast.data.shapes import generate
+from mage_fast.shapes.scenes import generate
 
 
 def _digest(root: str) -> dict[str, str]:
@@ -72,7 +72,7 @@ def test_places_add_a_position_first_row_per_training_image(tmp_path) -> None:
 
 def test_cli_writes_the_world(tmp_path) -> None:
     out = str(tmp_path / "cli")
-    p = subprocess.run([sys.executable, "-m", "mage_fast.data.shapes", "--out", out, "--n", "20", "--seed", "1"],
+    p = subprocess.run([sys.executable, "-m", "mage_fast.shapes.scenes", "--out", out, "--n", "20", "--seed", "1"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert os.path.isfile(os.path.join(out, "world.json")) and os.path.isdir(os.path.join(out, "tokenizer"))

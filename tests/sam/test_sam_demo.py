@@ -149,7 +149,7 @@ def tiny(tmp_path_factory):
     from transformers import AutoTokenizer
 
     from mage_fast.data import ensure_special_tokens
-    from mage_fast.data.shapes_multi import generate
+    from mage_fast.shapes.multi import generate
     from mage_fast.model.mllm import MageModel
 
     data = str(tmp_path_factory.mktemp("multi"))

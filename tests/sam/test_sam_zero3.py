@@ -11,7 +11,7 @@ import os
 import pytest
 from launchutil import TINY, launch, run_summary
 
-from mage_fast.data.shapes_multi import generate
+from mage_fast.shapes.multi import generate
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ import sys
 import pytest
 from testutil import ROOT
 
-from mage_fast.tools.convert import from_hermes, from_openai, parse_markup, to_hermes, to_openai
-from mage_fast.tools.format import Call, RowError, check_row, parse_calls
+from mage_fast.toolcall.convert import from_hermes, from_openai, parse_markup, to_hermes, to_openai
+from mage_fast.toolcall.format import Call, RowError, check_row, parse_calls
 from mage_fast.tools.validate import validate_rows
 
 WEATHER = {"name": "weather", "description": "weather of a city",

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 from mage_fast.data.template import IGNORE_INDEX, ConversationTemplate, to_messages
-from mage_fast.tools.builtin import EDIT_SCHEMA
+from mage_fast.shapes.builtin import EDIT_SCHEMA
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "data"))
 from _data_helpers import make_tokenizer  # noqa: E402

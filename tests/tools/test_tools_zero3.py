@@ -9,7 +9,7 @@ import os
 import pytest
 from launchutil import TINY, launch, run_summary
 
-from mage_fast.data.shapes_tools import generate_tools
+from mage_fast.shapes.tool_tasks import generate_tools
 
 pytestmark = pytest.mark.slow
 

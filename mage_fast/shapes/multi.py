@@ -1,6 +1,6 @@
 """Multi-image tasks in the shapes world: group captioning, change captioning, storytelling.
 
-    python -m mage_fast.data.shapes_multi --out DIR --n N --seed S [--objects 4 6]
+    python -m mage_fast.shapes.multi --out DIR --n N --seed S [--objects 4 6]
 
 N sets per task for training plus held-out sets (never-seen scenes, their own image files). The
 tasks are built so that what links a set's images is not what an image-by-image extraction keeps
@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 
 from PIL import Image, ImageDraw
 
-from .shapes import COLOURS, SHAPES, Obj, caption, draw_shape, train_word_tokenizer
+from mage_fast.shapes.scenes import COLOURS, SHAPES, Obj, caption, draw_shape, train_word_tokenizer
 
 TASKS = ("group", "change", "story")
 PROMPTS = {"group": "what do the scenes share ?", "change": "what changed ?", "story": "tell the story ."}
@@ -227,7 +227,7 @@ def generate(out: str, n: int, seed: int, size: int = 48, n_eval: int = 50, desi
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="mage_fast.data.shapes_multi", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="mage_fast.shapes.multi", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--n", type=int, default=2000, help="training sets per task")
     p.add_argument("--n-eval", type=int, default=50, help="held-out sets per task")

@@ -1,6 +1,6 @@
 """Tool-calling rows for the shapes world (stage 3 of the demo), executed by the real tools.
 
-    python -m mage_fast.data.shapes_tools --out DIR --n N --seed S
+    python -m mage_fast.shapes.tool_tasks --out DIR --n N --seed S
 
 Kinds (``qtype`` of each row), every row carrying the ``render_scene`` and ``edit_scene`` schemas:
 
@@ -31,11 +31,11 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from mage_fast.tools.builtin import EDIT_SCHEMA, RENDER_SCHEMA, edit_scene, render_scene
-from mage_fast.tools.convert import calls_markup, response_markup, tools_block
-from mage_fast.tools.format import Call, calls_value
+from mage_fast.shapes.builtin import EDIT_SCHEMA, RENDER_SCHEMA, edit_scene, render_scene
+from mage_fast.toolcall.convert import calls_markup, response_markup, tools_block
+from mage_fast.toolcall.format import Call, calls_value
 
-from .shapes import COLOURS, POSITIONS, SHAPES, Obj, draw_scene, questions, sample_scene
+from mage_fast.shapes.scenes import COLOURS, POSITIONS, SHAPES, Obj, draw_scene, questions, sample_scene
 
 TOOLS = [RENDER_SCHEMA, EDIT_SCHEMA]
 KINDS = ("draw", "edit", "edit_describe", "none")

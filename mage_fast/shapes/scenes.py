@@ -1,6 +1,6 @@
 """The built-in task: a shapes world drawn on a grid, as LLaVA JSON splits plus a word tokenizer.
 
-    python -m mage_fast.data.shapes --out DIR --n N --seed S
+    python -m mage_fast.shapes.scenes --out DIR --n N --seed S
 
 Each image (S×S px, default 48) holds 1–4 coloured shapes, each in its own cell of a 3×3 grid
 (cell = S/3 px, so with 8-px patches and 2×2 pooling each pooled visual token sees one cell).
@@ -186,7 +186,7 @@ def generate(
         else:
             evals.extend(_row(f"{i:05d}-{t}", rel, q, a, cap, t) for t, q, a in qs)
     texts += ["describe the image ."] + ([PLACES_PROMPT] if with_places else [])
-    from .shapes_tools import tool_corpus  # the tool rows' words and JSON punctuation (stage 3)
+    from mage_fast.shapes.tool_tasks import tool_corpus  # the tool rows' words and JSON punctuation (stage 3)
 
     texts.extend(tool_corpus())
     for name, rows in (("stage1", stage1), ("stage2", stage2 + stage1), ("eval", evals)):
