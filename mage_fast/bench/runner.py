@@ -24,6 +24,7 @@ from mage_fast.bench.common import LETTERS, Question, answer_row, read_answers, 
 from mage_fast.data.image import ImageTransform, load_image
 from mage_fast.data.llava_conv import make_template
 from mage_fast.data.template import IGNORE_INDEX, ConversationTemplate
+from mage_fast.labels import next_token_targets
 
 
 @dataclass
@@ -161,8 +162,7 @@ def choice_scores(bench: Bench, qs: list[Question]) -> torch.Tensor:
     pix = pixels(bench, qs).repeat_interleave(n, 0)
     embeds, _ = bench.model.embed(ids, pix, torch.ones(len(ids), dtype=torch.long))
     logits = bench.model.llm(inputs_embeds=embeds, attention_mask=mask).logits[:, :-1].float()
-    y = labels[:, 1:]
-    sel = y != IGNORE_INDEX
+    y, sel = next_token_targets(labels)
     logp = torch.log_softmax(logits, -1).gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     mean = (logp * sel).sum(1) / sel.sum(1).clamp(min=1)
     return mean.view(len(qs), n)
