@@ -119,9 +119,9 @@ def run_all(a: argparse.Namespace) -> dict[str, list[dict]]:
 
 def draw_guidance(a: argparse.Namespace, done: dict[str, list[dict]]) -> list[str]:
     """guidance_<variant>.png for each sam variant's first seed over MAP_SETS held-out sets per task."""
-    from mage_fast.shapes.multi import TASKS
     from mage_fast.demo_multi_look import draw_maps
     from mage_fast.model.pretrained import load_pretrained
+    from mage_fast.shapes.multi import TASKS
 
     with open(os.path.join(a.data, "eval.json")) as f:
         rows = json.load(f)

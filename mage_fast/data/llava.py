@@ -13,12 +13,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mage_fast.toolcall.format import TOOL_REASONS, RowError, check_turns, is_tool_row, load_tools
 from mage_fast.data.config import DataConfig
 from mage_fast.data.image import ImageTransform, load_image
 from mage_fast.data.scan import Result, scan_images
 from mage_fast.data.template import ConversationTemplate, to_messages
 from mage_fast.data.tokens import IMAGE_TOKEN
+from mage_fast.toolcall.format import TOOL_REASONS, RowError, check_turns, is_tool_row, load_tools
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from mage_fast.data.tokens import IMAGE_TOKEN, image_token_id
 from mage_fast.labels import IGNORE_INDEX
-
 from mage_fast.toolcall.convert import calls_markup, response_markup, tools_block
 from mage_fast.toolcall.format import parse_calls
-from mage_fast.data.tokens import IMAGE_TOKEN, image_token_id
 
 ROLES = {
     "human": "user",

@@ -1,4 +1,4 @@
-"""The shapes world's tools, drawn by the world's own code (:func:`mage_fast.shapes.scenes.draw_scene`).
+"""The shapes world's tools, drawn by the world's own code (:func:`mage_fast.shapes.world.draw_scene`).
 
 - ``render_scene(objects)``: objects ``{"shape", "colour", "position"}`` → a PNG, each shape at its
   cell's centre with one size (no jitter: the same objects always give the same pixels).
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mage_fast.shapes.scenes import COLOURS, POSITIONS, SHAPES, Obj, draw_scene
+from mage_fast.shapes.world import COLOURS, POSITIONS, SHAPES, Obj, draw_scene
 
 IMAGE_SIZE = 48
 

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 
 from PIL import Image, ImageDraw
 
-from mage_fast.shapes.scenes import COLOURS, SHAPES, Obj, caption, draw_shape, train_word_tokenizer
+from mage_fast.shapes.world import COLOURS, SHAPES, Obj, caption, draw_shape, train_word_tokenizer
 
 TASKS = ("group", "change", "story")
 PROMPTS = {"group": "what do the scenes share ?", "change": "what changed ?", "story": "tell the story ."}

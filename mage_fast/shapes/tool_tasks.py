@@ -32,10 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mage_fast.shapes.builtin import EDIT_SCHEMA, RENDER_SCHEMA, edit_scene, render_scene
+from mage_fast.shapes.world import COLOURS, POSITIONS, SHAPES, Obj, draw_scene, questions, sample_scene
 from mage_fast.toolcall.convert import calls_markup, response_markup, tools_block
 from mage_fast.toolcall.format import Call, calls_value
-
-from mage_fast.shapes.scenes import COLOURS, POSITIONS, SHAPES, Obj, draw_scene, questions, sample_scene
 
 TOOLS = [RENDER_SCHEMA, EDIT_SCHEMA]
 KINDS = ("draw", "edit", "edit_describe", "none")

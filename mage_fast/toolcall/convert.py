@@ -19,7 +19,17 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mage_fast.toolcall.format import CALL_ROLE, IMAGE_TOKEN, OBS_ROLE, Call, RowError, calls_value, load_tools, parse_calls, role_of
+from mage_fast.toolcall.format import (
+    CALL_ROLE,
+    IMAGE_TOKEN,
+    OBS_ROLE,
+    Call,
+    RowError,
+    calls_value,
+    load_tools,
+    parse_calls,
+    role_of,
+)
 
 _SG_ROLE = {"system": "system", "user": "human", "assistant": "gpt", "tool": OBS_ROLE}
 _CALL_RE = re.compile(r"<\s*tool_call\s*>(.*?)<\s*/\s*tool_call\s*>", re.S)

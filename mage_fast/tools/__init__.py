@@ -1,5 +1,3 @@
-"""Multimodal tool calling: row format, converters, validator, registry and executor, scores.
-
-Submodules are imported where used (``mage_fast.toolcall.format`` is light; the built-in tools pull in
-the shapes world's drawing code).
-"""
+"""Multimodal tool calling's programs: the registry and executor, the agent, scores, the validator.
+The row format and its conversions are :mod:`mage_fast.toolcall`; the built-in tools are the shapes
+world's (:mod:`mage_fast.shapes.builtin`)."""

@@ -20,7 +20,6 @@ from PIL import Image
 
 from mage_fast.data.image import ImageTransform
 from mage_fast.data.template import ConversationTemplate
-
 from mage_fast.toolcall.convert import parse_markup
 from mage_fast.toolcall.format import CALL_ROLE, OBS_ROLE, Call, RowError, calls_value, check_calls
 from mage_fast.tools.registry import Observation, Registry
@@ -133,7 +132,6 @@ class Agent:
 def load_agent(model_dir: str, modules: list[str] = (), timeout_s: float = 30.0, **kw: Any) -> Agent:
     """An Agent over an exported model, the built-in tools and those of ``modules``."""
     from mage_fast.model.pretrained import image_transform, load_pretrained
-
     from mage_fast.tools.registry import make_registry
 
     model, tok = load_pretrained(model_dir)

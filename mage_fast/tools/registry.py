@@ -31,6 +31,7 @@ from typing import Any
 
 from PIL import Image
 
+from mage_fast.shapes import builtin
 from mage_fast.toolcall.format import IMAGE_TOKEN, Call, RowError, check_calls
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -116,8 +117,6 @@ def _wrap(name: str, out: Any) -> Observation:
 
 def builtin_tools() -> list[Tool]:
     """The shapes world's ``render_scene`` and ``edit_scene``."""
-    from mage_fast.tools import builtin
-
     return [Tool(builtin.render_scene, builtin.RENDER_SCHEMA), Tool(builtin.edit_scene, builtin.EDIT_SCHEMA, True)]
 
 

@@ -155,8 +155,8 @@ def _load(path: str) -> Image.Image:
 
 def prepare(rows: list[dict[str, Any]], root: str) -> list[dict[str, Any]]:
     """Rows → records with a fresh episode (the prompt turns and their images) each."""
-    from mage_fast.tools.agent import Episode
     from mage_fast.toolcall.format import count_placeholders
+    from mage_fast.tools.agent import Episode
 
     out = []
     for row in rows:
@@ -192,7 +192,6 @@ def evaluate(
 ) -> dict[str, Any]:
     """Scores overall and per row ``kind`` of the first ``limit`` rows (0: all)."""
     from mage_fast.data.llava import read_rows
-
     from mage_fast.tools.agent import load_agent
 
     t0 = time.time()

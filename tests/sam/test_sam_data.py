@@ -15,8 +15,8 @@ from transformers import AutoTokenizer
 
 from mage_fast.data import Collator, ImageTransform, LlavaDataset, ensure_special_tokens
 from mage_fast.data.multi import convert, from_mantis, from_sam, place_images
-from mage_fast.shapes.scenes import POSITIONS
 from mage_fast.shapes.multi import STORY_LEN, Design, generate
+from mage_fast.shapes.world import POSITIONS
 
 OBJ = re.compile(r"(red|green|blue|yellow) (circle|square|triangle) at ([a-z ]+?)(?= ,| \.)")
 

@@ -149,8 +149,8 @@ def tiny(tmp_path_factory):
     from transformers import AutoTokenizer
 
     from mage_fast.data import ensure_special_tokens
-    from mage_fast.shapes.multi import generate
     from mage_fast.model.mllm import MageModel
+    from mage_fast.shapes.multi import generate
 
     data = str(tmp_path_factory.mktemp("multi"))
     generate(data, n=1, seed=0, n_eval=2, size=24)
