@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mage_fast.ops import device_class  # the class baselines.json and the CSV's `device` are keyed by
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
 RESULTS_CSV = os.path.join(RESULTS_DIR, "results.csv")
@@ -58,17 +60,6 @@ MODES = ("forward", "backward", "full")
 
 
 # -- identity --------------------------------------------------------------------------------
-def device_class(device: torch.device) -> str:
-    """cpu | h100 | h200 | a100 | cuda-<name>: the key of benchmarks/baselines.json."""
-    if device.type != "cuda":
-        return device.type
-    name = torch.cuda.get_device_name(device).lower()
-    for known in ("h200", "h100", "a100", "l40s"):
-        if known in name:
-            return known
-    return "cuda-" + "".join(c if c.isalnum() else "-" for c in name).strip("-")
-
-
 def device_name(device: torch.device) -> str:
     """Human-readable device, with the CPU thread count (timings scale with it)."""
     if device.type == "cuda":

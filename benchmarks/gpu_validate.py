@@ -139,7 +139,7 @@ def compare(case: Case, backend: str) -> list[dict]:
 
 def check(op: str, backend: str, size: str, dev: torch.device) -> list[dict]:
     """Records of one op on `backend`, the last one {"passed": bool} (an exception fails it)."""
-    from mage_fast.ops._backend import device_class
+    from mage_fast.ops import device_class
 
     torch.manual_seed(0)
     case = MAKERS[op](SIZES[size][op], dev)
@@ -158,7 +158,7 @@ def check(op: str, backend: str, size: str, dev: torch.device) -> list[dict]:
 def _small_chunks_on_cpu(size: str, dev: torch.device) -> Iterator[None]:
     """On CPU the smoke ce_mse case walks several chunks (the GPU sizes walk two by the planner);
     the planner's budget is restored afterwards."""
-    mod = importlib.import_module("mage_fast.ops.ce_mse")
+    mod = importlib.import_module("mage_fast.ops.ce_mse_plan")
     before = mod.CHUNK_BYTES
     if size == "smoke" and dev.type == "cpu":
         mod.CHUNK_BYTES = 2 * 16 * SIZES["smoke"]["ce_mse"]["V"] * 4

@@ -1,6 +1,6 @@
 """ce_mse: fused linear cross-entropy (never the N x V logits) + masked MSE, forward with gradients.
 
-The tokens are walked in chunks of `rows` (mage_fast.ops.ce_mse.plan). Per chunk:
+The tokens are walked in chunks of `rows` (mage_fast.ops.ce_mse_plan.plan). Per chunk:
   1. GEMM h_chunk W^T -> fp32 logits (rows, V) (one reused buffer);
   2. `_ce_mse_ce_kernel`, one token per program: an online log-sum-exp over vocabulary tiles, the
      token's CE (0 when ignored), and, when a gradient is wanted, P = softmax - onehot, unscaled,

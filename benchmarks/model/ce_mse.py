@@ -1,7 +1,7 @@
 """Traffic and FLOP model of ce_mse at N = 16384, H = 4096, V in {128256, 32000}, bf16.
 
 Each implementation is a sequence of kernels per chunk of tokens; the chunks come from the op's
-own planner (`mage_fast.ops.ce_mse.plan`, read at call time, so a planner change changes the
+own planner (`mage_fast.ops.ce_mse_plan.plan`, read at call time, so a planner change changes the
 prediction). Kernels run one after another, so the predicted time of fwd+bwd is the sum over
 kernels of each kernel's roofline time (its slowest resource), not the roofline of the totals.
 Counted per chunk of r rows (b = 2 bytes per bf16 element, acc = the grad_weight accumulator):
@@ -45,7 +45,7 @@ from mage_fast.kernels import _launch
 
 from benchmarks.model.roofline import Device, Row
 
-ce_mod = importlib.import_module("mage_fast.ops.ce_mse")
+plan_mod = importlib.import_module("mage_fast.ops.ce_mse_plan")
 N, H = 16384, 4096
 VOCABS = (128256, 32000)
 DTYPE = torch.bfloat16
@@ -108,7 +108,7 @@ def chunk_sizes(impl: str, dev: Device, v: int) -> list[int]:
     if impl == "liger":
         rows = triton_next_pow2(math.ceil(N / math.ceil(v / H)))
     else:
-        rows = ce_mod.plan(N, H, v, DTYPE, dev.name).rows
+        rows = plan_mod.plan(N, H, v, DTYPE, dev.name).rows
     return [min(rows, N - s) for s in range(0, N, rows)]
 
 

@@ -5,8 +5,8 @@ loss = ce + lam * mse, where
         denom = num_items if given else the number of labelled tokens (ce = 0 if none);
   mse = mean over the (img_mask images x D) elements of (img - img_target)^2 (0 if none).
 
-This module is the op's unit: the planner, the custom op with its fake and autograd, the
-low-level native op's fake and autograd, and the backend table.
+This module is the op's unit: the custom op with its fake and autograd, the low-level native
+op's fake and autograd, and the backend table; the chunking planner is `ce_mse_plan`.
 
 Stored gradients. The forward computes the gradients with the loss, unscaled: per chunk of tokens
 P = softmax - onehot (fp32; the target class as minus the sum of the other classes'
@@ -21,16 +21,7 @@ unscaled sum over many tokens can pass fp16's 65504), in the weight's dtype othe
 When the graph is not retained, the backward scales the stored gradients in place and hands them
 to autograd: the op holds one V x H buffer from forward to the weight's .grad, not two.
 
-Planner (`plan`): tokens are walked in chunks of `rows`; one fp32 (rows, V) logits buffer and
-its P exist at a time. CPU: `rows` keeps both within CHUNK_BYTES (64 MiB: 262 rows at V = 32000,
-65 at V = 128256). GPU: chunk buffers within the cap (GPU_BUFFER_CAP, at most 1/16 of the
-device's memory), rows a multiple of 128 and balanced over the chunks; among the fewest chunks
-that fit and up to three more, the one whose GEMMs take the least modelled time
-(`_chunk_seconds`: whole waves of output tiles on the SMs, and the unhidden fp32 read-modify-write
-of grad_weight once per chunk). At N = 16384, H = 4096, bf16: 4 chunks of 4096 rows for
-V = 128256 (3.15 GB of buffers), one chunk for V = 32000. The loop is token-outer. Every backend
-takes its rows from this planner, as does the traffic model (benchmarks/model/ce_mse.py), whose
-fuller count agrees with the choice (tests/benchmarks/test_model_ce_mse.py).
+Chunks: every backend walks the tokens in chunks of the rows that `ce_mse_plan.plan_for` gives.
 
 Backends: `torch` (this file), `triton` (kernels/ce_mse.py: fixed GEMM configs per shape, an
 online log-sum-exp row kernel), `cpp` and `cuda` (one native function, csrc/ce_mse.cpp, on two
@@ -40,95 +31,14 @@ a fixed order (per-row partials summed by torch): deterministic, no fp32 atomics
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 
 from mage_fast.ops import _backend, _ext, _triton  # noqa: F401  (_ext: load mage_fast._C first)
 from mage_fast.ops._checks import check_float, check_same_device, check_shape, check_tensor
 from mage_fast.ops._gemm import mm_f32, widen_off_cuda
+from mage_fast.ops.ce_mse_plan import plan_for
 
 OP = "ce_mse"
-CHUNK_BYTES: int = 64 * 2**20  # CPU: fp32 logits + P of one chunk
-DeviceClass = Literal["cpu", "h100", "h200", "gpu"]
-GPU_MEM_GIB: dict[str, float] = {"h100": 80.0, "h200": 141.0, "gpu": 24.0}
-GPU_ROW_MULTIPLE = 128  # tensor-core tile height
-GPU_BUFFER_CAP = 4 * 2**30  # chunk buffers at most 4 GiB, or 1/16 of the device's memory
-GPU_SMS = 132  # H100 / H200 SXM; another GPU ("gpu") is planned as if it had as many
-# (bf16 tensor-core FLOP/s, HBM bytes/s) per class: their ratio prices the grad_weight epilogue in
-# GEMM time. The figures of benchmarks/model/roofline.py (measured on these machines).
-GPU_RATES: dict[str, tuple[float, float]] = {
-    "h100": (790e12, 3.0e12),
-    "h200": (790e12, 4.3e12),
-    "gpu": (790e12, 3.0e12),
-}
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How the tokens are walked: `chunks` chunks of `rows` tokens (the last one may be shorter)."""
-
-    rows: int
-    chunks: int
-    order: Literal["tokens_outer"]
-    buffer_bytes: int  # fp32 logits + P (input dtype) of one chunk
-
-
-def chunk_rows(n: int, v: int, budget: int | None = None) -> int:
-    """CPU rule: tokens per chunk so that 2 fp32 (rows, v) buffers fit `budget` (CHUNK_BYTES)."""
-    budget = CHUNK_BYTES if budget is None else budget
-    return max(1, min(n, budget // (2 * 4 * max(v, 1))))
-
-
-def _waves(m: int, n: int, bm: int, bn: int) -> int:
-    """Waves of (bm, bn) output tiles of an (m, n) GEMM, one tile per SM at a time."""
-    return math.ceil(math.ceil(m / bm) * math.ceil(n / bn) / GPU_SMS)
-
-
-def _chunk_seconds(rows: int, n: int, h: int, v: int, device_class: str) -> float:
-    """Modelled time of the chunked GEMMs over `n` tokens in chunks of `rows`: whole waves of the
-    kernels' tiles (128x256: logits, grad_hidden; 128x128: grad_weight) and the grad_weight
-    accumulate epilogue, 8 bytes per V x H element per chunk, which no main loop hides."""
-    flops, hbm = GPU_RATES.get(device_class, GPU_RATES["gpu"])
-    per_sm = flops / GPU_SMS
-    t = 0.0
-    for s in range(0, max(n, 1), rows):
-        r = min(rows, max(n, 1) - s)
-        t += _waves(r, v, 128, 256) * 2 * 128 * 256 * h / per_sm  # logits, K = h
-        t += _waves(r, h, 128, 256) * 2 * 128 * 256 * v / per_sm  # grad_hidden, K = v
-        t += _waves(v, h, 128, 128) * 2 * 128 * 128 * r / per_sm + 8 * v * h / hbm  # grad_weight, K = r
-    return t
-
-
-def _gpu_rows(n: int, h: int, v: int, itemsize: int, device_class: str) -> int:
-    per_row = max(v, 1) * (4 + itemsize)
-    cap = min(GPU_BUFFER_CAP, GPU_MEM_GIB.get(device_class, GPU_MEM_GIB["gpu"]) * 2**30 / 16)
-    most = max(GPU_ROW_MULTIPLE, int(cap // per_row) // GPU_ROW_MULTIPLE * GPU_ROW_MULTIPLE)
-    fewest = math.ceil(max(n, 1) / most)
-    m = GPU_ROW_MULTIPLE
-    options = {min(most, math.ceil(math.ceil(max(n, 1) / c) / m) * m) for c in range(fewest, fewest + 4)}
-    return min(options, key=lambda r: (_chunk_seconds(r, n, h, v, device_class), -r))
-
-
-def plan(n: int, h: int, v: int, dtype: torch.dtype, device_class: DeviceClass) -> Plan:
-    """Chunking of `n` tokens x hidden `h` x vocabulary `v` in `dtype` on `device_class`."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    if device_class == "cpu":
-        rows = chunk_rows(n, v)
-    else:
-        rows = _gpu_rows(n, h, v, itemsize, device_class)
-    chunks = math.ceil(n / rows) if n else 0
-    return Plan(rows, chunks, "tokens_outer", min(rows, max(n, 1)) * v * (4 + itemsize))
-
-
-def device_class(device: torch.device) -> DeviceClass:
-    """The planner's class of `device`: cpu, h100, h200, or gpu (any other CUDA device)."""
-    if device.type != "cuda":
-        return "cpu"
-    name = torch.cuda.get_device_name(device).upper()
-    return "h200" if "H200" in name else "h100" if "H100" in name else "gpu"
 
 
 def grad_weight_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -257,7 +167,7 @@ def _ce_mse_op(
     """-> (loss, ce, mse) 0-dim fp32; the unscaled stored gradients P W (N, H) and P^T h (V, H)
     and img - img_target (M, D) (each empty (0,) when its flag is False; dtypes in the module
     docstring); scales (2,) fp32 = (1 / denom, 2 / count)."""
-    rows = plan(hidden.shape[0], hidden.shape[1], weight.shape[0], hidden.dtype, device_class(hidden.device)).rows
+    rows = plan_for(hidden, weight).rows
     args = (hidden, weight, labels, img, img_target, img_mask, lam, ignore_index, num_items)
     return TABLE[backend].forward(*args, need_hidden_grad, need_weight_grad, need_img_grad, rows)
 

@@ -41,7 +41,7 @@ def test_a_crashing_backend_is_recorded_failed(tmp_path) -> None:
     )
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     assert rc == 1 and recs[-1]["passed"] is False and "unavailable" in recs[-1]["note"]
-    assert importlib.import_module("mage_fast.ops.ce_mse").CHUNK_BYTES == 64 * 2**20  # restored
+    assert importlib.import_module("mage_fast.ops.ce_mse_plan").CHUNK_BYTES == 64 * 2**20  # restored
 
 
 def _rows(path: str) -> None:

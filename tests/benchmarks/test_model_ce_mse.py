@@ -36,8 +36,8 @@ def test_bounds_h100() -> None:
 def test_old_64mib_rule_breaks_the_bounds(monkeypatch) -> None:
     # The model reads the planner at call time: swapping in the CPU rule (64 MiB of chunk
     # buffers: 65 rows at V = 128256) must fail the same check.
-    real = model.ce_mod.plan
-    monkeypatch.setattr(model.ce_mod, "plan", lambda n, h, v, dtype, dc: real(n, h, v, dtype, "cpu"))
+    real = model.plan_mod.plan
+    monkeypatch.setattr(model.plan_mod, "plan", lambda n, h, v, dtype, dc: real(n, h, v, dtype, "cpu"))
     assert model.chunk_sizes("triton", H100, 128256)[0] == 65
     with pytest.raises(AssertionError):
         check_bounds(H100)
@@ -45,7 +45,7 @@ def test_old_64mib_rule_breaks_the_bounds(monkeypatch) -> None:
 
 def _rows_fixed(monkeypatch, rows: int) -> None:
     monkeypatch.setattr(
-        model.ce_mod, "plan", lambda n, h, v, dtype, dc: model.ce_mod.Plan(rows, -(-n // rows), "tokens_outer", 0)
+        model.plan_mod, "plan", lambda n, h, v, dtype, dc: model.plan_mod.Plan(rows, -(-n // rows), "tokens_outer", 0)
     )
 
 
@@ -93,7 +93,7 @@ def test_planner_is_the_fastest_chunking_within_its_cap(monkeypatch) -> None:
             best = min(
                 _time_with_rows(monkeypatch, dev, v, r)
                 for r in range(128, model.N + 1, 128)
-                if r * v * 6 <= model.ce_mod.GPU_BUFFER_CAP
+                if r * v * 6 <= model.plan_mod.GPU_BUFFER_CAP
             )
             monkeypatch.undo()
             print(f"{dev.name} V={v}: planner {planned:.1f} ms, best within the cap {best:.1f} ms")

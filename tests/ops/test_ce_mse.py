@@ -30,6 +30,7 @@ from mage_fast.ops.reference import ce_mse_ref
 
 # The package attribute `mage_fast.ops.ce_mse` is the function; the module comes from importlib.
 ce_mod = importlib.import_module("mage_fast.ops.ce_mse")
+plan_mod = importlib.import_module("mage_fast.ops.ce_mse_plan")
 N, V, H, M, D = 37, 101, 24, 5, 16
 LAM = 0.7
 # Tokens per chunk in these tests: N = 37 walks 10 chunks of 4 (3 of 16 for the slower
@@ -44,9 +45,9 @@ def backend(request, monkeypatch) -> Iterator[str]:
     tensors are created on the GPU for "cuda" (and for "triton" on a CUDA machine)."""
     name = request.param
     rows = ROWS.get(name, 4)
-    monkeypatch.setattr(ce_mod, "CHUNK_BYTES", 2 * rows * V * 4)
-    monkeypatch.setattr(ce_mod, "device_class", lambda device: "cpu")
-    assert ce_mod.plan(N, H, V, torch.float32, "cpu").rows == rows
+    monkeypatch.setattr(plan_mod, "CHUNK_BYTES", 2 * rows * V * 4)
+    monkeypatch.setattr(plan_mod, "device_class", lambda device: "cpu")
+    assert plan_mod.plan(N, H, V, torch.float32, "cpu").rows == rows
     with device_for(name):
         yield name
 
@@ -425,10 +426,10 @@ def test_negative_num_items() -> None:
 
 
 def test_plan_cpu_rule() -> None:
-    assert ce_mod.chunk_rows(10**6, 32000, budget=64 * 2**20) == 262
-    assert ce_mod.chunk_rows(3, 32000, budget=64 * 2**20) == 3
-    assert ce_mod.chunk_rows(100, 10**9, budget=1) == 1
-    p = ce_mod.plan(16384, 4096, 128256, torch.bfloat16, "cpu")
+    assert plan_mod.chunk_rows(10**6, 32000, budget=64 * 2**20) == 262
+    assert plan_mod.chunk_rows(3, 32000, budget=64 * 2**20) == 3
+    assert plan_mod.chunk_rows(100, 10**9, budget=1) == 1
+    p = plan_mod.plan(16384, 4096, 128256, torch.bfloat16, "cpu")
     assert (p.rows, p.order) == (65, "tokens_outer") and p.chunks == -(-16384 // 65)
 
 
@@ -439,27 +440,27 @@ def test_plan_gpu_rule(v: int, dc: str) -> None:
     # GEMM time of any multiple of 128 that fits the cap (the search covers balanced chunkings
     # only: the fewest chunks and three more); a problem smaller than one chunk is one chunk.
     n, h = 16384, 4096
-    p = ce_mod.plan(n, h, v, torch.bfloat16, dc)
+    p = plan_mod.plan(n, h, v, torch.bfloat16, dc)
     print(dc, v, p)
-    cap = min(ce_mod.GPU_BUFFER_CAP, ce_mod.GPU_MEM_GIB[dc] * 2**30 / 16)
+    cap = min(plan_mod.GPU_BUFFER_CAP, plan_mod.GPU_MEM_GIB[dc] * 2**30 / 16)
     assert p.rows % 128 == 0 and p.chunks == -(-n // p.rows) and p.buffer_bytes <= cap
-    best = ce_mod._chunk_seconds(p.rows, n, h, v, dc)
+    best = plan_mod._chunk_seconds(p.rows, n, h, v, dc)
     fit = [r for r in range(128, n + 1, 128) if r * v * 6 <= cap]
-    assert best <= 1.01 * min(ce_mod._chunk_seconds(r, n, h, v, dc) for r in fit)
-    assert ce_mod.plan(100, h, v, torch.bfloat16, dc).chunks == 1
+    assert best <= 1.01 * min(plan_mod._chunk_seconds(r, n, h, v, dc) for r in fit)
+    assert plan_mod.plan(100, h, v, torch.bfloat16, dc).chunks == 1
 
 
 def test_plan_production_check_walks_two_chunks() -> None:
     # The production-shape checks (make gpu-check, test_production_shapes.py) cross a chunk
     # boundary into a partial chunk on h100 and h200.
     for dc in ("h100", "h200"):
-        p = ce_mod.plan(7000, 4096, 128256, torch.bfloat16, dc)
+        p = plan_mod.plan(7000, 4096, 128256, torch.bfloat16, dc)
         assert p.chunks == 2 and 7000 % p.rows != 0, p
 
 
 def test_never_builds_full_logits_torch(monkeypatch) -> None:
     # Every GEMM output of the forward is at most one chunk (4 rows) of logits, never N x V.
-    monkeypatch.setattr(ce_mod, "CHUNK_BYTES", 2 * 4 * V * 4)
+    monkeypatch.setattr(plan_mod, "CHUNK_BYTES", 2 * 4 * V * 4)
     shapes = []
     real = ce_mod.mm_f32
 
@@ -479,8 +480,8 @@ def test_triton_fixed_configs_no_full_logits(monkeypatch) -> None:
     # Every GEMM of width V is one chunk (<= 16 rows) of logits, never N x V; the GEMMs run fixed
     # tiles per shape (no timing autotune, so no clone of grad_weight): two runs agree bitwise.
     kern_mod = importlib.import_module("mage_fast.kernels.ce_mse")
-    monkeypatch.setattr(ce_mod, "CHUNK_BYTES", 2 * 16 * V * 4)
-    monkeypatch.setattr(ce_mod, "device_class", lambda device: "cpu")
+    monkeypatch.setattr(plan_mod, "CHUNK_BYTES", 2 * 16 * V * 4)
+    monkeypatch.setattr(plan_mod, "device_class", lambda device: "cpu")
     shapes = []
     real = kern_mod.matmul
 
