@@ -24,9 +24,10 @@ from collections import defaultdict
 import torch
 
 from benchmarks import common
-from mage_fast.ops import _backend
+from benchmarks.opbench import OP_PROVIDERS
+from mage_fast.ops import _backend, device_class
 
-OURS = {"op_torch": "torch", "cpp": "cpp", "triton": "triton", "cuda": "cuda"}
+OURS = OP_PROVIDERS
 
 
 def passed_checks(path: str, cls: str) -> dict[tuple[str, str], bool]:
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda")
     args = p.parse_args(argv)
     dev = torch.device(args.device)
-    cls = _backend.device_class(dev)
+    cls = device_class(dev)
     rows = common.read_rows(args.csv)
     found = winners(rows, passed_checks(args.checks, cls))
     data = json.loads(_backend.VALIDATED_PATH.read_text()) if _backend.VALIDATED_PATH.exists() else {}

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mage_fast.ops import BACKENDS
+
 Inputs = dict[str, torch.Tensor]
 
 
@@ -88,7 +90,9 @@ def backend_available(op: str, backend: str) -> Callable[[torch.device], str | N
     return check
 
 
-OP_BACKENDS = ("torch", "cpp", "triton", "cuda")
+# Provider name -> `mage_fast.ops` backend: "op_torch" is the op's torch backend, apart from the
+# eager reference provider "torch".
+OP_PROVIDERS: dict[str, str] = {("op_torch" if b == "torch" else b): b for b in BACKENDS}
 
 
 def standard_providers(
@@ -102,8 +106,7 @@ def standard_providers(
     and each `mage_fast.ops` backend ("op_torch" for the op's torch backend, "cpp", "triton",
     "cuda"); `grad_in_forward` for ops that compute their gradients in the forward."""
     ops = [
-        Provider("op_torch" if n == "torch" else n, backend(n), backend_available(op, n), grad_in_forward)
-        for n in OP_BACKENDS
+        Provider(name, backend(n), backend_available(op, n), grad_in_forward) for name, n in OP_PROVIDERS.items()
     ]
     return [Provider("torch", reference), Provider("compile", compiled_ref, compile_available, needs_warmup=True), *ops]
 

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import fields
+from typing import get_args
 
 import pytest
 import torch
 
 from mage_fast.ops import _backend, _ext, available, backend_for, resolve, table
+from mage_fast.model.config import Backend as BackendChoice
+from mage_fast.model.config import KernelConfig
 from mage_fast.ops._backend import Backend
+from opsutil import ALL_BACKENDS
 
 OPS = ("patch_pool", "ian_projection", "ce_mse")
 
@@ -37,6 +42,14 @@ def test_one_table_form_per_op() -> None:
         assert backend_for(op, "cpu", "torch") is rows["torch"]
     with pytest.raises(TypeError):
         table("patch_pool")["torch"] = table("patch_pool")["cpp"]  # read-only
+
+
+def test_backend_names_come_from_the_registry() -> None:
+    # The config's Literal spells the names for readers and type checkers; the registry is their
+    # source: the Literal, the config's op fields and the tests' backend list follow it.
+    assert get_args(BackendChoice) == ("auto", *_backend.BACKENDS)
+    assert {f.name for f in fields(KernelConfig)} == set(_backend.ops())
+    assert [p.values[0] for p in ALL_BACKENDS] == list(_backend.BACKENDS)
 
 
 def test_cpp_not_on_other_devices() -> None:
