@@ -23,7 +23,7 @@ import torch
 from mage_fast.data.image import load_image
 from mage_fast.data.llava_conv import make_template
 from mage_fast.data.tokens import IMAGE_TOKEN
-from mage_fast.model.pretrained import image_transform, load_pretrained
+from mage_fast.export.pretrained import image_transform, load_pretrained
 
 
 @torch.no_grad()

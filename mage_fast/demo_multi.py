@@ -71,7 +71,7 @@ def child(run: str, data: str, config: str, max_new_tokens: int, overrides: list
     import torch
 
     from mage_fast.demo_multi_look import answers, probe
-    from mage_fast.model.pretrained import load_pretrained
+    from mage_fast.export.pretrained import load_pretrained
 
     torch.set_num_threads(1)  # runs go side by side, one core each, as the config's threads=1 trains
     torch.manual_seed(0)
@@ -120,7 +120,7 @@ def run_all(a: argparse.Namespace) -> dict[str, list[dict]]:
 def draw_guidance(a: argparse.Namespace, done: dict[str, list[dict]]) -> list[str]:
     """guidance_<variant>.png for each sam variant's first seed over MAP_SETS held-out sets per task."""
     from mage_fast.demo_multi_look import draw_maps
-    from mage_fast.model.pretrained import load_pretrained
+    from mage_fast.export.pretrained import load_pretrained
     from mage_fast.shapes.multi import TASKS
 
     with open(os.path.join(a.data, "eval.json")) as f:

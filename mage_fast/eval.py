@@ -21,7 +21,7 @@ from mage_fast.data.image import ImageTransform, load_image
 from mage_fast.data.llava import read_rows
 from mage_fast.data.llava_conv import make_template
 from mage_fast.data.template import ConversationTemplate, to_messages
-from mage_fast.model.pretrained import image_transform, load_pretrained
+from mage_fast.export.pretrained import image_transform, load_pretrained
 from mage_fast.provenance import input_record, project_version
 
 

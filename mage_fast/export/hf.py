@@ -13,7 +13,7 @@ processor: the tokenizer, processor_config.json (image size, mean, std, tokens p
     model = AutoModelForImageTextToText.from_pretrained(OUT, trust_remote_code=True)
 
 load it; greedy ``model.generate`` answers as ``mage_fast.chat`` does on DIR. Every aligner
-exports this way (``mlp2x_gelu`` also as a LLaVA folder: mage_fast.model.hf_llava).
+exports this way (``mlp2x_gelu`` also as a LLaVA folder: mage_fast.export.hf_llava).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 
 from mage_fast.export import remote
 from mage_fast.export.chat_templates import chat_template
-from mage_fast.model.hf_llava import _staged  # the folder appears whole or not at all
+from mage_fast.export.hf_llava import _staged  # the folder appears whole or not at all
 
 REMOTE_FILES = ("configuration_mage.py", "modeling_mage.py", "aligner_mage.py", "processing_mage.py")
 AUTO_MAP = {
@@ -93,7 +93,7 @@ def write_processor(out: str, tok, template: str, transform, num_image_tokens: i
 
 def export_hf(model_dir: str, out_dir: str) -> None:
     """Write the transformers folder ``out_dir`` from the mage-fast export ``model_dir``."""
-    from mage_fast.model.pretrained import image_transform, load_pretrained
+    from mage_fast.export.pretrained import image_transform, load_pretrained
 
     model, tok = load_pretrained(model_dir)
     hf = hf_model(model)

@@ -2,7 +2,7 @@
 
     python -m mage_fast.export --format llava DIR OUT
 
-The folder of :func:`mage_fast.model.hf_llava.export_llava` (LlavaForConditionalGeneration's
+The folder of :func:`mage_fast.export.hf_llava.export_llava` (LlavaForConditionalGeneration's
 config and weights, tokenizer, preprocessor_config.json) plus what ``AutoProcessor`` reads: a
 LlavaProcessor whose image processor resizes to S×S as mage-fast does (bicubic, no crop, the
 model's mean and std), whose image token count is the model's (``patch_size``, the CLS token of a
@@ -12,7 +12,7 @@ CLIP tower dropped), and whose chat template renders the model's template.
 from __future__ import annotations
 
 from mage_fast.export.chat_templates import adds_bos, chat_template
-from mage_fast.model.hf_llava import _staged
+from mage_fast.export.hf_llava import _staged
 
 
 def llava_processor(tok, template: str, transform, patch_size: int, clip: bool):
@@ -43,8 +43,8 @@ def export_llava_folder(model_dir: str, out_dir: str) -> None:
     """Write the LLaVA folder with its processor (``mlp2x_gelu`` models only; ValueError else)."""
     from transformers import AutoTokenizer
 
-    from mage_fast.model.hf_llava import export_llava
-    from mage_fast.model.pretrained import image_transform, read_config
+    from mage_fast.export.hf_llava import export_llava
+    from mage_fast.export.pretrained import image_transform, read_config
 
     cfg = read_config(model_dir)
     with _staged(out_dir) as tmp:

@@ -164,7 +164,7 @@ def load_adapter_export(model_dir: str, dtype: torch.dtype = torch.float32):
     from mage_fast.data.tokens import ensure_special_tokens
     from mage_fast.model.config import ModelConfig
     from mage_fast.model.mllm import MageModel
-    from mage_fast.model.pretrained import CONFIG_NAME
+    from mage_fast.export.pretrained import CONFIG_NAME
 
     with open(os.path.join(model_dir, CONFIG_NAME)) as f:
         cfg = from_dict(ModelConfig, json.load(f))

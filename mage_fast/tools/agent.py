@@ -131,7 +131,7 @@ class Agent:
 
 def load_agent(model_dir: str, modules: list[str] = (), timeout_s: float = 30.0, **kw: Any) -> Agent:
     """An Agent over an exported model, the built-in tools and those of ``modules``."""
-    from mage_fast.model.pretrained import image_transform, load_pretrained
+    from mage_fast.export.pretrained import image_transform, load_pretrained
     from mage_fast.tools.registry import make_registry
 
     model, tok = load_pretrained(model_dir)

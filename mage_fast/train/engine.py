@@ -20,7 +20,8 @@ from deepspeed.runtime.zero.partition_parameters import GatheredParameters
 from torch import nn
 
 from mage_fast.configtools import ConfigError
-from mage_fast.model import lora, pretrained
+from mage_fast.export import pretrained
+from mage_fast.model import lora
 from mage_fast.model.mllm import MageModel
 from mage_fast.train.config import TrainConfig
 

@@ -1,7 +1,7 @@
 """Training from a transformers LLaVA checkpoint, and the conversation template of a run.
 
 ``init_from`` may name a ``LlavaForConditionalGeneration`` folder: rank 0 imports it once into
-``run_dir/llava_init`` (:func:`mage_fast.model.hf_llava.import_llava`), every rank then starts
+``run_dir/llava_init`` (:func:`mage_fast.export.hf_llava.import_llava`), every rank then starts
 from that export. The checkpoint defines the architecture (tower, ``mlp2x_gelu`` projector, LLM,
 tokenizer): ``model.vision``/``aligner``/``llm`` of the run config are replaced by it, the kernels
 and ``mse_lambda`` stay the run's. ``data.template: auto`` keeps the template ``init_from`` was
@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from mage_fast.model import pretrained
-from mage_fast.model.hf_llava import import_llava, is_llava_dir
+from mage_fast.export import pretrained
+from mage_fast.export.hf_llava import import_llava, is_llava_dir
 from mage_fast.train.config import TrainConfig
 from mage_fast.train.dist import barrier
 

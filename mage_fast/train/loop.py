@@ -24,7 +24,7 @@ from mage_fast.data.llava import LlavaDataset
 from mage_fast.data.llava_conv import make_template
 from mage_fast.data.tokens import ensure_special_tokens
 from mage_fast.eval import write_answers
-from mage_fast.model import pretrained
+from mage_fast.export import pretrained
 from mage_fast.train import checkpoint, ckpt_storage, llava_init, lora_export, resize, startup
 from mage_fast.train.accuracy import AccuracyEval, converged
 from mage_fast.train.config import TrainConfig

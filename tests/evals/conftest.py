@@ -9,7 +9,7 @@ from testutil import tiny_model_config
 
 @pytest.fixture(scope="session")
 def tiny_export(tokenizer, tmp_path_factory) -> str:
-    from mage_fast.model import pretrained
+    from mage_fast.export import pretrained
     from mage_fast.model.mllm import MageModel
     from mage_fast.train.engine import export_state
 

@@ -16,7 +16,7 @@ from testutil import tiny_model_config
 
 from mage_fast.data.image import load_image
 from mage_fast.data.llava_conv import make_template
-from mage_fast.model.pretrained import image_transform, load_pretrained
+from mage_fast.export.pretrained import image_transform, load_pretrained
 
 KINDS = {"ian": "default", "sam": "default", "pool_mlp": "default", "linear": "vicuna_v1", "mlp2x_gelu": "default"}
 FOLDERS = [*KINDS, "llava"]  # llava: the mlp2x_gelu model as a LlavaForConditionalGeneration folder
@@ -37,7 +37,7 @@ def _export(kind: str, template: str, tokenizer, root) -> tuple[str, str]:
     import dataclasses
 
     from mage_fast.export.hf import export_hf
-    from mage_fast.model import pretrained
+    from mage_fast.export import pretrained
     from mage_fast.model.mllm import MageModel
     from mage_fast.train.engine import export_state
 

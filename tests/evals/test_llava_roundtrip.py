@@ -14,7 +14,7 @@ import torch
 from testutil import ROOT, tiny_model_config
 
 from mage_fast.data.image import ImageTransform
-from mage_fast.model import hf_llava, pretrained
+from mage_fast.export import hf_llava, pretrained
 
 TOL = 1e-5
 

@@ -10,7 +10,7 @@ import torch
 from testutil import tiny_model_config
 
 from mage_fast.data import ImageTransform
-from mage_fast.model import pretrained
+from mage_fast.export import pretrained
 from mage_fast.model.mllm import MageModel
 from mage_fast.train.engine import export_state
 

@@ -151,7 +151,7 @@ def test_mixed_counts_backward_and_errors():
 
 
 def test_export_round_trip_keeps_the_switch_and_weights(tokenizer, tmp_path):
-    from mage_fast.model import pretrained
+    from mage_fast.export import pretrained
     from mage_fast.train.engine import export_state
 
     torch.manual_seed(0)

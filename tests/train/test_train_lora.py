@@ -22,7 +22,8 @@ from launchutil import TINY, launch, run_history, run_summary
 from testutil import ROOT
 
 from mage_fast.configtools import load_config
-from mage_fast.model import hf_llava, lora, pretrained
+from mage_fast.export import hf_llava, pretrained
+from mage_fast.model import lora
 from mage_fast.model.mllm import MageModel
 from mage_fast.train import lora_export
 from mage_fast.train.checkpoint import MARKER, complete_tags

@@ -13,7 +13,8 @@ import torch
 from testutil import tiny_model_config
 
 from mage_fast.configtools import ConfigError, dump_yaml, load_config
-from mage_fast.model import lora, pretrained
+from mage_fast.export import pretrained
+from mage_fast.model import lora
 from mage_fast.model.lora_config import LoraConfig
 from mage_fast.model.mllm import MageModel
 from mage_fast.train import lora_export

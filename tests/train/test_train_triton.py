@@ -82,7 +82,7 @@ def _initial_export(tokenizer, out: str) -> None:
     (zero.Init draws a random init other than plain construction, so ZeRO-2 and ZeRO-3 runs would
     otherwise start apart)."""
     from mage_fast.configtools import load_config
-    from mage_fast.model import pretrained
+    from mage_fast.export import pretrained
     from mage_fast.train.config import TrainConfig
     from mage_fast.train.engine import export_state
 

@@ -78,7 +78,7 @@ def test_reloaded_engine_gives_the_same_eval_loss(trained):
 
 
 def test_export_loads_outside_deepspeed(trained):
-    from mage_fast.model.pretrained import load_pretrained
+    from mage_fast.export.pretrained import load_pretrained
 
     model, tok = load_pretrained(os.path.join(trained.run, "export"))
     assert model.num_image_tokens == 4 and tok.convert_tokens_to_ids("<image>") == model.image_token_id
@@ -114,7 +114,7 @@ def test_distributed_accuracy_equals_the_eval_cli(trained, cli_eval):
 
 
 def test_export_carries_the_training_pixel_transform(trained):
-    from mage_fast.model.pretrained import image_transform
+    from mage_fast.export.pretrained import image_transform
 
     assert os.path.isfile(os.path.join(trained.run, "export", "vision_tower", "preprocessor_config.json"))
     t = image_transform(os.path.join(trained.run, "export"), 999)

@@ -94,7 +94,7 @@ def import_llava(src: str, out_dir: str) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlavaForConditionalGeneration
 
     from mage_fast.data.image import ImageTransform
-    from mage_fast.model.pretrained import CONFIG_NAME
+    from mage_fast.export.pretrained import CONFIG_NAME
 
     hf = LlavaForConditionalGeneration.from_pretrained(src, dtype="auto")
     c = hf.config
@@ -147,7 +147,7 @@ def export_llava(model_dir: str, out_dir: str) -> None:
     mage-fast export ``model_dir``; ValueError for aligners LLaVA has no counterpart of."""
     from transformers import LlavaForConditionalGeneration
 
-    from mage_fast.model.pretrained import image_transform, load_pretrained
+    from mage_fast.export.pretrained import image_transform, load_pretrained
 
     model, tok = load_pretrained(model_dir)
     kind = model.cfg.aligner.type
@@ -166,10 +166,10 @@ def export_llava(model_dir: str, out_dir: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """python -m mage_fast.model.hf_llava {import,export} SRC OUT"""
+    """python -m mage_fast.export.hf_llava {import,export} SRC OUT"""
     import argparse
 
-    p = argparse.ArgumentParser(prog="mage_fast.model.hf_llava", description="LLaVA (transformers) folders in and out")
+    p = argparse.ArgumentParser(prog="mage_fast.export.hf_llava", description="LLaVA (transformers) folders in and out")
     p.add_argument("direction", choices=("import", "export"), help="import: LLaVA -> mage-fast; export: the reverse")
     p.add_argument("src")
     p.add_argument("out")
