@@ -63,8 +63,8 @@ CAP ?= default
 test-cap: install
 	ATEN_CPU_CAPABILITY=$(CAP) $(VENV_PATH) $(VPY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
 
-# Benchmarks (benchmarks/README.md): the device's full sweep (CPU: smaller shapes, ~10 min on 2
-# cores; GPU: the real-model shapes), one training step kernels on/off, plots, then the guard
+# Benchmarks (benchmarks/README.md, with their times): the device's full sweep (CPU: smaller
+# shapes; GPU: the real-model shapes), one training step kernels on/off, plots, then the guard
 # against benchmarks/baselines.json (non-zero exit when a speed ratio falls below its floor).
 # BENCH_DATE keys every row of one run.
 bench: install
@@ -117,7 +117,7 @@ demo-tools: install
 	$(VENV_PATH) $(VPY) -m mage_fast.tools.score --model $(DEMO)/stage3/export --data $(DEMO)/tools/eval.json \
 	  --config configs/train/demo_tools.yaml --out $(DEMO)/tools_scores.json
 
-# Multi-image demo (README "Multi-image: SAM", docs/sam.md): the shapes world's group / change /
+# Multi-image demo (docs/sam.md): the shapes world's group / change /
 # story tasks (crowded scenes, one visual token per image), `ian`, `sam` and `sam` exclude-self
 # trained with the same config, seed and budget per seed (one process per run, two at a time);
 # mean ± std over seeds, the paired bootstrap interval of sam − ian, the bars and the guidance
