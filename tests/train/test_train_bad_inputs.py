@@ -4,7 +4,7 @@ error), text-only and image batches meeting on the ranks, a stage-1 aligner froz
 resumes with another model config or world size, and a bad config key. Each subprocess has a
 timeout, so a hang fails instead of blocking.
 
-Fault injection (documented in the README): MAGE_FAST_INJECT_NAN="2,4:grad" (NaN loss at step 2,
+Fault injection (documented in docs/survival.md): MAGE_FAST_INJECT_NAN="2,4:grad" (NaN loss at step 2,
 an Inf gradient at step 4, on the last rank only; MAGE_FAST_INJECT_RANK picks another).
 """
 

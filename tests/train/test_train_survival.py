@@ -4,7 +4,7 @@ at a random step, then resume with the uninterrupted run's losses; damaged check
 SIGUSR1 to one rank (every rank commits its step and exits 75). Each subprocess has a timeout, so
 a hang fails instead of blocking. What a run refuses or skips: test_train_bad_inputs.py.
 
-Fault injection (documented in the README): MAGE_FAST_KILL_IN_SAVE=N (every rank SIGKILLs itself
+Fault injection (documented in docs/survival.md): MAGE_FAST_KILL_IN_SAVE=N (every rank SIGKILLs itself
 while saving step N, before the COMMITTED marker), MAGE_FAST_PAUSE_AFTER=STEP:SECONDS (the ranks
 wait after STEP, so a signal lands at a known step).
 """
