@@ -110,7 +110,9 @@ class LLMConfig:
 
 @dataclass
 class KernelConfig:
-    """Which backend each fused op runs on (auto picks the fastest correct one for the device)."""
+    """Which backend each fused op runs on. auto: on a CPU the native twin where it is the faster
+    (patch_pool), else torch; on a GPU the backend `make gpu-check` validated for its class, else
+    torch (mage_fast/ops/_backend.py, docs/ops.md)."""
 
     patch_pool: Backend = "auto"
     ian_projection: Backend = "auto"
