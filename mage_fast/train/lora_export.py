@@ -20,10 +20,10 @@ import os
 
 from safetensors.torch import save_file
 
-from mage_fast.model import lora
 from mage_fast.export.hf_llava import _staged  # the folder appears whole or not at all
-from mage_fast.model.mllm import MageModel
 from mage_fast.export.pretrained import CONFIG_NAME
+from mage_fast.model import lora
+from mage_fast.model.mllm import MageModel
 from mage_fast.train.engine import gathered_state
 
 ADAPTER_EXPORT = "export_adapter"
