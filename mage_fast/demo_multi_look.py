@@ -85,7 +85,7 @@ def probe(model, data: str, rows: list[dict]) -> dict[str, float]:
 @torch.no_grad()
 def answers(model, tok, data: str, rows: list[dict], max_new_tokens: int, guidance: bool = True) -> dict[str, str]:
     """id → greedy answer on ``rows``; ``guidance=False`` zeroes P21 (restored afterwards)."""
-    from mage_fast.eval import answer, length_buckets, prepare
+    from mage_fast.train.answering import answer, length_buckets, prepare
 
     model.eval()
     saved = None

@@ -17,7 +17,7 @@ Each row's turns up to its first assistant turn are the prompt; the model plays 
 - ``end_to_end``: rows with a ``target`` image: the last image the executor produced equals it
   pixel for pixel.
 - ``answer``: rows with a reference text answer after the calls (or none): exact match of the
-  final answer after normalisation (``mage_fast.eval.normalize``).
+  final answer after normalisation (``mage_fast.train.answering.normalize``).
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def _ratio(hits: list[bool]) -> float | None:
 
 def score_episodes(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Records ``{"ref_calls", "ref_answer", "target" (PIL | None), "episode"}`` → the scores."""
-    from mage_fast.eval import normalize as norm_text
+    from mage_fast.train.answering import normalize as norm_text
 
     valid, name, args, over, e2e, ans = [], [], [], [], [], []
     tp = n_pred = n_ref = 0

@@ -15,7 +15,7 @@ import torch
 
 from mage_fast.data.image import ImageTransform
 from mage_fast.data.llava import read_rows
-from mage_fast.eval import answer, length_buckets, prepare, score
+from mage_fast.train.answering import answer, length_buckets, prepare, score
 from mage_fast.train.dist import all_gather_objects
 
 

@@ -15,9 +15,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from mage_fast.configtools import ConfigError
-from mage_fast.eval import write_answers
 from mage_fast.train import checkpoint, finish
 from mage_fast.train.accuracy import converged
+from mage_fast.train.answering import write_answers
 from mage_fast.train.config import TrainConfig
 from mage_fast.train.dist import barrier, quiet_warnings
 from mage_fast.train.engine import param_shapes, step_probe
