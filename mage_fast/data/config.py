@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Conversation templates (mage_fast.data.llava_conv): "default" is the tokenizer's chat template,
-# else the built-in one; the others are LLaVA's.
-TEMPLATE_NAMES = ("default", "vicuna_v1", "plain", "llava_llama_2")
+from mage_fast.template_names import TEMPLATE_NAMES
 
 
 @dataclass

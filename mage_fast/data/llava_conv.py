@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mage_fast.data.config import TEMPLATE_NAMES
 from mage_fast.data.template import ConversationTemplate, Span
+from mage_fast.template_names import TEMPLATE_NAMES
 
 LLAVA_TEMPLATES = TEMPLATE_NAMES[1:]
 VICUNA_SYSTEM = (

@@ -28,6 +28,11 @@ import torch
 from mage_fast.export import remote
 from mage_fast.export.chat_templates import chat_template
 from mage_fast.export.hf_llava import _staged  # the folder appears whole or not at all
+from mage_fast.export.llava import export_llava_folder
+from mage_fast.export.pretrained import image_transform, load_pretrained
+from mage_fast.export.remote.configuration_mage import MageConfig
+from mage_fast.export.remote.modeling_mage import MageForConditionalGeneration
+from mage_fast.export.remote.processing_mage import MageProcessor
 
 REMOTE_FILES = ("configuration_mage.py", "modeling_mage.py", "aligner_mage.py", "processing_mage.py")
 AUTO_MAP = {
@@ -45,8 +50,6 @@ def hf_state(model) -> dict[str, torch.Tensor]:
 
 def hf_model(model):
     """MageForConditionalGeneration with the MageModel's config and weights (fp32)."""
-    from mage_fast.export.remote.configuration_mage import MageConfig
-    from mage_fast.export.remote.modeling_mage import MageForConditionalGeneration
 
     def sub(config) -> dict:  # the part folders' paths mean nothing in the export
         return {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
@@ -75,7 +78,6 @@ def _add_json(path: str, extra: dict) -> None:
 
 def write_processor(out: str, tok, template: str, transform, num_image_tokens: int) -> None:
     """Tokenizer, processor_config.json (with auto_map) and chat_template.jinja into ``out``."""
-    from mage_fast.export.remote.processing_mage import MageProcessor
 
     proc = MageProcessor(
         tok,
@@ -93,7 +95,6 @@ def write_processor(out: str, tok, template: str, transform, num_image_tokens: i
 
 def export_hf(model_dir: str, out_dir: str) -> None:
     """Write the transformers folder ``out_dir`` from the mage-fast export ``model_dir``."""
-    from mage_fast.export.pretrained import image_transform, load_pretrained
 
     model, tok = load_pretrained(model_dir)
     hf = hf_model(model)
@@ -124,8 +125,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     a = p.parse_args(argv)
     if a.format == "llava":
-        from mage_fast.export.llava import export_llava_folder
-
         export_llava_folder(a.model, a.out)
     else:
         export_hf(a.model, a.out)

@@ -28,6 +28,8 @@ from contextlib import contextmanager
 import torch
 from safetensors.torch import save_file
 
+from mage_fast.data.image import ImageTransform
+from mage_fast.export.pretrained import CONFIG_NAME, image_transform, load_pretrained
 from mage_fast.model.config import AlignerConfig, LLMConfig, ModelConfig, VisionConfig
 
 _PROJ = {"linear_1": "fc1", "linear_2": "fc2"}  # LLaVA's projector names → our MLP's
@@ -93,9 +95,6 @@ def import_llava(src: str, out_dir: str) -> None:
     """Write the mage-fast export folder ``out_dir`` from the LLaVA folder ``src`` (dtype kept)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlavaForConditionalGeneration
 
-    from mage_fast.data.image import ImageTransform
-    from mage_fast.export.pretrained import CONFIG_NAME
-
     hf = LlavaForConditionalGeneration.from_pretrained(src, dtype="auto")
     c = hf.config
     _check_importable(c)
@@ -146,8 +145,6 @@ def export_llava(model_dir: str, out_dir: str) -> None:
     """Write the LLaVA folder ``out_dir`` (config, weights, tokenizer, image processor) from the
     mage-fast export ``model_dir``; ValueError for aligners LLaVA has no counterpart of."""
     from transformers import LlavaForConditionalGeneration
-
-    from mage_fast.export.pretrained import image_transform, load_pretrained
 
     model, tok = load_pretrained(model_dir)
     kind = model.cfg.aligner.type

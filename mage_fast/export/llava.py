@@ -12,7 +12,8 @@ CLIP tower dropped), and whose chat template renders the model's template.
 from __future__ import annotations
 
 from mage_fast.export.chat_templates import adds_bos, chat_template
-from mage_fast.export.hf_llava import _staged
+from mage_fast.export.hf_llava import _staged, export_llava
+from mage_fast.export.pretrained import image_transform, read_config
 
 
 def llava_processor(tok, template: str, transform, patch_size: int, clip: bool):
@@ -42,9 +43,6 @@ def llava_processor(tok, template: str, transform, patch_size: int, clip: bool):
 def export_llava_folder(model_dir: str, out_dir: str) -> None:
     """Write the LLaVA folder with its processor (``mlp2x_gelu`` models only; ValueError else)."""
     from transformers import AutoTokenizer
-
-    from mage_fast.export.hf_llava import export_llava
-    from mage_fast.export.pretrained import image_transform, read_config
 
     cfg = read_config(model_dir)
     with _staged(out_dir) as tmp:

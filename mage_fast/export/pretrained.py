@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from mage_fast.configtools import from_dict
 from mage_fast.data.image import ImageTransform
+from mage_fast.data.tokens import ensure_special_tokens
 from mage_fast.model.config import ModelConfig
 from mage_fast.model.mllm import MageModel
 
@@ -111,8 +112,6 @@ def aligner_state(model_dir: str) -> dict[str, torch.Tensor]:
 def load_pretrained(model_dir: str, device: str = "cpu", dtype: torch.dtype = torch.float32):
     """(model, tokenizer) from an exported folder, for eval and chat (no DeepSpeed)."""
     from transformers import AutoTokenizer
-
-    from mage_fast.data.tokens import ensure_special_tokens
 
     cfg = read_config(model_dir)
     tok = AutoTokenizer.from_pretrained(cfg.tokenizer)

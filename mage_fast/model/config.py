@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from mage_fast.data.config import TEMPLATE_NAMES
+from mage_fast.model.aligner_tokens import num_tokens
+from mage_fast.template_names import TEMPLATE_NAMES
 
 VisionType = Literal["clip", "siglip"]
 LLMArch = Literal["llama", "qwen2"]
@@ -82,8 +83,6 @@ class AlignerConfig:
 
     def num_tokens(self, grid: int) -> int:
         """Visual tokens per image for a g×g patch grid (the registry entry's count)."""
-        from mage_fast.model.aligner import num_tokens  # the aligner module imports this one
-
         return num_tokens(self, grid)
 
 

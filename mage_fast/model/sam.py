@@ -25,8 +25,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mage_fast.model.aligner import IANAligner
 from mage_fast.model.config import AlignerConfig, KernelConfig
+from mage_fast.model.ian import IANAligner
 
 
 def context_pairs(counts: torch.Tensor, include_self: bool) -> tuple[torch.Tensor, ...]:

@@ -7,8 +7,9 @@ import pytest
 import torch
 from testutil import tiny_model_config
 
-from mage_fast.model.aligner import IANAligner, build_aligner
+from mage_fast.model.aligner import build_aligner
 from mage_fast.model.config import AlignerConfig, KernelConfig
+from mage_fast.model.ian import IANAligner
 from mage_fast.model.mllm import MageModel
 from mage_fast.model.sam import SAMAligner, context_pairs, grouped_softmax_sum
 

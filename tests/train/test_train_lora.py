@@ -23,6 +23,7 @@ from testutil import ROOT
 
 from mage_fast.configtools import load_config
 from mage_fast.export import hf_llava, pretrained
+from mage_fast.export.adapter import load_adapter_export
 from mage_fast.model import lora
 from mage_fast.model.mllm import MageModel
 from mage_fast.train import lora_export
@@ -172,7 +173,7 @@ def test_adapter_export_loads_with_peft_on_the_base(ref, trained, base, tokenize
     want = _logits(trained, ids, pix)
     out = os.path.join(ref, lora_export.ADAPTER_EXPORT)
     assert sorted(os.listdir(out)) == ["aligner", "llm", "mage_config.json", "tokenizer"]  # no base weights
-    back, _ = lora.load_adapter_export(out)
+    back, _ = load_adapter_export(out)
     d = (_logits(back, ids, pix) - want).abs().max().item()
     # The LLM alone, as a peft user loads it: the base folder + the adapter folder.
     llm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(os.path.join(base, "llm")), f"{out}/llm")

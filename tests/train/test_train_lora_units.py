@@ -14,6 +14,7 @@ from testutil import tiny_model_config
 
 from mage_fast.configtools import ConfigError, dump_yaml, load_config
 from mage_fast.export import pretrained
+from mage_fast.export.adapter import load_adapter_export
 from mage_fast.model import lora
 from mage_fast.model.lora_config import LoraConfig
 from mage_fast.model.mllm import MageModel
@@ -166,7 +167,7 @@ def test_merged_and_adapter_exports_give_the_adapted_models_logits(tokenizer, tm
     adapter = str(tmp_path / lora_export.ADAPTER_EXPORT)
     assert lora_export.write_adapter_export(adapter, model, tokenizer, rank=0)
     assert sorted(os.listdir(os.path.join(adapter, "llm"))) == ["adapter_config.json", "adapter_model.safetensors"]
-    back, _ = lora.load_adapter_export(adapter)
+    back, _ = load_adapter_export(adapter)
     torch.testing.assert_close(_logits(back, tokenizer), want, atol=1e-5, rtol=0)
 
 
