@@ -2,8 +2,8 @@
 command imports and answers `--help` (all of them in one subprocess), every `make T` target is a
 rule of the Makefile, every path into the repository names a tracked file or folder (braces
 expanded, globs matched; `<op>`-style placeholders and run outputs are not paths into the
-repository), every relative markdown link names a file beside the document, and none points
-outside the repository. The helpers are checked on a made-up document that breaks each rule."""
+repository), every relative markdown link names a file beside the document (and a heading of it
+where it names one), and none points outside the repository. The helpers are checked on a made-up document that breaks each rule."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ _MODULE = re.compile(r"(?:\bpython3?|torchrun\b[^\n`]*?)\s+-m\s+([A-Za-z_][\w.]*
 _TARGET = re.compile(r"(?:^|[\s;&|(`])make\s+([a-z][\w-]*)")
 _PATH = re.compile(r"(?<![\w/.-])((?:\.\./)*\.?[A-Za-z_][\w.-]*/[\w./{},*<>-]*)")
 _LINK = re.compile(r"\]\(([^()\s#]+)(?:#[^()\s]*)?\)")
+_ANCHOR = re.compile(r"\]\(([^()\s#]*\.md)?#([^()\s]+)\)")
 # Runs one module's command line with --help in this process; prints its exit status and whether it printed usage.
 _HELP = """
 import contextlib, io, json, runpy, sys
@@ -97,6 +98,23 @@ def link_paths(text: str, base: str = "") -> set[str]:
     return {_from_root(base, t) for t in _LINK.findall(text) if not re.match(r"[a-z]+:", t)}
 
 
+def slug(heading: str) -> str:
+    """GitHub's anchor of a markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def missing_anchors(text: str, doc: str) -> list[str]:
+    """`file.md#part` / `#part` links of document `doc` (relative to the root) whose file has no
+    heading with that anchor."""
+    bad = []
+    for target, part in _ANCHOR.findall(text):
+        full = os.path.join(ROOT, _from_root(os.path.dirname(doc), target))
+        body = text if not target else open(full).read() if os.path.isfile(full) else ""
+        if part not in {slug(h) for h in re.findall(r"^#+ (.+)$", body, re.M)}:
+            bad.append(f"{target}#{part}")
+    return bad
+
+
 def missing_paths(paths: set[str]) -> list[str]:
     bad = []
     for path in sorted(paths):
@@ -139,6 +157,9 @@ def test_the_checks_catch_what_does_not_exist():
         "nope.md",
     ]
     assert missing_paths(link_paths(fake, "docs")) == ["../x.png (outside the repository)", "docs/nope.md"]
+    anchors = "[a](ops.md#backends-and-auto), [b](ops.md#nope), [c](#what-it-is), [d](#nope)\n## What it is\n"
+    assert slug("Backends and `auto`") == "backends-and-auto"
+    assert missing_anchors(anchors, "docs/x.md") == ["ops.md#nope", "#nope"]
     assert help_answers({"mage_fast.nope"})["mage_fast.nope"][0] != 0
 
 
@@ -168,7 +189,7 @@ def test_readme_names_enough_paths():
 @pytest.mark.parametrize("doc", DOCS)
 def test_paths_exist(doc):
     text = _read(doc)
-    bad = missing_paths(repo_paths(text) | link_paths(text, os.path.dirname(doc)))
+    bad = missing_paths(repo_paths(text) | link_paths(text, os.path.dirname(doc))) + missing_anchors(text, doc)
     assert not bad, bad
 
 
