@@ -23,8 +23,7 @@ import sys
 import torch
 
 from benchmarks import bench_step, common
-
-ROW_TAG = "@@ROW "
+from benchmarks.common import ROW_TAG
 
 
 def measure(config: str, overrides: list[str], on: bool, device: torch.device) -> dict:

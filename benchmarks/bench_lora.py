@@ -28,6 +28,7 @@ import time
 import torch
 
 from benchmarks import bench_step, common
+from benchmarks.common import ROW_TAG
 
 SIZES = {
     "demo": [],  # benchmarks/configs/step_tiny.yaml: the built-in demo's model
@@ -39,7 +40,6 @@ SIZES = {
 }  # fmt: skip
 SMOKE = ["train.micro_batch_size=4", "bench.seq_len=64", "bench.warmup=1", "bench.steps=2"]  # seconds, not figures
 MODES = {"full": ["train.freeze_vision=true"], "lora": ["train.freeze_vision=true", "train.lora.enable=true"]}
-ROW_TAG = "@@ROW "
 
 
 def run_case(config: str, size: str, mode: str, device: torch.device, extra: list[str]) -> dict:

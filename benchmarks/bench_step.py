@@ -34,12 +34,12 @@ import torch
 import yaml
 
 from benchmarks import common
+from benchmarks.common import ROW_TAG
 from mage_fast.labels import IGNORE_INDEX, loss_tokens
 from mage_fast.train.engine import zero_stage
 
 OPS = ("patch_pool", "ian_projection", "ce_mse")
 SETTINGS = {"kernels_on": "auto", "kernels_off": "torch"}
-ROW_TAG = "@@ROW "
 CONFIGS = os.path.join(common.ROOT, "benchmarks", "configs")
 
 

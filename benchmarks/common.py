@@ -57,6 +57,8 @@ COLUMNS = KEY + (
     "note",
 )
 MODES = ("forward", "backward", "full")
+# A child process prints each result row as this tag and the row's JSON; its parent collects them.
+ROW_TAG = "@@ROW "
 
 
 # -- identity --------------------------------------------------------------------------------

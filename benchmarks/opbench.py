@@ -105,9 +105,7 @@ def standard_providers(
     """Every op's providers: the eager reference ("torch"), it under torch.compile ("compile"),
     and each `mage_fast.ops` backend ("op_torch" for the op's torch backend, "cpp", "triton",
     "cuda"); `grad_in_forward` for ops that compute their gradients in the forward."""
-    ops = [
-        Provider(name, backend(n), backend_available(op, n), grad_in_forward) for name, n in OP_PROVIDERS.items()
-    ]
+    ops = [Provider(name, backend(n), backend_available(op, n), grad_in_forward) for name, n in OP_PROVIDERS.items()]
     return [Provider("torch", reference), Provider("compile", compiled_ref, compile_available, needs_warmup=True), *ops]
 
 
