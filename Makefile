@@ -37,7 +37,7 @@ demo: install
 	$(VENV_PATH) deepspeed --num_gpus $(NPROC) --module mage_fast.train \
 	  --config configs/train/demo_stage2.yaml run_dir=$(DEMO)/stage2 data.root=$(DEMO)/data seed=$(SEED) \
 	  init_from=$(DEMO)/stage1/export
-	$(VENV_PATH) $(VPY) -m mage_fast.eval --model $(DEMO)/stage2/export --data $(DEMO)/data/eval.json \
+	$(VENV_PATH) $(VPY) -m mage_fast.apps.eval --model $(DEMO)/stage2/export --data $(DEMO)/data/eval.json \
 	  --out $(DEMO)/answers.jsonl
 
 # The demo once per seed in SEEDS (one after another, DEMO_SEEDS/seed<N>), then the accuracy per
@@ -48,7 +48,7 @@ DEMO_SEEDS ?= runs/demo-seeds
 DEMO_BAR   ?= 0.95
 demo-seeds: install
 	for s in $(SEEDS); do $(MAKE) --no-print-directory demo SEED=$$s DEMO=$(DEMO_SEEDS)/seed$$s || exit 1; done
-	$(VENV_PATH) $(VPY) -m mage_fast.demo_seeds --bar $(DEMO_BAR) $(foreach s,$(SEEDS),$(DEMO_SEEDS)/seed$(s))
+	$(VENV_PATH) $(VPY) -m mage_fast.apps.demo_seeds --bar $(DEMO_BAR) $(foreach s,$(SEEDS),$(DEMO_SEEDS)/seed$(s))
 
 # Test files run in TEST_WORKERS processes (pytest-xdist), a file's tests in one of them, so a
 # module's shared launch runs once; most of the time goes to real 2-rank launches.
@@ -102,7 +102,7 @@ demo-lora: install
 	$(VENV_PATH) deepspeed --num_gpus $(NPROC) --module mage_fast.train \
 	  --config configs/train/demo_stage2_lora.yaml run_dir=$(DEMO)/stage2_lora data.root=$(DEMO)/data \
 	  init_from=$(DEMO)/stage1/export
-	$(VENV_PATH) $(VPY) -m mage_fast.eval --model $(DEMO)/stage2_lora/export --data $(DEMO)/data/eval.json \
+	$(VENV_PATH) $(VPY) -m mage_fast.apps.eval --model $(DEMO)/stage2_lora/export --data $(DEMO)/data/eval.json \
 	  --out $(DEMO)/answers_lora.jsonl
 
 # Stage 3: multimodal tool calling on top of the base demo (run first when its export is absent):
@@ -114,7 +114,7 @@ demo-tools: install
 	$(VENV_PATH) deepspeed --num_gpus $(NPROC) --module mage_fast.train \
 	  --config configs/train/demo_tools.yaml run_dir=$(DEMO)/stage3 data.root=$(DEMO)/tools \
 	  init_from=$(DEMO)/stage2/export
-	$(VENV_PATH) $(VPY) -m mage_fast.tools.score --model $(DEMO)/stage3/export --data $(DEMO)/tools/eval.json \
+	$(VENV_PATH) $(VPY) -m mage_fast.apps.tools.score --model $(DEMO)/stage3/export --data $(DEMO)/tools/eval.json \
 	  --config configs/train/demo_tools.yaml --out $(DEMO)/tools_scores.json
 
 # Multi-image demo (docs/sam.md): the shapes world's group / change /
@@ -128,15 +128,15 @@ MULTI_SEEDS ?= 0 1 2
 MULTI_ARGS ?=
 demo-multi: install
 	$(VENV_PATH) $(VPY) -m mage_fast.shapes.multi --out $(DEMO_MULTI)/data --n 2000 --n-eval 50 --seed 0
-	$(VENV_PATH) $(VPY) -m mage_fast.demo_multi --data $(DEMO_MULTI)/data --out $(DEMO_MULTI) \
+	$(VENV_PATH) $(VPY) -m mage_fast.apps.demo_multi --data $(DEMO_MULTI)/data --out $(DEMO_MULTI) \
 	  --config configs/train/demo_multi.yaml $(MULTI_ARGS) --seeds $(MULTI_SEEDS)
 
-# The projector ablation (mage_fast/ablate.py): 4 aligners and 3 MSE weights on the shapes world,
+# The projector ablation (mage_fast/apps/ablate.py): 4 aligners and 3 MSE weights on the shapes world,
 # 3 seeds, one process per run; runs/ablate/{table.md,results.json,ablate.png}. Finished runs are
 # reused, so an interrupted `make ablate` continues. ABLATE_ARGS e.g. "--steps 50 --seeds 0".
 ABLATE_ARGS ?=
 ablate: install
-	$(VENV_PATH) $(VPY) -m mage_fast.ablate --out runs/ablate $(ABLATE_ARGS)
+	$(VENV_PATH) $(VPY) -m mage_fast.apps.ablate --out runs/ablate $(ABLATE_ARGS)
 
 # Without a GPU: every Triton kernel and launch configuration the ops can pick compiled for sm_90
 # with the GPU JIT's specialisations, and csrc/cuda with nvcc -Xptxas -v; prints registers,

@@ -1,5 +1,5 @@
 """`make demo SEED=n` seeds the world and both stages; `make demo-seeds` runs the demo per seed
-and `python -m mage_fast.demo_seeds` tabulates the runs (mean, minimum, the bar) from their files.
+and `python -m mage_fast.apps.demo_seeds` tabulates the runs (mean, minimum, the bar) from their files.
 The Makefile is checked on `make -n` (the commands printed, not run)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 
 from testutil import ROOT, make_dry_run
 
-from mage_fast.demo_seeds import main
+from mage_fast.apps.demo_seeds import main
 
 STAMP = os.path.join(".venv", ".mage-fast-installed")
 
@@ -34,7 +34,7 @@ def test_demo_seeds_runs_each_seed_then_the_table():
     for s in (4, 5):
         assert any(f"--seed {s}" in x and f"/tmp/ds/seed{s}/data" in x for x in lines)
         assert sum(f" seed={s}" in x for x in lines) == 2
-    assert lines[-1].endswith("-m mage_fast.demo_seeds --bar 0.9 /tmp/ds/seed4 /tmp/ds/seed5")
+    assert lines[-1].endswith("-m mage_fast.apps.demo_seeds --bar 0.9 /tmp/ds/seed4 /tmp/ds/seed5")
 
 
 def _run(folder, seed: int, acc: dict[str, float], steps: int) -> str:
@@ -61,6 +61,6 @@ def test_the_table_gives_mean_min_and_the_verdict(tmp_path, capsys):
 
 
 def test_a_folder_without_metrics_is_named(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "mage_fast.demo_seeds", str(tmp_path)], cwd=ROOT, capture_output=True,
+    p = subprocess.run([sys.executable, "-m", "mage_fast.apps.demo_seeds", str(tmp_path)], cwd=ROOT, capture_output=True,
                        text=True, timeout=60)  # fmt: skip
     assert p.returncode == 2 and f"{tmp_path}: no answers_metrics.json" in p.stderr

@@ -198,6 +198,6 @@ def test_modules_answer_help():
     names = {doc: modules(_read(doc)) for doc in DOCS}
     answers = help_answers(set().union(*names.values()))
     print(answers)
-    assert {"mage_fast.train", "mage_fast.eval"} <= names["README.md"]
+    assert {"mage_fast.train", "mage_fast.apps.eval"} <= names["README.md"]
     bad = {f"{doc}: {n}": answers[n] for doc, found in names.items() for n in sorted(found) if answers[n] != [0, True]}
     assert not bad, bad

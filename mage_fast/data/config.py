@@ -20,7 +20,7 @@ class DataConfig:
     eval: str | None = None
     # Held-out rows with reference answers (and a "qtype" each, as in the shapes world's eval.json):
     # exact-match accuracy per qtype every `eval_every` steps and at the end. Images resolve
-    # against the file's own folder, as in `python -m mage_fast.eval`.
+    # against the file's own folder, as in `python -m mage_fast.apps.eval`.
     answers: str | None = None
     answers_limit: int = 0  # the first N rows of `answers`; 0: all
     image_folder: str = ""

@@ -125,7 +125,7 @@ def _parse_media(row: Mapping[str, Any]) -> tuple[list[str], list[str | None]]:
 
 
 def _check_tools(row: Mapping[str, Any]) -> list[dict] | None:
-    """The tool checks of ``python -m mage_fast.tools.validate`` (RowError) for a tool row; its tools."""
+    """The tool checks of ``python -m mage_fast.apps.tools.validate`` (RowError) for a tool row; its tools."""
     if not is_tool_row(row):
         return None
     tools = load_tools(row.get("tools"))

@@ -2,7 +2,7 @@
 exported folder's processor. A message's content is a string (``<image>`` placeholders inline, as
 mage-fast writes them) or transformers' list of parts: ``{"type": "image"}`` as ``<image>``,
 ``{"type": "text", "text": ...}`` as its text, parts joined by newlines (so an image then a
-question renders as ``mage_fast.chat`` asks it: ``"<image>\\nquestion"``)."""
+question renders as ``mage_fast.apps.chat`` asks it: ``"<image>\\nquestion"``)."""
 
 from __future__ import annotations
 
@@ -68,5 +68,5 @@ def chat_template(name: str, tokenizer: Any, bos: bool = True) -> str:
         return text if bos else text.replace("(bos_token or '')", "''")
     raise ValueError(
         f"template {name!r} has no exported chat template yet (default and vicuna_v1 have); "
-        f"the mage-fast folder keeps working with mage_fast.chat"
+        f"the mage-fast folder keeps working with mage_fast.apps.chat"
     )

@@ -12,7 +12,7 @@ processor: the tokenizer, processor_config.json (image size, mean, std, tokens p
     processor = AutoProcessor.from_pretrained(OUT, trust_remote_code=True)
     model = AutoModelForImageTextToText.from_pretrained(OUT, trust_remote_code=True)
 
-load it; greedy ``model.generate`` answers as ``mage_fast.chat`` does on DIR. Every aligner
+load it; greedy ``model.generate`` answers as ``mage_fast.apps.chat`` does on DIR. Every aligner
 exports this way (``mlp2x_gelu`` also as a LLaVA folder: mage_fast.export.hf_llava).
 """
 

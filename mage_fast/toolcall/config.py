@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class ToolsConfig:
-    """User tool modules (each defines ``TOOLS``, see :mod:`mage_fast.tools.registry`) besides the
+    """User tool modules (each defines ``TOOLS``, see :mod:`mage_fast.apps.tools.registry`) besides the
     built-in ones, the per-call time limit and the model turns per episode."""
 
     modules: list[str] = field(default_factory=list)

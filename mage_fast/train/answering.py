@@ -1,7 +1,7 @@
 """Held-out answering: rows with reference answers -> greedy answers, exact match per question type.
 
 The library core that both the trainer's held-out checks (`mage_fast.train.accuracy`) and the
-evaluation program (`python -m mage_fast.eval`) use. Each row's last turn is the reference
+evaluation program (`python -m mage_fast.apps.eval`) use. Each row's last turn is the reference
 answer; the turns before it are the prompt. Rows are grouped by `qtype` (or "all"). Answers are
 compared after lower-casing and collapsing spaces.
 """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mage_fast import ablate
+from mage_fast.apps import ablate
 
 
 def _run(aligner: str, lam: float, seed: int, acc: float, step_s: float, mb: float) -> dict:

@@ -11,9 +11,9 @@ import pytest
 import torch
 from evalsutil import mmbench_rows, write_mme, write_seed, write_tsv
 
-from mage_fast.bench import mmbench, mme, runner, seed
-from mage_fast.bench.__main__ import main
-from mage_fast.bench.common import row_key
+from mage_fast.apps.mllm_bench import mmbench, mme, runner, seed
+from mage_fast.apps.mllm_bench.__main__ import main
+from mage_fast.apps.mllm_bench.common import row_key
 from mage_fast.provenance import sha256_file
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from evalsutil import mmbench_rows, write_mme, write_seed, write_tsv
 
-from mage_fast.bench import mmbench, mme, seed
-from mage_fast.bench.common import extract_letter, read_answers
+from mage_fast.apps.mllm_bench import mmbench, mme, seed
+from mage_fast.apps.mllm_bench.common import extract_letter, read_answers
 
 # -- MME ----------------------------------------------------------------------------------------
 

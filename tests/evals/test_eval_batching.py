@@ -7,7 +7,7 @@ import json
 import os
 from collections import Counter
 
-from mage_fast.eval import evaluate
+from mage_fast.apps.eval import evaluate
 from mage_fast.provenance import sha256_file
 
 

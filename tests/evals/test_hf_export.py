@@ -1,7 +1,7 @@
 """Every aligner exports as a transformers folder (remote code, mage_fast.export) that loads
 through AutoProcessor + AutoModelForImageTextToText in a child process whose import system refuses
 mage_fast, renders our template byte for byte, tokenises and preprocesses as we do, and answers as
-mage_fast.chat does (greedy), with logits and visual tokens equal to ours."""
+mage_fast.apps.chat does (greedy), with logits and visual tokens equal to ours."""
 
 from __future__ import annotations
 
@@ -125,7 +125,7 @@ def test_logits_and_visual_tokens_equal_ours(exported, kind) -> None:
 
 @pytest.mark.parametrize("kind", FOLDERS)
 def test_generate_answers_as_mage_fast_chat(exported, kind) -> None:
-    from mage_fast.chat import answer
+    from mage_fast.apps.chat import answer
 
     want = answer(exported["src"][kind], exported["images"][:1], QUESTION, MAX_NEW)
     print(kind, repr(exported["got"][kind]["answer"]), repr(want))

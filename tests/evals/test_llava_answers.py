@@ -12,9 +12,9 @@ from collections import defaultdict
 import pytest
 from evalsutil import write_mme, write_seed
 
-from mage_fast.bench import mme, seed
-from mage_fast.bench.__main__ import main
-from mage_fast.bench.common import answer_row
+from mage_fast.apps.mllm_bench import mme, seed
+from mage_fast.apps.mllm_bench.__main__ import main
+from mage_fast.apps.mllm_bench.common import answer_row
 
 # Rows of LLaVA's playground/data/eval/MME/llava_mme.jsonl and the MME release lines they ask
 # (the second with MME's two spaces before the yes/no request).

@@ -18,7 +18,7 @@ from mage_fast.shapes.builtin import apply_edit, edit_scene, read_scene, render_
 from mage_fast.shapes.tool_tasks import generate_tools
 from mage_fast.shapes.world import Obj, draw_scene, sample_scene
 from mage_fast.toolcall.format import Call, check_row
-from mage_fast.tools.registry import Registry, Tool, make_registry
+from mage_fast.apps.tools.registry import Registry, Tool, make_registry
 
 
 def _px(im: Image.Image) -> np.ndarray:
@@ -72,7 +72,7 @@ def test_executor_turns_every_failure_into_an_error_observation(tmp_path, monkey
     assert reg.execute(Call("echo", {"x": "hi"})).text == '{"echo": "hi"}'
     # a user module's TOOLS join the built-in ones; an image result is an <image> observation
     (tmp_path / "my_tools.py").write_text(
-        "from PIL import Image\nfrom mage_fast.tools.registry import Tool\n"
+        "from PIL import Image\nfrom mage_fast.apps.tools.registry import Tool\n"
         "def blank(n):\n    return Image.new('RGB', (n, n))\n"
         "TOOLS = [Tool(blank, {'name': 'blank', 'parameters': {'type': 'object', 'properties': {'n': {'type': 'integer'}}}})]\n"
     )

@@ -12,7 +12,7 @@ from testutil import ROOT
 
 from mage_fast.toolcall.convert import from_hermes, from_openai, parse_markup, to_hermes, to_openai
 from mage_fast.toolcall.format import Call, RowError, check_row, parse_calls
-from mage_fast.tools.validate import validate_rows
+from mage_fast.apps.tools.validate import validate_rows
 
 WEATHER = {"name": "weather", "description": "weather of a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
@@ -132,7 +132,7 @@ def test_validate_cli_lists_ids_and_exits_1(tmp_path) -> None:
     good, bad = tmp_path / "good.json", tmp_path / "bad.jsonl"
     good.write_text(json.dumps([tool_row()]))
     bad.write_text("\n".join(json.dumps(_bad(r, **c)) for r, c in BAD_ROWS[:4]) + "\n{broken\n")
-    run = [sys.executable, "-m", "mage_fast.tools.validate"]
+    run = [sys.executable, "-m", "mage_fast.apps.tools.validate"]
     ok = subprocess.run(run + [str(good)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and "1 rows, 0 bad" in ok.stdout
     no = subprocess.run(run + [str(good), str(bad)], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -1,5 +1,5 @@
 """`make demo` is deterministic for a given commit: its pipeline (configs/train/demo_stage1.yaml,
-then demo_stage2.yaml from stage 1's export, then `python -m mage_fast.eval` on stage 2's
+then demo_stage2.yaml from stage 1's export, then `python -m mage_fast.apps.eval` on stage 2's
 export), shortened to 3 steps on the tests' small shapes world, run twice gives the same
 losses in both stages, the same in-training answers and the same eval answers, bit for bit.
 Real 2-rank launches, as `make demo` runs them."""
@@ -27,7 +27,7 @@ def demo(out: str, data: str) -> str:
         args = ["--config", f"{cfg}/demo_{stage}.yaml", f"run_dir={out}/{stage}", f"data.root={data}", *SHORT, *extra]
         launch(args, timeout=900)  # the demo's model, larger than the other tests' tiny one
     model, rows, answers = f"{out}/stage2/export", f"{data}/eval.json", f"{out}/answers.jsonl"
-    cmd = [sys.executable, "-m", "mage_fast.eval", "--model", model, "--data", rows, "--out", answers]
+    cmd = [sys.executable, "-m", "mage_fast.apps.eval", "--model", model, "--data", rows, "--out", answers]
     p = subprocess.run(cmd, cwd=ROOT, env=launch_env(), capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     return out

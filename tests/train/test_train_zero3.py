@@ -87,7 +87,7 @@ def test_export_loads_outside_deepspeed(trained):
 @pytest.fixture(scope="module")
 def cli_eval(trained) -> dict:
     """The single-process eval CLI on the same 21 rows, from the export."""
-    from mage_fast.eval import evaluate
+    from mage_fast.apps.eval import evaluate
 
     sub = trained.tmp / "sub.json"
     sub.write_text(json.dumps(trained.rows))
@@ -126,8 +126,8 @@ def test_chat_answers_as_the_eval_cli(trained):
     import contextlib
     import io
 
-    from mage_fast import chat
-    from mage_fast.eval import evaluate
+    from mage_fast.apps import chat
+    from mage_fast.apps.eval import evaluate
 
     export, row, root = os.path.join(trained.run, "export"), trained.rows[3], trained.data_root
     one = trained.tmp / "one.json"

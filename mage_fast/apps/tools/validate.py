@@ -1,6 +1,6 @@
 """Check tool rows before training.
 
-    python -m mage_fast.tools.validate FILE [FILE ...]
+    python -m mage_fast.apps.tools.validate FILE [FILE ...]
 
 Reads LLaVA JSON / JSONL files and prints one line per bad row, ``FILE: ID: REASON: DETAIL``,
 then a count per reason; exit status 1 when any row is bad. Reasons (the same names training
@@ -41,7 +41,7 @@ def validate_rows(rows: list[Any]) -> list[tuple[str, str, str]]:
 def main(argv: list[str] | None = None) -> int:
     from mage_fast.data.llava import DataError, read_rows
 
-    p = argparse.ArgumentParser(prog="mage_fast.tools.validate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="mage_fast.apps.tools.validate", description=__doc__.split("\n\n")[0])
     p.add_argument("files", nargs="+")
     a = p.parse_args(argv)
     reasons: Counter[str] = Counter()

@@ -1,6 +1,6 @@
 """Caption scores: BLEU-4, ROUGE-L and CIDEr-D (x100), one or several references per item.
 
-    python -m mage_fast.score captions --pred P --ref R [--rule sam|vqa] [--json OUT]
+    python -m mage_fast.apps.caption_score captions --pred P --ref R [--rule sam|vqa] [--json OUT]
 
 The default rule, ``sam``, is the protocol of SAM's ``evaluate_score.py`` (McCartney01/SAM):
 text is normalised by :func:`sam_normalize` (newlines and tabs to spaces, the VQA punctuation
@@ -18,7 +18,7 @@ which also drops a/an/the and turns number words into digits) and pycocoevalcap'
 SAM's paper. No scorer here runs Java (pycocoevalcap's PTB tokenizer, METEOR and SPICE do).
 
 Inputs (JSON list, JSONL or a JSON object ``{id: ...}``):
-- P: rows with ``question_id``, ``id`` or ``sample_id`` and ``text`` (``mage_fast.eval``'s answers
+- P: rows with ``question_id``, ``id`` or ``sample_id`` and ``text`` (``mage_fast.apps.eval``'s answers
   JSONL), ``caption``/``output``, or ``pred_response`` (SAM's ``pred.json``); or ``{id: text}``.
 - R: rows with ``id`` or ``sample_id`` and ``refs`` (a list), ``output``/``caption`` (a string or a
   list), ``gt_response`` (SAM's ``pred.json``, so one file can be both P and R), or LLaVA
@@ -209,7 +209,7 @@ def format_table(table: dict[str, dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="mage_fast.score", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="mage_fast.apps.caption_score", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("captions", help="BLEU-4 / ROUGE-L / CIDEr-D per task")
     c.add_argument("--pred", required=True, help="predictions (answers JSONL, SAM's pred.json, rows or {id: text})")
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         refs, tasks = load_references(a.ref)
         table = scores_by_task(load_predictions(a.pred), refs, tasks, a.rule)
     except (ValueError, KeyError, OSError) as e:
-        sys.exit(f"mage_fast.score: {e}")
+        sys.exit(f"mage_fast.apps.caption_score: {e}")
     print(format_table(table))
     if a.json:
         made = {"pred": input_record(a.pred), "ref": input_record(a.ref), "project": project_version()}

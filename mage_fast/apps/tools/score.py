@@ -1,6 +1,6 @@
 """Tool-calling scores of a model on held-out tool rows, by running the executor.
 
-    python -m mage_fast.tools.score --model DIR --data eval.json [--out scores.json]
+    python -m mage_fast.apps.tools.score --model DIR --data eval.json [--out scores.json]
 
 Each row's turns up to its first assistant turn are the prompt; the model plays the episode
 (:mod:`.agent`) with the built-in tools (and ``--tool-module`` ones). Scores:
@@ -156,7 +156,7 @@ def _load(path: str) -> Image.Image:
 def prepare(rows: list[dict[str, Any]], root: str) -> list[dict[str, Any]]:
     """Rows → records with a fresh episode (the prompt turns and their images) each."""
     from mage_fast.toolcall.format import count_placeholders
-    from mage_fast.tools.agent import Episode
+    from mage_fast.apps.tools.agent import Episode
 
     out = []
     for row in rows:
@@ -192,7 +192,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Scores overall and per row ``kind`` of the first ``limit`` rows (0: all)."""
     from mage_fast.data.llava import read_rows
-    from mage_fast.tools.agent import load_agent
+    from mage_fast.apps.tools.agent import load_agent
 
     t0 = time.time()
     agent = load_agent(model_dir, list(modules), timeout_s, max_steps=max_steps)
@@ -221,7 +221,7 @@ def tools_config(path: str | None):
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="mage_fast.tools.score", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="mage_fast.apps.tools.score", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="an exported model folder (run_dir/export)")
     p.add_argument("--data", required=True, help="held-out tool rows (JSON / JSONL)")
     p.add_argument("--tool-module", action="append", default=[], help="a module defining TOOLS; repeat")

@@ -1,6 +1,6 @@
 """Held-out evaluation: greedy answers, exact-match accuracy per question type, LLaVA-style JSONL.
 
-    python -m mage_fast.eval --model DIR --data eval.json [--out answers.jsonl]
+    python -m mage_fast.apps.eval --model DIR --data eval.json [--out answers.jsonl]
 
 The answering itself (prompts, greedy decoding, the exact-match rule) is the library's
 `mage_fast.train.answering`; this program loads an exported model, runs it and writes the files.
@@ -71,7 +71,7 @@ def evaluate(
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="mage_fast.eval", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="mage_fast.apps.eval", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="an exported model folder (run_dir/export)")
     p.add_argument("--data", required=True, help="LLaVA JSON/JSONL with reference answers")
     p.add_argument("--out", default=None, help="answers JSONL (metrics go beside it)")

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from mage_fast.bench.common import LETTERS, Question, answer_row, read_answers, row_key
+from mage_fast.apps.mllm_bench.common import LETTERS, Question, answer_row, read_answers, row_key
 from mage_fast.data.image import ImageTransform, load_image
 from mage_fast.data.llava_conv import make_template
 from mage_fast.data.template import IGNORE_INDEX, ConversationTemplate
@@ -107,7 +107,7 @@ def run(
     key: Callable[[dict], str] = row_key,
 ) -> int:
     """Answers every question not yet in ``out`` (``key`` of its rows, see
-    :func:`~mage_fast.bench.common.read_answers`); ``answer_fn(bench, questions, input_ids) -> texts``.
+    :func:`~mage_fast.apps.mllm_bench.common.read_answers`); ``answer_fn(bench, questions, input_ids) -> texts``.
     Returns how many it answered."""
     done = _resume(out, key)
     todo = [q for q in questions if q.qid not in done]

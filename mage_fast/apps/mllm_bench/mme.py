@@ -25,7 +25,7 @@ import os
 import re
 from collections import defaultdict
 
-from mage_fast.bench.common import IMAGE_FIRST, SHORT_ANSWER, Question, percent, user_turn
+from mage_fast.apps.mllm_bench.common import IMAGE_FIRST, SHORT_ANSWER, Question, percent, user_turn
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR")
 COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")

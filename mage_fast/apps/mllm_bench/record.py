@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mage_fast.bench.common import Question
-from mage_fast.bench.runner import ASPECT_RULES, Bench
+from mage_fast.apps.mllm_bench.common import Question
+from mage_fast.apps.mllm_bench.runner import ASPECT_RULES, Bench
 from mage_fast.data.template import to_messages
 from mage_fast.provenance import input_record, project_version
 

@@ -3,7 +3,7 @@
 A user module (``--tool-module pkg.mod`` or ``tools.modules`` in a config) defines ``TOOLS``, a
 list of :class:`Tool`::
 
-    from mage_fast.tools.registry import Tool
+    from mage_fast.apps.tools.registry import Tool
 
     def weather(city: str) -> str:
         return "sunny"
@@ -125,7 +125,7 @@ def load_module_tools(path: str) -> list[Tool]:
     mod = importlib.import_module(path)
     tools = getattr(mod, "TOOLS", None)
     if not isinstance(tools, list | tuple) or not all(isinstance(t, Tool) for t in tools):
-        raise ValueError(f"tool module {path!r} must define TOOLS, a list of mage_fast.tools.registry.Tool")
+        raise ValueError(f"tool module {path!r} must define TOOLS, a list of mage_fast.apps.tools.registry.Tool")
     return list(tools)
 
 

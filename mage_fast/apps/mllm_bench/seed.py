@@ -7,7 +7,7 @@ authority). Only ``data_type == "image"`` questions are read (dimensions 1-9); i
 ``IMAGE_ROOT/<data_id>`` (default root: the JSON's folder, then its ``SEED-Bench-image/``).
 
 Two modes: generation (the letter extracted from the answer, LLaVA-1.5's prompt) and likelihood
-(:func:`mage_fast.bench.runner.rank_choices` scores each option as the answer and picks the most
+(:func:`mage_fast.apps.mllm_bench.runner.rank_choices` scores each option as the answer and picks the most
 likely, as the official evaluation does); both write the chosen text to the answers file.
 """
 
@@ -17,7 +17,7 @@ import json
 import os
 from collections import defaultdict
 
-from mage_fast.bench.common import LETTERS, OPTION_LETTER, Question, judge, option_block, percent, user_turn
+from mage_fast.apps.mllm_bench.common import LETTERS, OPTION_LETTER, Question, judge, option_block, percent, user_turn
 
 IMAGE_DIMENSIONS = range(1, 10)
 

@@ -1,6 +1,6 @@
 """The projector ablation on the built-in task: one table and one PNG.
 
-    python -m mage_fast.ablate [--out runs/ablate] [--steps 300] [--seeds 0 1 2] [--n 3000]
+    python -m mage_fast.apps.ablate [--out runs/ablate] [--steps 300] [--seeds 0 1 2] [--n 3000]
 
 Variants: the aligners ian, mlp2x_gelu, linear, pool_mlp at λ = 1, and ian at λ = 0 and 0.1 (the
 MSE weight); each trains configs/train/ablate.yaml (one process, the same data, steps and seeds)
@@ -56,7 +56,7 @@ def train_one(out: str, aligner: str, lam: float, seed: int, steps: int) -> dict
             f"max_steps={steps}",
             "resume=false",
         ]
-        subprocess.run([sys.executable, "-m", "mage_fast.ablate", "--child", *args], check=True)
+        subprocess.run([sys.executable, "-m", "mage_fast.apps.ablate", "--child", *args], check=True)
     with open(os.path.join(run, "summary.json")) as f:
         summary = json.load(f)
     with open(os.path.join(run, "peak_rss.json")) as f:
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:
         return child(argv[1:])
-    p = argparse.ArgumentParser(prog="mage_fast.ablate", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="mage_fast.apps.ablate", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/ablate")
     p.add_argument("--steps", type=int, default=300, help="optimizer steps per run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

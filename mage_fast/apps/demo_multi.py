@@ -1,6 +1,6 @@
 """`make demo-multi`: `ian` against `sam` on the shapes world's multi-image tasks, over seeds.
 
-    python -m mage_fast.demo_multi --data DIR --out RUNS [--seeds 0 1 2] [--jobs 2] [key=value ...]
+    python -m mage_fast.apps.demo_multi --data DIR --out RUNS [--seeds 0 1 2] [--jobs 2] [key=value ...]
 
 Variants: ``ian``, ``sam`` (include-self, the authors' code) and ``sam_excl`` (exclude-self, their
 paper), each trained with the same config (configs/train/demo_multi.yaml: one visual token per
@@ -8,9 +8,9 @@ image), seed, data order and step budget, one process per (variant, seed), ``--j
 Each process trains, then answers the held-out sets greedily; a sam process also answers with
 its guidance knocked out (P21 zeroed) and probes its guidance weights. A finished run (its
 ``done.json``) is reused, so an interrupted demo continues. Then: BLEU-4 / ROUGE-L / CIDEr-D per
-task (SAM's rule, `mage_fast.score`) as mean ± std over seeds, the paired bootstrap interval of
-each sam variant − ian (`mage_fast.demo_multi_stats`), the bars (results.png) and the guidance
-maps of a few held-out sets (guidance_<variant>.png, `mage_fast.demo_multi_look`). Written to
+task (SAM's rule, `mage_fast.apps.caption_score`) as mean ± std over seeds, the paired bootstrap interval of
+each sam variant − ian (`mage_fast.apps.demo_multi_stats`), the bars (results.png) and the guidance
+maps of a few held-out sets (guidance_<variant>.png, `mage_fast.apps.demo_multi_look`). Written to
 RUNS/: results.json, results.md, results.png, guidance_*.png; the table is printed.
 """
 
@@ -70,7 +70,7 @@ def child(run: str, data: str, config: str, max_new_tokens: int, overrides: list
     t1, c1 = time.time(), _cpu()
     import torch
 
-    from mage_fast.demo_multi_look import answers, probe
+    from mage_fast.apps.demo_multi_look import answers, probe
     from mage_fast.export.pretrained import load_pretrained
 
     torch.set_num_threads(1)  # runs go side by side, one core each, as the config's threads=1 trains
@@ -94,7 +94,7 @@ def launch(out: str, data: str, config: str, variant: str, seed: int, port: int,
     done = os.path.join(run, "done.json")
     if not os.path.isfile(done):
         overrides = [*VARIANTS[variant], f"seed={seed}", *a.overrides]
-        cmd = [sys.executable, "-m", "mage_fast.demo_multi", "--child", run, data, config, str(a.max_new_tokens)]
+        cmd = [sys.executable, "-m", "mage_fast.apps.demo_multi", "--child", run, data, config, str(a.max_new_tokens)]
         env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         log = os.path.join(out, "runs", f"{variant}_s{seed}.log")
         os.makedirs(os.path.dirname(log), exist_ok=True)
@@ -119,7 +119,7 @@ def run_all(a: argparse.Namespace) -> dict[str, list[dict]]:
 
 def draw_guidance(a: argparse.Namespace, done: dict[str, list[dict]]) -> list[str]:
     """guidance_<variant>.png for each sam variant's first seed over MAP_SETS held-out sets per task."""
-    from mage_fast.demo_multi_look import draw_maps
+    from mage_fast.apps.demo_multi_look import draw_maps
     from mage_fast.export.pretrained import load_pretrained
     from mage_fast.shapes.multi import TASKS
 
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["--child"]:
         run, data, config, mnt, *overrides = argv[1:]
         return child(run, data, config, int(mnt), overrides)
-    p = argparse.ArgumentParser(prog="mage_fast.demo_multi", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="mage_fast.apps.demo_multi", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="a shapes_multi world")
     p.add_argument("--out", required=True, help="runs folder (RUNS/runs/<variant>_s<seed>, results.*)")
     p.add_argument("--config", default=CONFIG)
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         print("demo-multi: one seed gives no spread and no seed resampling; use >= 3 for a claim", flush=True)
     t0 = time.time()
     done = run_all(a)
-    from mage_fast.demo_multi_report import write_results
+    from mage_fast.apps.demo_multi_report import write_results
 
     maps = draw_guidance(a, done)
     print(write_results(a.out, a.data, done, a.seeds, maps, a.boot, time.time() - t0))

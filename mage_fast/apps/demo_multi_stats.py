@@ -1,6 +1,6 @@
 """demo-multi's statistics: mean ± std over seeds and a paired bootstrap of the sam − ian difference.
 
-Per-item scores under SAM's caption rule (``mage_fast.score``): ROUGE-L is already a mean of
+Per-item scores under SAM's caption rule (``mage_fast.apps.caption_score``): ROUGE-L is already a mean of
 per-item F; CIDEr-D is the mean of pycocoevalcap's per-item CIDEr-D with the idf of the whole
 scored set (a resample keeps that idf: the references are the same for both aligners); BLEU-4 is a
 corpus score, so each item keeps its n-gram counts (pycocoevalcap's, "closest" reference length)
@@ -19,7 +19,7 @@ import statistics
 
 import numpy as np
 
-from mage_fast.score import METRICS, _normalized, _rouge_l_sam
+from mage_fast.apps.caption_score import METRICS, _normalized, _rouge_l_sam
 
 _TINY, _SMALL = 1e-15, 1e-9  # pycocoevalcap's guards in BLEU
 _OBJECT = re.compile(r"\b(red|green|blue|yellow) (circle|square|triangle)\b")

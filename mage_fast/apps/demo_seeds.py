@@ -1,9 +1,9 @@
 """The demo's accuracy over seeds: one column per run, the mean and the minimum per question type.
 
-    python -m mage_fast.demo_seeds [--bar 0.95] DEMO_DIR [DEMO_DIR ...]
+    python -m mage_fast.apps.demo_seeds [--bar 0.95] DEMO_DIR [DEMO_DIR ...]
 
 Each DEMO_DIR is one `make demo` output folder (`make demo-seeds` writes runs/demo-seeds/seed<N>):
-its held-out metrics (answers_metrics.json, from `python -m mage_fast.eval`), the world's seed
+its held-out metrics (answers_metrics.json, from `python -m mage_fast.apps.eval`), the world's seed
 (data/world.json) and the step where stage 2 stopped (stage2/summary.json). Exit status 1 when a
 question type of a run is below `--bar`, 2 when a folder lacks its metrics.
 """
@@ -56,7 +56,7 @@ def below(runs: list[dict], bar: float) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="mage_fast.demo_seeds", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="mage_fast.apps.demo_seeds", description=__doc__.split("\n\n")[0])
     p.add_argument("folders", nargs="+", help="`make demo` output folders (DEMO=...)")
     p.add_argument("--bar", type=float, default=0.95, help="every question type of every run at least this")
     a = p.parse_args(argv)

@@ -1,15 +1,15 @@
 """Ask an exported model about images.
 
-    python -m mage_fast.chat --model DIR --image x.png "what shape is at top left ?"
+    python -m mage_fast.apps.chat --model DIR --image x.png "what shape is at top left ?"
 
 One `<image>` placeholder per --image is put before the question unless the question already
 holds them. Greedy decoding; prints the answer.
 
-    python -m mage_fast.chat --model DIR --tools [--tool-module M] [--image x.png] "draw a red circle at top ."
+    python -m mage_fast.apps.chat --model DIR --tools [--tool-module M] [--image x.png] "draw a red circle at top ."
 
 With ``--tools`` the model may call the built-in tools (and those of each ``--tool-module``):
 each call is printed, run, and its result fed back (an image result as an image), until a final
-answer or ``--max-steps`` model turns (:mod:`mage_fast.tools.agent`). Images the tools produce
+answer or ``--max-steps`` model turns (:mod:`mage_fast.apps.tools.agent`). Images the tools produce
 are saved under ``--save-dir`` and their paths printed.
 """
 
@@ -47,7 +47,7 @@ def run_tools(a: argparse.Namespace, question: str) -> int:
     """The tool loop for one question; prints calls, observations, saved images, the answer."""
     import os
 
-    from mage_fast.tools.agent import Episode, load_agent
+    from mage_fast.apps.tools.agent import Episode, load_agent
 
     agent = load_agent(
         a.model, a.tool_module, timeout_s=a.tool_timeout, max_steps=a.max_steps, max_new_tokens=a.max_new_tokens
@@ -74,7 +74,7 @@ def run_tools(a: argparse.Namespace, question: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="mage_fast.chat", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="mage_fast.apps.chat", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="an exported model folder (run_dir/export)")
     p.add_argument("--image", action="append", default=[], help="an image file; repeat for several")
     p.add_argument("--max-new-tokens", type=int, default=None, help="default: 32, 96 with --tools")

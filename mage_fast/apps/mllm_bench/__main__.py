@@ -1,4 +1,4 @@
-"""python -m mage_fast.bench {mme,mmbench,seed} --data PATH (--model DIR | --answers FILE)
+"""python -m mage_fast.apps.mllm_bench {mme,mmbench,seed} --data PATH (--model DIR | --answers FILE)
 
 With --model, the questions not yet in the answers file (--out, or --answers) are answered and
 appended; then the file is scored against --data. The scores print as a table and are written as
@@ -12,9 +12,9 @@ import json
 import os
 from collections.abc import Callable
 
-from mage_fast.bench import mmbench, mme, record, runner, seed
-from mage_fast.bench.common import read_answers, row_key
-from mage_fast.bench.runner import ASPECT_RULES
+from mage_fast.apps.mllm_bench import mmbench, mme, record, runner, seed
+from mage_fast.apps.mllm_bench.common import read_answers, row_key
+from mage_fast.apps.mllm_bench.runner import ASPECT_RULES
 
 
 def _questions(a: argparse.Namespace) -> tuple[list, Callable, Callable, Callable]:
@@ -31,7 +31,7 @@ def _questions(a: argparse.Namespace) -> tuple[list, Callable, Callable, Callabl
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="mage_fast.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="mage_fast.apps.mllm_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("bench", choices=("mme", "mmbench", "seed"))
     p.add_argument("--data", required=True, help="MME folder, MMBench TSV, or SEED-Bench JSON")
     p.add_argument("--model", default=None, help="an exported model folder; without it, only score --answers")

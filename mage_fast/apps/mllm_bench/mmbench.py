@@ -6,7 +6,7 @@ dev TSVs store rotated copies that way). Rows at ``index + k·1,000,000`` are th
 rotation of question ``index``; a file without them is rotated here (``rotate=True``): rotation k
 shows the options shifted left by k (LLaVA's ``--all-rounds``), the reference letter moving with
 its option. A question counts only if every rotation is answered right; accuracy is overall and
-per category, in percent of questions. Letters are extracted by :func:`~mage_fast.bench.common.extract_letter`.
+per category, in percent of questions. Letters are extracted by :func:`~mage_fast.apps.mllm_bench.common.extract_letter`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import csv
 import sys
 from collections import defaultdict
 
-from mage_fast.bench.common import (
+from mage_fast.apps.mllm_bench.common import (
     LETTERS,
     OPTION_LETTER,
     ROTATION,
