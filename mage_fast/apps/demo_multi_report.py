@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import os
 
-from mage_fast.apps.demo_multi_stats import item_scores, mean_std, object_hits, paired_bootstrap
 from mage_fast.apps.caption_score import METRICS, load_references, scores_by_task
+from mage_fast.apps.demo_multi_stats import item_scores, mean_std, object_hits, paired_bootstrap
 
 BASE = "ian"
 

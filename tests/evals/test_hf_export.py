@@ -36,8 +36,8 @@ def _export(kind: str, template: str, tokenizer, root) -> tuple[str, str]:
     mage-fast format and as a transformers folder."""
     import dataclasses
 
-    from mage_fast.export.hf import export_hf
     from mage_fast.export import pretrained
+    from mage_fast.export.hf import export_hf
     from mage_fast.model.mllm import MageModel
     from mage_fast.train.engine import export_state
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 from testutil import tiny_model_config
 
+from mage_fast.apps.caption_score import METRICS, caption_scores
 from mage_fast.apps.demo_multi_look import answers, draw_maps, link_patches, per_image_map, probe, set_guidance
 from mage_fast.apps.demo_multi_report import write_results
 from mage_fast.apps.demo_multi_stats import item_scores, mean_std, metric_of, object_hits, paired_bootstrap
 from mage_fast.model.aligner import build_aligner
 from mage_fast.model.config import AlignerConfig, KernelConfig
 from mage_fast.model.sam import context_pairs, grouped_softmax_sum
-from mage_fast.apps.caption_score import METRICS, caption_scores
 
 WORDS = "a red blue circle square moved from to top left center turned every scene has .".split()
 

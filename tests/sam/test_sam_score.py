@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from mage_fast.apps import caption_score as score
-from mage_fast.provenance import sha256_file
 from mage_fast.apps.caption_score import caption_scores, sam_normalize, vqa_normalize
+from mage_fast.provenance import sha256_file
 
 # -- SAM's evaluate_score.py ----------------------------------------------------------------------
 # A transcription of McCartney01/SAM evaluate_score.py (commit ba61246), Eval.process and

@@ -13,12 +13,12 @@ import pytest
 from PIL import Image
 from test_tools_format import BAD_ROWS, _bad, tool_row
 
+from mage_fast.apps.tools.registry import Registry, Tool, make_registry
 from mage_fast.data import ImageTransform, LlavaDataset
 from mage_fast.shapes.builtin import apply_edit, edit_scene, read_scene, render_scene
 from mage_fast.shapes.tool_tasks import generate_tools
 from mage_fast.shapes.world import Obj, draw_scene, sample_scene
 from mage_fast.toolcall.format import Call, check_row
-from mage_fast.apps.tools.registry import Registry, Tool, make_registry
 
 
 def _px(im: Image.Image) -> np.ndarray:

@@ -10,9 +10,9 @@ import sys
 import pytest
 from testutil import ROOT
 
+from mage_fast.apps.tools.validate import validate_rows
 from mage_fast.toolcall.convert import from_hermes, from_openai, parse_markup, to_hermes, to_openai
 from mage_fast.toolcall.format import Call, RowError, check_row, parse_calls
-from mage_fast.apps.tools.validate import validate_rows
 
 WEATHER = {"name": "weather", "description": "weather of a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mage_fast.apps.tools.agent import Agent, Episode, Step
+from mage_fast.apps.tools.registry import make_registry
+from mage_fast.apps.tools.score import calls_match, f1, leaves, normalize, reference, score_episodes
 from mage_fast.data import ImageTransform
 from mage_fast.shapes.builtin import render_scene
 from mage_fast.toolcall.convert import calls_markup
 from mage_fast.toolcall.format import Call
-from mage_fast.apps.tools.agent import Agent, Episode, Step
-from mage_fast.apps.tools.registry import make_registry
-from mage_fast.apps.tools.score import calls_match, f1, leaves, normalize, reference, score_episodes
 
 RED = {"objects": [{"shape": "circle", "colour": "red", "position": "top left"}]}
 BLUE = {"objects": [{"shape": "square", "colour": "blue", "position": "center"}]}

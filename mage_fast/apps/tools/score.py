@@ -155,8 +155,8 @@ def _load(path: str) -> Image.Image:
 
 def prepare(rows: list[dict[str, Any]], root: str) -> list[dict[str, Any]]:
     """Rows → records with a fresh episode (the prompt turns and their images) each."""
-    from mage_fast.toolcall.format import count_placeholders
     from mage_fast.apps.tools.agent import Episode
+    from mage_fast.toolcall.format import count_placeholders
 
     out = []
     for row in rows:
@@ -191,8 +191,8 @@ def evaluate(
     timeout_s: float = 30.0,
 ) -> dict[str, Any]:
     """Scores overall and per row ``kind`` of the first ``limit`` rows (0: all)."""
-    from mage_fast.data.llava import read_rows
     from mage_fast.apps.tools.agent import load_agent
+    from mage_fast.data.llava import read_rows
 
     t0 = time.time()
     agent = load_agent(model_dir, list(modules), timeout_s, max_steps=max_steps)
