@@ -8,7 +8,8 @@
   own process so one provider's heap does not colour another's figure.
 * Roofline peaks, measured in the same run: a large device copy (bytes read + written per second)
   and a large matmul in the benchmark's dtype (bf16 on GPUs; fp32 on CPUs without a bf16 matmul
-  unit, where torch's bf16 matmul runs at well under 1 GFLOP/s and would be no ceiling at all).
+  unit, where torch's bf16 matmul runs far below its fp32 one and would be no ceiling at all;
+  benchmarks/NOTES.md).
 * CSV: one row per (op, provider, mode, shape, dtype, device, commit, date); `date` is the UTC
   start of the run (`BENCH_DATE`, shared by every script of one `make bench`).
 """
@@ -221,7 +222,7 @@ def _proc_status_kb(field: str) -> int:
 
 def _release_heap() -> None:
     """Give freed heap pages back to the OS so the resident set is what is really live.
-    (gc.freeze: later collections skip the survivors, 0.2 s -> ms once torch is imported.)"""
+    (gc.freeze: later collections skip the survivors, so each probe's collection stays short.)"""
     gc.collect()
     gc.freeze()
     try:
@@ -277,7 +278,7 @@ def measure_peaks(device: torch.device, dtype: torch.dtype, small: bool = False)
         mm_dtype = dtype
     else:
         n_copy, n_mm, reps = 2**26, 2048, 3  # 256 MiB; 2048^3
-        # CPUs without bf16 matmul units run torch's bf16 matmul at < 1 GFLOP/s: no ceiling.
+        # CPUs without bf16 matmul units run torch's bf16 matmul far below fp32: no ceiling.
         mm_dtype = torch.float32 if dtype == torch.bfloat16 and not _cpu_has_bf16() else dtype
     if small:
         n_copy, n_mm, reps = 2**22, 512, 2

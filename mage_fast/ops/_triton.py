@@ -3,7 +3,8 @@
 Triton is an optional dependency (`pip install mage-fast[triton]`); without it the `triton`
 backend reports itself unavailable. Where it is installed:
 
-* CUDA tensors: usable, and chosen by backend="auto";
+* CUDA tensors: usable; backend="auto" runs Triton there where validated.json names it the
+  device class's winner (`mage_fast.ops._backend`);
 * CPU tensors: only under the Triton interpreter (TRITON_INTERPRET=1 set before mage_fast is
   imported: Triton reads it when the kernels are decorated), and never by "auto" (the interpreter
   is correct but orders of magnitude slower than the torch/C++ backends);
@@ -48,5 +49,6 @@ def unavailable_reason(device: torch.device) -> str | None:
 
 
 def auto_ok(device: torch.device) -> bool:
-    """backend="auto" picks Triton on CUDA tensors only (the interpreter is for tests)."""
+    """Triton's auto rule: false off CUDA (the interpreter is for tests). On CUDA `auto` follows
+    validated.json instead of the auto rules."""
     return device.type == "cuda"

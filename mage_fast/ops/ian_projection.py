@@ -121,9 +121,9 @@ def _bwd_native(dy, x, w1, w2, ln_w, z1, xhat, rstd, needs: tuple[bool, ...]):
 
 # The Triton kernels (kernels/ian_projection.py) and the native ones follow the torch template:
 # same saved tensors, same rounding points.
-# auto=False for cpp: at N=256, C=256, D=512 (fwd+bwd, 2 threads, a loaded 2-core box) the C++ twin
-# took 0.6-0.9x the torch backend's time, too noisy a win to make it every CPU run's default; it
-# is the CI check of the C++ path and selectable by name.
+# cpp is not picked by auto on CPU: its lead over the torch backend there is too small and noisy to
+# make it every CPU run's default (benchmarks/NOTES.md); it is the CI check of the C++ path and
+# selectable by name.
 TABLE = _backend.register(
     OP,
     (

@@ -35,7 +35,7 @@ def _fwd_torch(x: torch.Tensor, H: int, W: int, k: int) -> torch.Tensor:
     B, _, C = x.shape
     # (B, H, W, C) seen as NCHW has channels-last strides: avg_pool2d runs its NHWC kernel on the
     # token layout without a copy (fp32 accumulation for bf16/fp16 on CPU and CUDA) and returns
-    # channels-last, i.e. token layout again. 10-30x faster than pad + reshape + sum on CPU.
+    # channels-last, i.e. token layout again: no pad + reshape + sum copies (benchmarks/NOTES.md).
     img = x.reshape(B, H, W, C).permute(0, 3, 1, 2)
     y = F.avg_pool2d(img, k, stride=k, ceil_mode=True, count_include_pad=False)
     return y.permute(0, 2, 3, 1).reshape(B, y.shape[2] * y.shape[3], C)
