@@ -20,6 +20,7 @@ import json
 
 import torch
 
+from mage_fast.apps.tools.agent import Episode, load_agent
 from mage_fast.data.image import load_image
 from mage_fast.data.llava_conv import make_template
 from mage_fast.data.tokens import IMAGE_TOKEN
@@ -46,8 +47,6 @@ def answer(model_dir: str, images: list[str], question: str, max_new_tokens: int
 def run_tools(a: argparse.Namespace, question: str) -> int:
     """The tool loop for one question; prints calls, observations, saved images, the answer."""
     import os
-
-    from mage_fast.apps.tools.agent import Episode, load_agent
 
     agent = load_agent(
         a.model, a.tool_module, timeout_s=a.tool_timeout, max_steps=a.max_steps, max_new_tokens=a.max_new_tokens

@@ -19,11 +19,12 @@ import os
 
 import torch
 
+from mage_fast.data.image import ImageTransform, load_image
 from mage_fast.model.sam import context_pairs, grouped_softmax
+from mage_fast.train.answering import answer, length_buckets, prepare
 
 
 def _pixels(model, data: str, row: dict) -> torch.Tensor:
-    from mage_fast.data.image import ImageTransform, load_image
 
     t = ImageTransform(model.image_size)
     return torch.stack([t(load_image(os.path.join(data, p))) for p in row["image"]])
@@ -85,8 +86,6 @@ def probe(model, data: str, rows: list[dict]) -> dict[str, float]:
 @torch.no_grad()
 def answers(model, tok, data: str, rows: list[dict], max_new_tokens: int, guidance: bool = True) -> dict[str, str]:
     """id → greedy answer on ``rows``; ``guidance=False`` zeroes P21 (restored afterwards)."""
-    from mage_fast.train.answering import answer, length_buckets, prepare
-
     model.eval()
     saved = None
     if not guidance:

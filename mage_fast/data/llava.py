@@ -74,8 +74,9 @@ class DataStats:
         )
 
 
-class _BadLine:
-    """Stands in for a JSONL line that is not valid JSON, so it is counted as malformed."""
+class BadLine:
+    """Stands in for a JSONL line that is not valid JSON (`read_rows` returns one in its place), so
+    a reader counts it as malformed: `.id` is "line N", `.error` the JSON error."""
 
     def __init__(self, lineno: int, error: str):
         self.id, self.error = f"line {lineno}", error
@@ -97,7 +98,7 @@ def read_rows(path: str | os.PathLike) -> list[Any]:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                rows.append(_BadLine(n, str(e)))
+                rows.append(BadLine(n, str(e)))
     return rows
 
 
@@ -201,7 +202,7 @@ class LlavaDataset(Dataset):
         """The cheap checks of row i -> (id, (conversations, tools), images, captions, rendered),
         or None with the reason counted."""
         st = self.stats
-        if isinstance(row, _BadLine):
+        if isinstance(row, BadLine):
             st.add("malformed", row.id, row.error)
             return None
         sid = str(row["id"]) if isinstance(row, dict) and row.get("id") is not None else f"row {i}"

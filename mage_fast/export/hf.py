@@ -78,7 +78,6 @@ def _add_json(path: str, extra: dict) -> None:
 
 def write_processor(out: str, tok, template: str, transform, num_image_tokens: int) -> None:
     """Tokenizer, processor_config.json (with auto_map) and chat_template.jinja into ``out``."""
-
     proc = MageProcessor(
         tok,
         chat_template=chat_template(template, tok),
@@ -95,7 +94,6 @@ def write_processor(out: str, tok, template: str, transform, num_image_tokens: i
 
 def export_hf(model_dir: str, out_dir: str) -> None:
     """Write the transformers folder ``out_dir`` from the mage-fast export ``model_dir``."""
-
     model, tok = load_pretrained(model_dir)
     hf = hf_model(model)
     with _staged(out_dir) as tmp:

@@ -24,6 +24,8 @@ from mage_fast.apps.mllm_bench.common import LETTERS, Question, answer_row, read
 from mage_fast.data.image import ImageTransform, load_image
 from mage_fast.data.llava_conv import make_template
 from mage_fast.data.template import IGNORE_INDEX, ConversationTemplate
+from mage_fast.export.hf_llava import import_llava, is_llava_dir
+from mage_fast.export.pretrained import image_transform, load_pretrained
 from mage_fast.labels import next_token_targets
 
 
@@ -176,9 +178,6 @@ def rank_choices(bench: Bench, qs: list[Question], ids: torch.Tensor) -> list[st
 def load(model_dir: str, cache: str = os.path.join("runs", "bench", "llava_import"), aspect: str = "resize") -> Bench:
     """A :class:`Bench` (fp32, CPU) from an exported model folder, or from a transformers LLaVA
     folder imported once into ``cache/<its name>``."""
-    from mage_fast.export.hf_llava import import_llava, is_llava_dir
-    from mage_fast.export.pretrained import image_transform, load_pretrained
-
     name = os.path.basename(os.path.normpath(model_dir))
     if is_llava_dir(model_dir):
         src, model_dir = model_dir, os.path.join(cache, name)

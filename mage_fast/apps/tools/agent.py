@@ -18,9 +18,10 @@ from typing import Any
 import torch
 from PIL import Image
 
-from mage_fast.apps.tools.registry import Observation, Registry
+from mage_fast.apps.tools.registry import Observation, Registry, make_registry
 from mage_fast.data.image import ImageTransform
 from mage_fast.data.template import ConversationTemplate
+from mage_fast.export.pretrained import image_transform, load_pretrained
 from mage_fast.toolcall.convert import parse_markup
 from mage_fast.toolcall.format import CALL_ROLE, OBS_ROLE, Call, RowError, calls_value, check_calls
 
@@ -131,9 +132,6 @@ class Agent:
 
 def load_agent(model_dir: str, modules: list[str] = (), timeout_s: float = 30.0, **kw: Any) -> Agent:
     """An Agent over an exported model, the built-in tools and those of ``modules``."""
-    from mage_fast.apps.tools.registry import make_registry
-    from mage_fast.export.pretrained import image_transform, load_pretrained
-
     model, tok = load_pretrained(model_dir)
     model.eval()
     return Agent(

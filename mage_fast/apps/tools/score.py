@@ -33,7 +33,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from mage_fast.toolcall.format import CALL_ROLE, USER_ROLES, Call, parse_calls, role_of
+from mage_fast.apps.tools.agent import Episode, load_agent
+from mage_fast.configtools import load_config
+from mage_fast.data.llava import read_rows
+from mage_fast.toolcall.config import ToolsConfig
+from mage_fast.toolcall.format import CALL_ROLE, USER_ROLES, Call, count_placeholders, parse_calls, role_of
+from mage_fast.train.answering import normalize as norm_text
+from mage_fast.train.config import TrainConfig
 
 
 def normalize(x: Any) -> Any:
@@ -108,8 +114,6 @@ def _ratio(hits: list[bool]) -> float | None:
 
 def score_episodes(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Records ``{"ref_calls", "ref_answer", "target" (PIL | None), "episode"}`` → the scores."""
-    from mage_fast.train.answering import normalize as norm_text
-
     valid, name, args, over, e2e, ans = [], [], [], [], [], []
     tp = n_pred = n_ref = 0
     for r in records:
@@ -155,9 +159,6 @@ def _load(path: str) -> Image.Image:
 
 def prepare(rows: list[dict[str, Any]], root: str) -> list[dict[str, Any]]:
     """Rows → records with a fresh episode (the prompt turns and their images) each."""
-    from mage_fast.apps.tools.agent import Episode
-    from mage_fast.toolcall.format import count_placeholders
-
     out = []
     for row in rows:
         n, calls, answer = reference(row)
@@ -191,9 +192,6 @@ def evaluate(
     timeout_s: float = 30.0,
 ) -> dict[str, Any]:
     """Scores overall and per row ``kind`` of the first ``limit`` rows (0: all)."""
-    from mage_fast.apps.tools.agent import load_agent
-    from mage_fast.data.llava import read_rows
-
     t0 = time.time()
     agent = load_agent(model_dir, list(modules), timeout_s, max_steps=max_steps)
     rows = read_rows(data)
@@ -210,12 +208,8 @@ def evaluate(
 
 def tools_config(path: str | None):
     """The ``tools`` section of a training YAML (defaults without one)."""
-    from mage_fast.toolcall.config import ToolsConfig
-
     if not path:
         return ToolsConfig()
-    from mage_fast.configtools import load_config
-    from mage_fast.train.config import TrainConfig
 
     return load_config(TrainConfig, path).tools
 

@@ -18,16 +18,15 @@ import sys
 from collections import Counter
 from typing import Any
 
+from mage_fast.data.llava import BadLine, DataError, read_rows
 from mage_fast.toolcall.format import RowError, check_row
 
 
 def validate_rows(rows: list[Any]) -> list[tuple[str, str, str]]:
     """Rows → ``(id, reason, detail)`` for each bad one."""
-    from mage_fast.data.llava import _BadLine
-
     bad = []
     for i, row in enumerate(rows):
-        if isinstance(row, _BadLine):
+        if isinstance(row, BadLine):
             bad.append((row.id, "malformed", row.error))
             continue
         sid = str(row["id"]) if isinstance(row, dict) and row.get("id") is not None else f"row {i}"
@@ -39,7 +38,6 @@ def validate_rows(rows: list[Any]) -> list[tuple[str, str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mage_fast.data.llava import DataError, read_rows
 
     p = argparse.ArgumentParser(prog="mage_fast.apps.tools.validate", description=__doc__.split("\n\n")[0])
     p.add_argument("files", nargs="+")
