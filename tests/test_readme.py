@@ -181,6 +181,24 @@ def test_make_targets_exist(doc):
     assert not found - make_rules(), found - make_rules()
 
 
+def test_readme_is_a_landing_page():
+    """The topics live in docs/, one file each; README keeps the commands and the tour."""
+    text = _read("README.md")
+    tour = {p for p in link_paths(text) if p.startswith("docs/") and p.endswith(".md")}
+    assert len(text.splitlines()) < 300 and len(tour) >= 15, (len(text.splitlines()), sorted(tour))
+
+
+def test_every_doc_is_reached_from_readme():
+    """Following links from README reaches every page of docs/."""
+    seen, todo = set(), ["README.md"]
+    while todo:
+        doc = todo.pop()
+        seen.add(doc)
+        found = link_paths(_read(doc), os.path.dirname(doc))
+        todo += [p for p in found if p.endswith(".md") and p in DOCS and p not in seen]
+    assert not set(DOCS) - seen, sorted(set(DOCS) - seen)
+
+
 def test_readme_names_enough_paths():
     text = _read("README.md")
     assert len(repo_paths(text) | link_paths(text)) > 20
