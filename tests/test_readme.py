@@ -199,6 +199,19 @@ def test_every_doc_is_reached_from_readme():
     assert not set(DOCS) - seen, sorted(set(DOCS) - seen)
 
 
+def test_survival_table_names_real_tests():
+    """Each `-k NAME` of docs/survival.md's table selects a test of the two files it names."""
+    text = _read("docs/survival.md")
+    rows = [line.split("|")[-2] for line in text.splitlines() if line.startswith("| ") and "-k NAME" not in line]
+    names = {n for cell in rows for n in re.findall(r"`([\w]+)`", cell)}
+    tests = set()
+    for f in ("tests/train/test_train_survival.py", "tests/train/test_train_bad_inputs.py"):
+        assert f in text, f
+        tests |= set(re.findall(r"^def (test_\w+)", _read(f), re.M))
+    assert len(names) >= 6, names
+    assert not {n for n in names if not any(n in t for t in tests)}, sorted(tests)
+
+
 def test_readme_names_enough_paths():
     text = _read("README.md")
     assert len(repo_paths(text) | link_paths(text)) > 20
