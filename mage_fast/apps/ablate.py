@@ -21,10 +21,13 @@ import subprocess
 import sys
 
 from mage_fast.model.config import AlignerConfig, VisionConfig
+from mage_fast.shapes.scenes import generate
+from mage_fast.train.__main__ import main as train_main
 
 VARIANTS = [("ian", 1.0), ("mlp2x_gelu", 1.0), ("linear", 1.0), ("pool_mlp", 1.0), ("ian", 0.0), ("ian", 0.1)]
 QTYPES = ("colour", "shape", "position", "count", "overall")
-CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "train", "ablate.yaml")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
+CONFIG = os.path.join(ROOT, "configs", "train", "ablate.yaml")
 
 
 def name(aligner: str, lam: float) -> str:
@@ -33,9 +36,7 @@ def name(aligner: str, lam: float) -> str:
 
 def child(overrides: list[str]) -> None:
     """Train in this process, then record its peak resident memory beside the run's summary."""
-    from mage_fast.train.__main__ import main
-
-    code = main(["--config", CONFIG, *overrides])
+    code = train_main(["--config", CONFIG, *overrides])
     if code:
         sys.exit(code)  # stopped by a signal: no peak to record, the parent sees the status
     run_dir = next(o.split("=", 1)[1] for o in overrides if o.startswith("run_dir="))
@@ -152,7 +153,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--n", type=int, default=3000, help="images in the shapes world")
     a = p.parse_args(argv)
-    from mage_fast.shapes.scenes import generate
 
     if not os.path.isfile(os.path.join(a.out, "data", "world.json")):
         generate(os.path.join(a.out, "data"), n=a.n, seed=0)

@@ -25,14 +25,19 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from mage_fast.apps.demo_multi_look import answers, draw_maps, probe
+from mage_fast.apps.demo_multi_report import write_results
+from mage_fast.export.pretrained import load_pretrained
+from mage_fast.shapes.multi import TASKS
+from mage_fast.train.__main__ import main as train_main
+
 VARIANTS: dict[str, list[str]] = {
     "ian": ["model.aligner.type=ian"],
     "sam": ["model.aligner.type=sam", "model.aligner.sam_include_self=true"],
     "sam_excl": ["model.aligner.type=sam", "model.aligner.sam_include_self=false"],
 }
-CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "train", "demo_multi.yaml"
-)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
+CONFIG = os.path.join(ROOT, "configs", "train", "demo_multi.yaml")
 MAP_SETS = 2  # held-out sets per task drawn in the guidance maps
 
 
@@ -53,8 +58,6 @@ def _write_json(path: str, obj: object) -> None:
 
 def child(run: str, data: str, config: str, max_new_tokens: int, overrides: list[str]) -> None:
     """Train (unless the run's export exists), answer the held-out sets, probe a sam; done.json last."""
-    from mage_fast.train.__main__ import main as train_main
-
     timing = os.path.join(run, "train_time.json")
     if not os.path.isfile(os.path.join(run, "summary.json")):
         t0, c0 = time.time(), _cpu()
@@ -69,9 +72,6 @@ def child(run: str, data: str, config: str, max_new_tokens: int, overrides: list
             trained = json.load(f)
     t1, c1 = time.time(), _cpu()
     import torch
-
-    from mage_fast.apps.demo_multi_look import answers, probe
-    from mage_fast.export.pretrained import load_pretrained
 
     torch.set_num_threads(1)  # runs go side by side, one core each, as the config's threads=1 trains
     torch.manual_seed(0)
@@ -119,10 +119,6 @@ def run_all(a: argparse.Namespace) -> dict[str, list[dict]]:
 
 def draw_guidance(a: argparse.Namespace, done: dict[str, list[dict]]) -> list[str]:
     """guidance_<variant>.png for each sam variant's first seed over MAP_SETS held-out sets per task."""
-    from mage_fast.apps.demo_multi_look import draw_maps
-    from mage_fast.export.pretrained import load_pretrained
-    from mage_fast.shapes.multi import TASKS
-
     with open(os.path.join(a.data, "eval.json")) as f:
         rows = json.load(f)
     picked = [r for t in TASKS for r in [x for x in rows if x["task"] == t][:MAP_SETS]]
@@ -156,7 +152,6 @@ def main(argv: list[str] | None = None) -> None:
         print("demo-multi: one seed gives no spread and no seed resampling; use >= 3 for a claim", flush=True)
     t0 = time.time()
     done = run_all(a)
-    from mage_fast.apps.demo_multi_report import write_results
 
     maps = draw_guidance(a, done)
     print(write_results(a.out, a.data, done, a.seeds, maps, a.boot, time.time() - t0))
