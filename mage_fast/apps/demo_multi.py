@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
         run, data, config, mnt, *overrides = argv[1:]
         return child(run, data, config, int(mnt), overrides)
     p = argparse.ArgumentParser(prog="mage_fast.apps.demo_multi", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="a shapes_multi world")
+    p.add_argument("--data", required=True, help="a shapes.multi world")
     p.add_argument("--out", required=True, help="runs folder (RUNS/runs/<variant>_s<seed>, results.*)")
     p.add_argument("--config", default=CONFIG)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -19,9 +19,9 @@ are drawn large. Seen alone, an image does not say which of its objects matters;
   then it turns blue ."
 
 Images come first in the prompt, one ``<image>`` line each, in order; each image carries its own
-scene caption (shapes.py's wording) for the MSE term. Written: DIR/images/, DIR/train.json,
+scene caption (shapes.world's wording) for the MSE term. Written: DIR/images/, DIR/train.json,
 DIR/eval.json (``task``/``qtype``, ``refs`` and ``link`` (the linked object per image, or null)
-per row, for ``mage_fast.apps.caption_score`` and the guidance maps), DIR/tokenizer/ (shapes.py's word
+per row, for ``mage_fast.apps.caption_score`` and the guidance maps), DIR/tokenizer/ (shapes.world's word
 tokenizer trained on this world's text), DIR/world.json. Deterministic by seed.
 """
 

@@ -1,6 +1,6 @@
 """demo-multi's parts: per-item scores that add up to the corpus scores, mean ± std, the paired
 bootstrap, the report files, and the guidance extraction (alpha, knock-out, probe, maps) on a tiny
-SAM model over a tiny shapes_multi world."""
+SAM model over a tiny shapes.multi world."""
 
 from __future__ import annotations
 
