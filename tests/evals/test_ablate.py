@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from testutil import ROOT
 
 from mage_fast.apps import ablate
 
@@ -31,3 +34,13 @@ def test_aggregate_and_table() -> None:
     assert [ablate.tokens_per_image(a) for a in ("ian", "pool_mlp", "mlp2x_gelu", "linear")] == [9, 9, 36, 36]
     text = ablate.table(rows)
     assert "| ian λ=1 | 2 | 0.600 ± 0.141 |" in text and "| 9 | 300 | 310 |" in text
+
+
+def test_default_configs_are_the_repositorys() -> None:
+    """The launchers' default training configs resolve to the repository's configs/ (they are
+    found from the module's own path)."""
+    from mage_fast.apps import demo_multi
+
+    for config in (ablate.CONFIG, demo_multi.CONFIG):
+        assert os.path.isfile(config), config
+        assert os.path.relpath(config, ROOT).startswith(os.path.join("configs", "train")), config
