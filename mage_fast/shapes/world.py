@@ -93,6 +93,19 @@ def places(objs: list[Obj], rng: random.Random) -> str:
     return " , ".join(f"at {o.position} is a {o.colour} {o.shape}" for o in order) + " ."
 
 
+def quiz(objs: list[Obj], rng: random.Random) -> list[tuple[str, str, str]]:
+    """Every question about every object (colour, shape and position of each, the count once), in
+    random order: one image answers 3n + 1 questions, so a sample carries ~8 answers instead of 1."""
+    qs = [("count", "how many shapes are there ?", COUNT_WORDS[len(objs)])]
+    for o in objs:
+        qs += [
+            ("colour", f"what color is the shape at {o.position} ?", o.colour),
+            ("shape", f"what shape is at {o.position} ?", o.shape),
+            ("position", f"where is the {o.colour} {o.shape} ?", o.position),
+        ]
+    return rng.sample(qs, len(qs))
+
+
 def questions(objs: list[Obj], rng: random.Random) -> list[tuple[str, str, str]]:
     """One (qtype, question, answer) per type, about a randomly chosen object."""
     o = rng.choice(objs)
