@@ -42,6 +42,22 @@ print(json.dumps(result))
 """
 
 
+_FROM = re.compile(r"^\s*from\s+((?:mage_fast|benchmarks)[\w.]*)\s+import\s+([\w, ]+)$", re.M)
+# Imports each (module, name) pair given as "module:name" arguments; prints the pairs that fail.
+_IMPORTS = """
+import importlib, json, sys
+bad = []
+for arg in sys.argv[1:]:
+    module, name = arg.split(":")
+    try:
+        if not hasattr(importlib.import_module(module), name):
+            importlib.import_module(module + "." + name)
+    except Exception as e:
+        bad.append(f"{arg}: {type(e).__name__}: {e}")
+print(json.dumps(bad))
+"""
+
+
 def code_text(text: str) -> str:
     """Fenced blocks, indented blocks and inline `spans` of a markdown text, one per line."""
     parts = _FENCE.findall(text)
@@ -52,7 +68,24 @@ def code_text(text: str) -> str:
 
 
 def modules(text: str) -> set[str]:
-    return {a or b for a, b in _MODULE.findall(code_text(text))}
+    """Modules run with `python -m` / `--module`; a placeholder (`mage_fast.apps.NAME`,
+    `mage_fast.apps.<program>`) is none."""
+    found = {a or b for a, b in _MODULE.findall(code_text(text))}
+    return {m for m in found if not m.endswith(".") and not re.fullmatch(r"[A-Z_]+", m.rsplit(".", 1)[-1])}
+
+
+def code_imports(text: str) -> set[str]:
+    """`module:name` of every `from mage_fast... import a, b` in a document's code."""
+    return {f"{m}:{n.strip()}" for m, names in _FROM.findall(code_text(text)) for n in names.split(",") if n.strip()}
+
+
+def failed_imports(pairs: set[str]) -> list[str]:
+    """The `module:name` pairs that do not import, checked in one subprocess."""
+    p = subprocess.run(
+        [sys.executable, "-c", _IMPORTS, *sorted(pairs)], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def targets(text: str) -> set[str]:
@@ -141,6 +174,7 @@ def help_answers(names: set[str]) -> dict[str, list]:
 def test_the_checks_catch_what_does_not_exist():
     fake = (
         "```bash\npython -m mage_fast.nope --x\ndeepspeed --module mage_fast.train\nmake nope\n```\n"
+        "`python -m mage_fast.apps.NAME` or `python -m mage_fast.apps.<program>` runs a program\n"
         "Run `make test`, see configs/train/{demo_stage1,nope}.yaml, `mage_fast/ops/<op>.py` and\n"
         "    ../shared/tool.sh   # a helper elsewhere\n"
         "[ok](../Makefile), [gone](nope.md#part), ![up](../../x.png), [web](https://example.com/a/b)\n"
@@ -161,6 +195,9 @@ def test_the_checks_catch_what_does_not_exist():
     assert slug("Backends and `auto`") == "backends-and-auto"
     assert missing_anchors(anchors, "docs/x.md") == ["ops.md#nope", "#nope"]
     assert help_answers({"mage_fast.nope"})["mage_fast.nope"][0] != 0
+    code = "```python\nfrom mage_fast.labels import IGNORE_INDEX, nope\nfrom mage_fast import labels\n```\n"
+    assert code_imports(code) == {"mage_fast.labels:IGNORE_INDEX", "mage_fast.labels:nope", "mage_fast:labels"}
+    assert [b.split(":")[:2] for b in failed_imports(code_imports(code))] == [["mage_fast.labels", "nope"]]
 
 
 DOCS = ["README.md", *sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))]
@@ -179,6 +216,12 @@ def test_readme_make_targets_exist():
 def test_make_targets_exist(doc):
     found = targets(_read(doc))
     assert not found - make_rules(), found - make_rules()
+
+
+def test_code_imports_exist():
+    """Every `from mage_fast... import X` in the documents' code imports."""
+    pairs = set().union(*(code_imports(_read(doc)) for doc in DOCS))
+    assert len(pairs) >= 5 and not failed_imports(pairs), failed_imports(pairs)
 
 
 def test_readme_is_a_landing_page():
