@@ -1,28 +1,27 @@
-// ce_mse_fwd: one native function for the "cpp" (CPU) and "cuda" (CUDA) backends.
+// ce_mse_fwd's chunk loop, one function for the "cpp" (CPU) and "cuda" (CUDA) backends; each
+// device registers it with its row kernel (mage_fast/ce_mse.h).
 //
 // Contract of mage_fast/ops/ce_mse.py (its module docstring): tokens are walked in chunks of
-// `chunk_rows` rows (the Python planner's), so only a (rows, V) fp32 logits buffer and its P ever
-// exist (never N x V). Per chunk: logits = h W^T (GEMM, fp32 result), the per-device row kernel
-// (ce_mse.h) for the CE terms and P = softmax - onehot (unscaled), then grad_hidden = P W and
-// grad_weight += P^T h (ignored rows of h selected to 0), accumulated in fp32. The image term
+// `chunk_rows` rows (the Python planner's, mage_fast/ops/ce_mse_plan.py), so only a (rows, V) fp32
+// logits buffer and its P ever exist (never N x V). Per chunk: logits = h W^T (GEMM, fp32
+// result), the device's row kernel for the CE terms and P = softmax - onehot (unscaled), then
+// grad_hidden = P W and grad_weight += P^T h (ignored rows of h selected to 0), accumulated in fp32. The image term
 // stores img - img_target on masked rows. 1/denom and 2/count come back as a (2,) fp32 tensor for
 // the autograd backward to apply in fp32. Sums: per-row partials summed by ATen in a fixed order.
 // The GEMMs are ATen's (cuBLAS on CUDA with fp32 output; CPU widens the operands to fp32).
 
-#include <torch/library.h>
 #include <torch/types.h>
 
 #include <algorithm>
 #include <optional>
 #include <tuple>
 
-#include "ce_mse.h"
+#include "mage_fast/ce_mse.h"
 
 namespace mage_fast {
 namespace ce_mse {
 namespace {
 
-using Out7 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 constexpr const char* kOp = "ce_mse_fwd";
 
 bool is_float3(at::ScalarType t) { return t == at::kFloat || t == at::kBFloat16 || t == at::kHalf; }
@@ -81,15 +80,6 @@ void addmm_f32_(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b) {
   }
 }
 
-void rows(const at::Tensor& logits, const at::Tensor& labels, const at::Tensor& row_loss, const at::Tensor& p,
-          int64_t ignore_index) {
-#ifdef MAGE_FAST_WITH_CUDA
-  if (logits.is_cuda()) return rows_cuda(logits, labels, row_loss, p, ignore_index);
-#endif
-  TORCH_CHECK(logits.is_cpu(), kOp, ": no row kernel for device ", logits.device(), " in this build");
-  rows_cpu(logits, labels, row_loss, p, ignore_index);
-}
-
 // Masked MSE: (mse, img - img_target on masked rows, 2 / count), count = masked rows x D (>= 1).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_mse(const at::Tensor& img, const at::Tensor& img_target,
                                                          const at::Tensor& img_mask, bool need_i) {
@@ -100,9 +90,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_mse(const at::Tensor& img,
   return {(diff * diff).sum() / cnt, gi, cnt.reciprocal() * 2.0};
 }
 
-Out7 ce_mse_fwd(const at::Tensor& hidden_, const at::Tensor& weight_, const at::Tensor& labels_, const at::Tensor& img,
-                const at::Tensor& img_target, const at::Tensor& img_mask, double lam, int64_t ignore_index,
-                std::optional<double> num_items, bool need_h, bool need_w, bool need_i, int64_t chunk_rows) {
+}  // namespace
+
+// -> (ce, mse) 0-dim fp32; P W (N, H) in hidden's dtype, P^T h (V, H) (fp32 for fp16, else
+// weight's dtype), img - img_target (M, D), each empty (0,) when its flag is false; (2,) fp32
+// scales (1 / denom, 2 / count).
+Out6 forward(RowKernel rows, const at::Tensor& hidden_, const at::Tensor& weight_, const at::Tensor& labels_,
+             const at::Tensor& img, const at::Tensor& img_target, const at::Tensor& img_mask, int64_t ignore_index,
+             std::optional<double> num_items, bool need_h, bool need_w, bool need_i, int64_t chunk_rows) {
   check_args(hidden_, weight_, labels_, img, img_target, img_mask, num_items, chunk_rows);
   const c10::DeviceGuard guard(hidden_.device());
   const int64_t N = hidden_.size(0), V = weight_.size(0);
@@ -134,28 +129,8 @@ Out7 ce_mse_fwd(const at::Tensor& hidden_, const at::Tensor& weight_, const at::
   auto [mse, gi, s_mse] = masked_mse(img.contiguous(), img_target.contiguous(), img_mask.contiguous(), need_i);
   const auto dt = hidden.scalar_type();
   at::Tensor gw = need_w ? (dt == at::kHalf ? gw32 : gw32.to(dt)) : at::empty({0}, weight.options());
-  return {ce + mse * lam, ce, mse, gh, gw, gi, at::stack({inv, s_mse})};
+  return {ce, mse, gh, gw, gi, at::stack({inv, s_mse})};
 }
 
-}  // namespace
 }  // namespace ce_mse
-
-// Fused lm_head + cross-entropy over token chunks of `chunk_rows` rows + masked MSE. hidden
-// (N, H), weight (V, H), labels (N,) int64/int32, img / img_target (M, D), img_mask (M,) bool.
-// -> (loss, ce, mse) 0-dim fp32; P W (N, H) in hidden's dtype, P^T h (V, H) (fp32 for fp16, else
-// weight's dtype), img - img_target (M, D), each empty (0,) when its flag is false; (2,) fp32
-// scales (1 / denom, 2 / count).
-TORCH_LIBRARY_FRAGMENT(mage_fast, m) {
-  m.def(
-      "ce_mse_fwd(Tensor hidden, Tensor weight, Tensor labels, Tensor img, Tensor img_target, "
-      "Tensor img_mask, float lam, int ignore_index, float? num_items, bool need_hidden_grad, "
-      "bool need_weight_grad, bool need_img_grad, int chunk_rows) -> "
-      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(mage_fast, CPU, m) { m.impl("ce_mse_fwd", &ce_mse::ce_mse_fwd); }
-#ifdef MAGE_FAST_WITH_CUDA
-TORCH_LIBRARY_IMPL(mage_fast, CUDA, m) { m.impl("ce_mse_fwd", &ce_mse::ce_mse_fwd); }
-#endif
-
 }  // namespace mage_fast

@@ -45,5 +45,15 @@ TORCH_LIBRARY(mage_fast, m) {
       "ian_projection_bwd(Tensor dy, Tensor x, Tensor w1, Tensor w2, Tensor ln_w, Tensor z1, "
       "Tensor xhat, Tensor rstd, bool[7] needs) -> "
       "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
-  // ce_mse_fwd: defined next to its implementation, csrc/ce_mse.cpp (TORCH_LIBRARY_FRAGMENT).
+
+  // Fused lm_head + cross-entropy over token chunks of `chunk_rows` rows + masked MSE. hidden
+  // (N, H), weight (V, H), labels (N,) int64/int32, img / img_target (M, D), img_mask (M,) bool.
+  // -> (ce, mse) 0-dim fp32; P W (N, H) in hidden's dtype, P^T h (V, H) (fp32 for fp16, else
+  // weight's dtype), img - img_target (M, D), each empty (0,) when its flag is false; (2,) fp32
+  // scales (1 / denom, 2 / count). One chunk loop on both devices: csrc/ce_mse.cpp.
+  m.def(
+      "ce_mse_fwd(Tensor hidden, Tensor weight, Tensor labels, Tensor img, Tensor img_target, "
+      "Tensor img_mask, int ignore_index, float? num_items, bool need_hidden_grad, "
+      "bool need_weight_grad, bool need_img_grad, int chunk_rows) -> "
+      "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

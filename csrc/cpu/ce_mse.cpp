@@ -1,14 +1,16 @@
-// ce_mse row kernel on CPU (ce_mse.h): per row an online log-sum-exp (one pass: running max and
-// rescaled sum), the CE term, and P = softmax - onehot in fp32, rounded once to hidden's dtype.
+// ce_mse row kernel on CPU (mage_fast/ce_mse.h): per row an online log-sum-exp (one pass: running
+// max and rescaled sum), the CE term, and P = softmax - onehot in fp32, rounded once to hidden's
+// dtype. ce_mse_fwd's CPU kernel is the shared chunk loop (csrc/ce_mse.cpp) with this row kernel.
 
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
-#include "ce_mse.h"
+#include "mage_fast/ce_mse.h"
 
 namespace mage_fast {
 namespace ce_mse {
@@ -62,4 +64,7 @@ void rows_cpu(const at::Tensor& logits, const at::Tensor& labels, const at::Tens
 }
 
 }  // namespace ce_mse
+
+TORCH_LIBRARY_IMPL(mage_fast, CPU, m) { m.impl("ce_mse_fwd", &ce_mse::fwd<ce_mse::rows_cpu>); }
+
 }  // namespace mage_fast

@@ -1,4 +1,4 @@
-// ce_mse row kernel on CUDA (ce_mse.h), one block per row of the chunk:
+// ce_mse row kernel on CUDA (mage_fast/ce_mse.h), one block per row of the chunk:
 //   pass 1: online log-sum-exp over the vocabulary (each thread keeps a running (max, sum), merged
 //           across the block); the row's CE term written to its own slot (no atomics: the sum over
 //           rows runs afterwards in a fixed order);
@@ -6,8 +6,8 @@
 //           -(sum of the other classes' p) (no cancellation for confident predictions), rounded
 //           once to hidden's dtype. Ignored rows are written as zeros whatever their logits hold.
 
-#include "ce_mse.h"
 #include "common.cuh"
+#include "mage_fast/ce_mse.h"
 
 namespace mage_fast {
 namespace ce_mse {
@@ -79,4 +79,7 @@ void rows_cuda(const at::Tensor& logits, const at::Tensor& labels, const at::Ten
 }
 
 }  // namespace ce_mse
+
+TORCH_LIBRARY_IMPL(mage_fast, CUDA, m) { m.impl("ce_mse_fwd", &ce_mse::fwd<ce_mse::rows_cuda>); }
+
 }  // namespace mage_fast

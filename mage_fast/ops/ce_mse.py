@@ -6,7 +6,10 @@ loss = ce + lam * mse, where
   mse = mean over the (img_mask images x D) elements of (img - img_target)^2 (0 if none).
 
 This module is the op's unit: the custom op with its fake and autograd, the low-level native
-op's fake and autograd, and the backend table; the chunking planner is `ce_mse_plan`.
+op's fake and autograd, and the backend table; the chunking planner is `ce_mse_plan`. The custom
+op returns ce and mse (with the stored gradients below); `ce_mse` forms the loss from them, the
+one place lam enters, and autograd carries lam to mse's incoming gradient. Every backend's forward
+takes one `CeMseArgs` record and the planner's chunk rows.
 
 Stored gradients. The forward computes the gradients with the loss, unscaled: per chunk of tokens
 P = softmax - onehot (fp32; the target class as minus the sum of the other classes'
@@ -31,6 +34,8 @@ a fixed order (per-row partials summed by torch): deterministic, no fp32 atomics
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from mage_fast.ops import _backend, _ext, _triton  # noqa: F401  (_ext: load mage_fast._C first)
@@ -39,6 +44,28 @@ from mage_fast.ops._gemm import mm_f32, widen_off_cuda
 from mage_fast.ops.ce_mse_plan import plan_for
 
 OP = "ce_mse"
+
+
+class CeMseArgs(NamedTuple):
+    """What every backend's forward receives, with the planner's chunk rows: the op's tensors and
+    switches, in the order of the flat schemas of `mage_fast::ce_mse` and `ce_mse_fwd`."""
+
+    hidden: torch.Tensor  # (N, H)
+    weight: torch.Tensor  # (V, H), hidden's dtype
+    labels: torch.Tensor  # (N,) int64
+    img: torch.Tensor  # (M, D)
+    img_target: torch.Tensor  # (M, D), img's dtype
+    img_mask: torch.Tensor  # (M,) bool
+    ignore_index: int
+    num_items: float | None  # the CE denominator; None: this call's labelled tokens
+    need_hidden_grad: bool
+    need_weight_grad: bool
+    need_img_grad: bool
+
+
+# (ce, mse) 0-dim fp32; stored gradients P W (N, H), P^T h (V, H), img - img_target (M, D), each
+# empty (0,) when not needed; scales (2,) fp32 = (1 / denom, 2 / count).
+_Out = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def grad_weight_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -96,46 +123,43 @@ def _mse_torch(img, img_target, img_mask, need_i):
     return (diff * diff).sum() / cnt, gi, 2.0 / cnt
 
 
-def _fwd_torch(hidden, weight, labels, img, img_target, img_mask, lam, ignore_index, num_items, nh, nw, ni, rows):
-    valid = labels != ignore_index
-    inv = 1.0 / _denom(valid, num_items)
-    ce_sum, gh, gw = _ce_chunks_torch(hidden, weight, labels, valid, rows, nh, nw)
-    ce = ce_sum * inv
-    mse, gi, s_mse = _mse_torch(img, img_target, img_mask, ni)
-    gw = gw.to(grad_weight_dtype(weight.dtype)) if nw else weight.new_empty(0)
-    return ce + lam * mse, ce, mse, gh, gw, gi, torch.stack([inv, s_mse])
+def _fwd_torch(a: CeMseArgs, rows: int) -> _Out:
+    valid = a.labels != a.ignore_index
+    inv = 1.0 / _denom(valid, a.num_items)
+    ce_sum, gh, gw = _ce_chunks_torch(a.hidden, a.weight, a.labels, valid, rows, a.need_hidden_grad, a.need_weight_grad)
+    mse, gi, s_mse = _mse_torch(a.img, a.img_target, a.img_mask, a.need_img_grad)
+    gw = gw.to(grad_weight_dtype(a.weight.dtype)) if a.need_weight_grad else a.weight.new_empty(0)
+    return ce_sum * inv, mse, gh, gw, gi, torch.stack([inv, s_mse])
 
 
-def _fwd_triton(hidden, weight, labels, img, img_target, img_mask, lam, ignore_index, num_items, nh, nw, ni, rows):
+def _fwd_triton(a: CeMseArgs, rows: int) -> _Out:
     # The kernels index memory with the labels: an id outside [0, V) would read another row's
     # logit silently. No host sync on CUDA (the assert fires at a later launch); raises on CPU.
-    V = weight.shape[0]
-    valid = labels != ignore_index
+    V = a.weight.shape[0]
+    valid = a.labels != a.ignore_index
     torch._assert_async(
-        (valid.logical_not() | ((labels >= 0) & (labels < V))).all(),
+        (valid.logical_not() | ((a.labels >= 0) & (a.labels < V))).all(),
         f"{OP}: a label is out of bounds: ids must be in [0, {V}) or ignore_index",
     )
-    inv = 1.0 / _denom(valid, num_items)
-    gw_dt = grad_weight_dtype(weight.dtype)
-    loss_rows, gh, gw = _triton.kernels.linear_ce_fwd(hidden, weight, labels, ignore_index, nh, nw, rows, gw_dt)
-    ce = loss_rows.sum() * inv
-    mse, gi, s_mse = _triton.kernels.masked_mse_fwd(img, img_target, img_mask, ni)
-    gh = gh if gh is not None else hidden.new_empty(0)
-    gw = gw if gw is not None else weight.new_empty(0)
-    gi = gi if gi is not None else img.new_empty(0)
-    return ce + lam * mse, ce, mse, gh, gw, gi, torch.stack([inv, s_mse])
+    inv = 1.0 / _denom(valid, a.num_items)
+    nh, nw, gw_dt = a.need_hidden_grad, a.need_weight_grad, grad_weight_dtype(a.weight.dtype)
+    loss_rows, gh, gw = _triton.kernels.linear_ce_fwd(a.hidden, a.weight, a.labels, a.ignore_index, nh, nw, rows, gw_dt)
+    mse, gi, s_mse = _triton.kernels.masked_mse_fwd(a.img, a.img_target, a.img_mask, a.need_img_grad)
+    gh = gh if gh is not None else a.hidden.new_empty(0)
+    gw = gw if gw is not None else a.weight.new_empty(0)
+    gi = gi if gi is not None else a.img.new_empty(0)
+    return loss_rows.sum() * inv, mse, gh, gw, gi, torch.stack([inv, s_mse])
 
 
-def _fwd_native(*args):
-    # One C++ function (csrc/ce_mse.cpp) on CPU ("cpp") and CUDA ("cuda").
-    return torch.ops.mage_fast.ce_mse_fwd(*args)
+def _fwd_native(a: CeMseArgs, rows: int) -> _Out:
+    # ce_mse_fwd's schema is the record's fields, then the chunk rows (csrc/ops.cpp).
+    return torch.ops.mage_fast.ce_mse_fwd(*a, rows)
 
 
-# backend -> forward(hidden, weight, labels, img, img_target, img_mask, lam, ignore_index,
-# num_items, need_h, need_w, need_i, rows), each returning the op's 7 outputs; the backward is
-# backend-independent scaling, so the rows carry forwards only.
-# auto=False for cpp: at N=256, H=256, V=8192 (fwd+bwd, 2 threads) the C++ twin's scalar exp loops
-# took ~1.5x the torch backend's (vectorised) time; the twin is the CI check of the C++ path.
+# backend -> forward(args, rows) returning the op's 6 outputs; the backward is backend-independent
+# scaling, so the rows carry forwards only. cpp is not picked by auto on CPU: there the torch
+# backend's vectorised exp runs faster than the C++ twin's scalar loops (benchmarks/NOTES.md);
+# the twin is the CI check of the C++ path.
 TABLE = _backend.register(
     OP,
     (
@@ -144,8 +168,6 @@ TABLE = _backend.register(
         *_ext.native_rows("ce_mse_fwd", _fwd_native, cpu_auto=False),
     ),
 )
-
-_Out = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @torch.library.custom_op("mage_fast::ce_mse", mutates_args=())
@@ -156,7 +178,6 @@ def _ce_mse_op(
     img: torch.Tensor,
     img_target: torch.Tensor,
     img_mask: torch.Tensor,
-    lam: float,
     ignore_index: int,
     num_items: float | None,
     need_hidden_grad: bool,
@@ -164,32 +185,40 @@ def _ce_mse_op(
     need_img_grad: bool,
     backend: str,
 ) -> _Out:
-    """-> (loss, ce, mse) 0-dim fp32; the unscaled stored gradients P W (N, H) and P^T h (V, H)
-    and img - img_target (M, D) (each empty (0,) when its flag is False; dtypes in the module
+    """-> (ce, mse) 0-dim fp32; the unscaled stored gradients P W (N, H) and P^T h (V, H) and
+    img - img_target (M, D) (each empty (0,) when its flag is False; dtypes in the module
     docstring); scales (2,) fp32 = (1 / denom, 2 / count)."""
-    rows = plan_for(hidden, weight).rows
-    args = (hidden, weight, labels, img, img_target, img_mask, lam, ignore_index, num_items)
-    return TABLE[backend].forward(*args, need_hidden_grad, need_weight_grad, need_img_grad, rows)
+    flags = (need_hidden_grad, need_weight_grad, need_img_grad)
+    a = CeMseArgs(hidden, weight, labels, img, img_target, img_mask, ignore_index, num_items, *flags)
+    return TABLE[backend].forward(a, plan_for(hidden, weight).rows)
 
 
-def _fake(hidden, weight, labels, img, img_target, img_mask, lam, ignore_index, num_items, nh, nw, ni, _) -> _Out:
-    s = hidden.new_empty((), dtype=torch.float32)
-    gh = torch.empty_like(hidden) if nh else hidden.new_empty(0)
-    gw = weight.new_empty(weight.shape, dtype=grad_weight_dtype(weight.dtype)) if nw else weight.new_empty(0)
-    gi = torch.empty_like(img) if ni else img.new_empty(0)
-    return s, s.clone(), s.clone(), gh, gw, gi, s.new_empty((2,))
+def _args(inputs: tuple) -> CeMseArgs:
+    """The record of an op's inputs: both ops take its fields first, then one more (the backend
+    name of `mage_fast::ce_mse`, the chunk rows of `ce_mse_fwd`)."""
+    return CeMseArgs(*inputs[: len(CeMseArgs._fields)])
+
+
+def _fake(*inputs) -> _Out:
+    a = _args(inputs)
+    s = a.hidden.new_empty((), dtype=torch.float32)
+    gh = torch.empty_like(a.hidden) if a.need_hidden_grad else a.hidden.new_empty(0)
+    gw_dt = grad_weight_dtype(a.weight.dtype)
+    gw = a.weight.new_empty(a.weight.shape, dtype=gw_dt) if a.need_weight_grad else a.weight.new_empty(0)
+    gi = torch.empty_like(a.img) if a.need_img_grad else a.img.new_empty(0)
+    return s, s.clone(), gh, gw, gi, s.new_empty((2,))
 
 
 def _setup_context(ctx, inputs, output) -> None:
     # No incoming gradient for the stored outputs (nobody differentiates them): without this,
     # autograd materialises a zeros tensor of each, i.e. a V x H one for grad_weight per backward.
-    # (Not marked non-differentiable: with that, the in-place backward scaled a buffer a raw-op
-    # caller still held; test_retain_graph_and_in_place_backward catches it.)
+    # They are not marked non-differentiable: that would let the in-place backward scale a buffer
+    # that a caller of the raw op still holds (test_retain_graph_and_in_place_backward).
     ctx.set_materialize_grads(False)
-    ctx.lam = inputs[6]
-    ctx.flags = inputs[9:12]
-    ctx.dtypes = (inputs[0].dtype, inputs[1].dtype, inputs[3].dtype)
-    ctx.save_for_backward(*output[3:])
+    a = _args(inputs)
+    ctx.needs = (a.need_hidden_grad, a.need_weight_grad, a.need_img_grad)
+    ctx.dtypes = (a.hidden.dtype, a.weight.dtype, a.img.dtype)
+    ctx.save_for_backward(*output[2:])
 
 
 _OWN_REFS = 3
@@ -222,18 +251,19 @@ def _scaled(g: torch.Tensor, s: torch.Tensor, dtype: torch.dtype, in_place: bool
     return (g.float() * s).to(dtype)
 
 
-def _backward(ctx, d_loss, d_ce, d_mse, *_):
+def _backward(ctx, d_ce, d_mse, *_):
     gh, gw, gi, scales = ctx.saved_tensors
-    need_h, need_w, need_i = ctx.flags
+    need_h, need_w, need_i = ctx.needs
     zero = torch.zeros((), dtype=torch.float32, device=scales.device)
-    d_loss = zero if d_loss is None else d_loss
-    s_ce = (d_loss + (zero if d_ce is None else d_ce)) * scales[0]  # d out / d ce, times 1 / denom
-    s_mse = (d_loss * ctx.lam + (zero if d_mse is None else d_mse)) * scales[1]
+    s_ce = (zero if d_ce is None else d_ce) * scales[0]  # d out / d ce, times 1 / denom
+    s_mse = (zero if d_mse is None else d_mse) * scales[1]
     in_place = _in_place_ok(gh, gw, gi)
-    dh = _scaled(gh, s_ce, ctx.dtypes[0], in_place) if need_h else None
-    dw = _scaled(gw, s_ce, ctx.dtypes[1], in_place) if need_w else None
-    di = _scaled(gi, s_mse, ctx.dtypes[2], in_place) if need_i else None
-    return dh, dw, None, di, None, None, None, None, None, None, None, None, None
+    grads = {
+        "hidden": _scaled(gh, s_ce, ctx.dtypes[0], in_place) if need_h else None,
+        "weight": _scaled(gw, s_ce, ctx.dtypes[1], in_place) if need_w else None,
+        "img": _scaled(gi, s_mse, ctx.dtypes[2], in_place) if need_i else None,
+    }
+    return (*(grads.get(name) for name in CeMseArgs._fields), None)  # None: backend / chunk rows
 
 
 _ce_mse_op.register_fake(_fake)
@@ -309,7 +339,6 @@ def ce_mse(
     b = _backend.resolve(OP, backend, hidden.device)
     g = torch.is_grad_enabled()
     needs = (g and hidden.requires_grad, g and weight.requires_grad, g and img.requires_grad)
-    out = _ce_mse_op(
-        hidden, weight, labels, img, img_target, img_mask, float(lam), int(ignore_index), num_items, *needs, b
-    )
-    return out[0], out[1], out[2]
+    out = _ce_mse_op(hidden, weight, labels, img, img_target, img_mask, int(ignore_index), num_items, *needs, b)
+    ce, mse = out[0], out[1]
+    return ce + float(lam) * mse, ce, mse  # the one place lam enters: autograd carries it to d mse

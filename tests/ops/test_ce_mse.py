@@ -312,14 +312,14 @@ def test_retain_graph_and_in_place_backward(backend: str) -> None:
     assert_close32("dweight .grad", wl.grad, gr[1])
     assert wl.grad.untyped_storage().data_ptr() in ptrs and hl.grad.untyped_storage().data_ptr() in ptrs
     # A caller of the raw op that holds its outputs never sees them scaled in place.
-    raw = torch.ops.mage_fast.ce_mse(hl, wl, lab, il, tgt, mask, LAM, -100, None, True, True, True, backend)
-    kept = raw[4].clone()
+    raw = torch.ops.mage_fast.ce_mse(hl, wl, lab, il, tgt, mask, -100, None, True, True, True, backend)
+    kept = raw[3].clone()
     raw[0].backward()
-    assert torch.equal(raw[4], kept)
+    assert torch.equal(raw[3], kept)
 
 
 def test_backward_materialises_no_zero_gradients(backend: str) -> None:
-    # Nobody differentiates the stored gradients (outputs 4-7): autograd must not build a zero
+    # Nobody differentiates the stored gradients (outputs 3-6): autograd must not build a zero
     # gradient for each of them, which for grad_weight is a V x H buffer written every backward.
     h, w, lab, img, tgt, mask = make()
     hl, wl, il = leaves(h, w, img)
@@ -365,15 +365,15 @@ def test_frozen_weight_skips_the_weight_gradient(backend: str, monkeypatch) -> N
     trainable = _weight_gemms(lambda: step(w.clone().requires_grad_()), monkeypatch)
     print(f"grad_weight GEMMs: frozen weight {frozen}, trainable {trainable}")
     assert frozen == 0 < trainable
-    raw = torch.ops.mage_fast.ce_mse(hl, w, lab, il, tgt, mask, LAM, -100, None, True, False, True, backend)
-    assert raw[4].numel() == 0  # no stored grad_weight
+    raw = torch.ops.mage_fast.ce_mse(hl, w, lab, il, tgt, mask, -100, None, True, False, True, backend)
+    assert raw[3].numel() == 0  # no stored grad_weight
 
 
 @pytest.mark.parametrize("num_items", [None, 50.0])
 def test_opcheck(backend: str, num_items) -> None:
     h, w, lab, img, tgt, mask = make(n=9, m=3)
     h, w, img = leaves(h, w, img)
-    args = (h, w, lab, img, tgt, mask, LAM, -100, num_items, True, True, True, backend)
+    args = (h, w, lab, img, tgt, mask, -100, num_items, True, True, True, backend)
     torch.library.opcheck(torch.ops.mage_fast.ce_mse.default, args)
 
 
@@ -504,9 +504,9 @@ def test_opcheck_native_op(flags, native: str) -> None:
     with device_for(native):
         h, w, lab, img, tgt, mask = make(n=9, v=13, m=3)
         h, w, img = leaves(h, w, img)
-        args = (h, w, lab, img, tgt, mask, LAM, -100, None, *flags, 4)
+        args = (h, w, lab, img, tgt, mask, -100, None, *flags, 4)
         torch.library.opcheck(torch.ops.mage_fast.ce_mse_fwd.default, args)
-        torch.library.opcheck(torch.ops.mage_fast.ce_mse_fwd.default, (*args[:8], 50.0, *args[9:]))
+        torch.library.opcheck(torch.ops.mage_fast.ce_mse_fwd.default, (*args[:7], 50.0, *args[8:]))
 
 
 @no_c
@@ -515,15 +515,15 @@ def test_native_entry_checks() -> None:
     lab[2] = 11
     fwd = torch.ops.mage_fast.ce_mse_fwd
     with pytest.raises(RuntimeError, match=r"label 11 at position 2 is out of bounds"):
-        fwd(h, w, lab, img, tgt, mask, LAM, -100, None, False, False, False, 4)
+        fwd(h, w, lab, img, tgt, mask, -100, None, False, False, False, 4)
     lab[2] = 0
     with pytest.raises(RuntimeError, match="chunk_rows must be >= 1"):
-        fwd(h, w, lab, img, tgt, mask, LAM, -100, None, False, False, False, 0)
+        fwd(h, w, lab, img, tgt, mask, -100, None, False, False, False, 0)
     with pytest.raises(RuntimeError, match=r"weight must be \(V, 24\)"):
-        fwd(h, w[:, :5], lab, img, tgt, mask, LAM, -100, None, False, False, False, 4)
+        fwd(h, w[:, :5], lab, img, tgt, mask, -100, None, False, False, False, 4)
     with pytest.raises(RuntimeError, match=r"img_mask must be \(M,\) bool"):
-        fwd(h, w, lab, img, tgt, mask.int(), LAM, -100, None, False, False, False, 4)
+        fwd(h, w, lab, img, tgt, mask.int(), -100, None, False, False, False, 4)
     with pytest.raises(RuntimeError, match="share one dtype"):
-        fwd(h.double(), w.double(), lab, img, tgt, mask, LAM, -100, None, False, False, False, 4)
+        fwd(h.double(), w.double(), lab, img, tgt, mask, -100, None, False, False, False, 4)
     with pytest.raises(ValueError, match="backend 'cpp' is unavailable on device meta"):
         ce_mse(*[t.to("meta") for t in (h, w, lab, img, tgt, mask)], LAM, backend="cpp")
