@@ -1,9 +1,11 @@
 """README.md and docs/*.md name only what exists: every module of a `python -m X` / `--module X`
-command imports and answers `--help` (all of them in one subprocess), every `make T` target is a
-rule of the Makefile, every path into the repository names a tracked file or folder (braces
-expanded, globs matched; `<op>`-style placeholders and run outputs are not paths into the
-repository), every relative markdown link names a file beside the document (and a heading of it
-where it names one), and none points outside the repository. The helpers are checked on a made-up document that breaks each rule."""
+command imports and answers `--help`, every `from mage_fast... import X` of their code imports (both
+in one subprocess), every `make T` target is a rule of the Makefile, every path into the repository
+names a tracked file or folder (braces expanded, globs matched; `<op>`-style placeholders and run
+outputs are not paths into the repository), every relative markdown link names a file beside the
+document (and a heading of it where it names one), and none points outside the repository. README
+stays a landing page whose links reach every page of docs/, and docs/survival.md's `-k` names
+select real tests. The helpers are checked on a made-up document that breaks each rule."""
 
 from __future__ import annotations
 
@@ -24,37 +26,31 @@ _TARGET = re.compile(r"(?:^|[\s;&|(`])make\s+([a-z][\w-]*)")
 _PATH = re.compile(r"(?<![\w/.-])((?:\.\./)*\.?[A-Za-z_][\w.-]*/[\w./{},*<>-]*)")
 _LINK = re.compile(r"\]\(([^()\s#]+)(?:#[^()\s]*)?\)")
 _ANCHOR = re.compile(r"\]\(([^()\s#]*\.md)?#([^()\s]+)\)")
-# Runs one module's command line with --help in this process; prints its exit status and whether it printed usage.
-_HELP = """
-import contextlib, io, json, runpy, sys
-result = {}
-for name in sys.argv[1:]:
-    sys.argv, out, code = [name, "--help"], io.StringIO(), None
+_FROM = re.compile(r"^\s*from\s+((?:mage_fast|benchmarks)[\w.]*)\s+import\s+([\w, ]+)$", re.M)
+# In one process: each "module" argument's command line with --help (its exit status and whether
+# it printed usage), and each "module:name" argument imported (the failures).
+_CHILD = """
+import contextlib, importlib, io, json, runpy, sys
+helps, bad = {}, []
+for arg in sys.argv[1:]:
+    if ":" in arg:
+        module, name = arg.split(":")
+        try:
+            if not hasattr(importlib.import_module(module), name):
+                importlib.import_module(module + "." + name)
+        except Exception as e:
+            bad.append(f"{arg}: {type(e).__name__}: {e}")
+        continue
+    sys.argv, out, code = [arg, "--help"], io.StringIO(), None
     try:
         with contextlib.redirect_stdout(out):
-            runpy.run_module(name, run_name="__main__", alter_sys=True)
+            runpy.run_module(arg, run_name="__main__", alter_sys=True)
     except SystemExit as e:
         code = e.code
     except BaseException as e:
         code = f"{type(e).__name__}: {e}"
-    result[name] = [code, "usage:" in out.getvalue()]
-print(json.dumps(result))
-"""
-
-
-_FROM = re.compile(r"^\s*from\s+((?:mage_fast|benchmarks)[\w.]*)\s+import\s+([\w, ]+)$", re.M)
-# Imports each (module, name) pair given as "module:name" arguments; prints the pairs that fail.
-_IMPORTS = """
-import importlib, json, sys
-bad = []
-for arg in sys.argv[1:]:
-    module, name = arg.split(":")
-    try:
-        if not hasattr(importlib.import_module(module), name):
-            importlib.import_module(module + "." + name)
-    except Exception as e:
-        bad.append(f"{arg}: {type(e).__name__}: {e}")
-print(json.dumps(bad))
+    helps[arg] = [code, "usage:" in out.getvalue()]
+print(json.dumps({"help": helps, "bad_imports": bad}))
 """
 
 
@@ -77,15 +73,6 @@ def modules(text: str) -> set[str]:
 def code_imports(text: str) -> set[str]:
     """`module:name` of every `from mage_fast... import a, b` in a document's code."""
     return {f"{m}:{n.strip()}" for m, names in _FROM.findall(code_text(text)) for n in names.split(",") if n.strip()}
-
-
-def failed_imports(pairs: set[str]) -> list[str]:
-    """The `module:name` pairs that do not import, checked in one subprocess."""
-    p = subprocess.run(
-        [sys.executable, "-c", _IMPORTS, *sorted(pairs)], cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
-    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def targets(text: str) -> set[str]:
@@ -161,14 +148,17 @@ def missing_paths(paths: set[str]) -> list[str]:
     return bad
 
 
-def help_answers(names: set[str]) -> dict[str, list]:
-    """{module: [exit status of `--help`, printed usage]} for the modules of this repository, run in
-    one subprocess; a module of another package is only looked up."""
+def run_checks(names: set[str], pairs: set[str]) -> tuple[dict[str, list], list[str]]:
+    """({module: [exit status of `--help`, printed usage]}, the `module:name` pairs that fail to
+    import), all in one subprocess (importing our modules is most of this file's time); a module
+    of another package is only looked up."""
     ours = sorted(n for n in names if n.split(".")[0] in ("mage_fast", "benchmarks"))
     out = {n: [0, importlib.util.find_spec(n) is not None] for n in names if n not in ours}
-    p = subprocess.run([sys.executable, "-c", _HELP, *ours], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, "-c", _CHILD, *ours, *sorted(pairs)]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
-    return {**out, **json.loads(p.stdout.strip().splitlines()[-1])}
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    return {**out, **result["help"]}, result["bad_imports"]
 
 
 def test_the_checks_catch_what_does_not_exist():
@@ -194,10 +184,11 @@ def test_the_checks_catch_what_does_not_exist():
     anchors = "[a](ops.md#backends-and-auto), [b](ops.md#nope), [c](#what-it-is), [d](#nope)\n## What it is\n"
     assert slug("Backends and `auto`") == "backends-and-auto"
     assert missing_anchors(anchors, "docs/x.md") == ["ops.md#nope", "#nope"]
-    assert help_answers({"mage_fast.nope"})["mage_fast.nope"][0] != 0
     code = "```python\nfrom mage_fast.labels import IGNORE_INDEX, nope\nfrom mage_fast import labels\n```\n"
     assert code_imports(code) == {"mage_fast.labels:IGNORE_INDEX", "mage_fast.labels:nope", "mage_fast:labels"}
-    assert [b.split(":")[:2] for b in failed_imports(code_imports(code))] == [["mage_fast.labels", "nope"]]
+    answers, bad = run_checks({"mage_fast.nope"}, code_imports(code))
+    assert answers["mage_fast.nope"][0] != 0
+    assert [b.split(":")[:2] for b in bad] == [["mage_fast.labels", "nope"]]
 
 
 DOCS = ["README.md", *sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))]
@@ -216,12 +207,6 @@ def test_readme_make_targets_exist():
 def test_make_targets_exist(doc):
     found = targets(_read(doc))
     assert not found - make_rules(), found - make_rules()
-
-
-def test_code_imports_exist():
-    """Every `from mage_fast... import X` in the documents' code imports."""
-    pairs = set().union(*(code_imports(_read(doc)) for doc in DOCS))
-    assert len(pairs) >= 5 and not failed_imports(pairs), failed_imports(pairs)
 
 
 def test_readme_is_a_landing_page():
@@ -267,11 +252,24 @@ def test_paths_exist(doc):
     assert not bad, bad
 
 
-def test_modules_answer_help():
-    """All documents' modules in one subprocess (importing them is most of this file's time)."""
+@pytest.fixture(scope="module")
+def checked() -> tuple[dict[str, set[str]], dict[str, list], list[str]]:
+    """Each document's modules, and every module's --help answer and the failed code imports of
+    all documents, from one subprocess."""
     names = {doc: modules(_read(doc)) for doc in DOCS}
-    answers = help_answers(set().union(*names.values()))
+    pairs = set().union(*(code_imports(_read(doc)) for doc in DOCS))
+    assert len(pairs) >= 5, pairs
+    return names, *run_checks(set().union(*names.values()), pairs)
+
+
+def test_modules_answer_help(checked):
+    names, answers, _ = checked
     print(answers)
     assert {"mage_fast.train", "mage_fast.apps.eval"} <= names["README.md"]
     bad = {f"{doc}: {n}": answers[n] for doc, found in names.items() for n in sorted(found) if answers[n] != [0, True]}
     assert not bad, bad
+
+
+def test_code_imports_exist(checked):
+    """Every `from mage_fast... import X` in the documents' code imports."""
+    assert not checked[2], checked[2]
