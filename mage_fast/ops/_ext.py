@@ -67,7 +67,7 @@ def cuda_kernel_reason(op: str) -> Callable[[torch.device], str | None]:
             return f"backend 'cuda' runs on CUDA devices only, got {device.type}"
         why = cpp_unavailable_reason(op, device)
         if why is not None:
-            return why + " (build with a CUDA torch and nvcc: see README, 'GPU install')"
+            return why + " (build with a CUDA torch and nvcc: docs/install.md, 'GPU install and the build switches')"
         return None
 
     return reason
