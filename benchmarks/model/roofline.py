@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mage_fast.ops.ce_mse_plan import GPU_RATES, GPU_SMS
+
 
 @dataclass(frozen=True)
 class Device:
@@ -24,11 +26,15 @@ class Device:
     sms: int
 
 
-# H100 SXM: our measured ~790 TFLOP/s bf16 and ~3.0 TB/s; H200: same SMs, 4.3 TB/s HBM3e.
-DEVICES: dict[str, Device] = {
-    "h100": Device("h100", 790.0, 60.0, 3.9, 3.0, 227, 132),
-    "h200": Device("h200", 790.0, 60.0, 3.9, 4.3, 227, 132),
-}
+def _device(name: str) -> Device:
+    """H100 / H200 SXM: the tensor-core and HBM rates and the SM count are the ce_mse planner's
+    (one home: mage_fast/ops/ce_mse_plan.py); the CUDA-core, SFU and shared-memory figures are the
+    devices' data-sheet ones, the same on both."""
+    tc, hbm = GPU_RATES[name]
+    return Device(name, tc / 1e12, 60.0, 3.9, hbm / 1e12, 227, GPU_SMS)
+
+
+DEVICES: dict[str, Device] = {name: _device(name) for name in ("h100", "h200")}
 
 
 @dataclass

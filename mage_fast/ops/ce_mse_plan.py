@@ -34,7 +34,8 @@ GPU_ROW_MULTIPLE = 128  # tensor-core tile height
 GPU_BUFFER_CAP = 4 * 2**30  # chunk buffers at most 4 GiB, or 1/16 of the device's memory
 GPU_SMS = 132  # H100 / H200 SXM; another GPU ("gpu") is planned as if it had as many
 # (bf16 tensor-core FLOP/s, HBM bytes/s) per class: their ratio prices the grad_weight epilogue in
-# GEMM time. The figures of benchmarks/model/roofline.py.
+# GEMM time. H100 SXM: the bf16 GEMM rate and HBM bandwidth measured on it; H200: the same SMs
+# with HBM3e. The traffic model (benchmarks/model/roofline.py) takes its rates from here.
 GPU_RATES: dict[str, tuple[float, float]] = {
     "h100": (790e12, 3.0e12),
     "h200": (790e12, 4.3e12),
