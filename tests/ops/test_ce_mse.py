@@ -527,3 +527,12 @@ def test_native_entry_checks() -> None:
         fwd(h.double(), w.double(), lab, img, tgt, mask, -100, None, False, False, False, 4)
     with pytest.raises(ValueError, match="backend 'cpp' is unavailable on device meta"):
         ce_mse(*[t.to("meta") for t in (h, w, lab, img, tgt, mask)], LAM, backend="cpp")
+
+
+@no_c
+def test_schemas_follow_the_record() -> None:
+    # Backends receive one CeMseArgs; both flat schemas take its fields, in its order, first.
+    fields = list(ce_mod.CeMseArgs._fields)
+    op = [a.name for a in torch.ops.mage_fast.ce_mse.default._schema.arguments]
+    native = [a.name for a in torch.ops.mage_fast.ce_mse_fwd.default._schema.arguments]
+    assert op == [*fields, "backend"] and native == [*fields, "chunk_rows"]
