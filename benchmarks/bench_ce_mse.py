@@ -25,6 +25,8 @@ import torch
 
 from benchmarks.harness import main
 from benchmarks.opbench import Inputs, OpBench, Provider, compiled, module_available, standard_providers
+from mage_fast.ops import ce_mse
+from mage_fast.ops.reference import ce_mse_ref
 
 OP = "ce_mse"
 _GPU = [{"N": n, "H": 4096, "V": v} for v in (32000, 128256, 151936) for n in (4096, 8192, 16384)]
@@ -75,22 +77,16 @@ def _args(i: Inputs) -> tuple:
 
 
 def _reference(shape: dict) -> Callable[[Inputs], torch.Tensor]:
-    from mage_fast.ops.reference import ce_mse_ref
-
     return lambda i: ce_mse_ref(*_args(i))[0]
 
 
 def _compiled(shape: dict) -> Callable[[Inputs], torch.Tensor]:
-    from mage_fast.ops.reference import ce_mse_ref
-
     fn = compiled(ce_mse_ref)
     return lambda i: fn(*_args(i))[0]
 
 
 def _backend(name: str) -> Callable[[dict], Callable[[Inputs], torch.Tensor]]:
     def make(shape: dict) -> Callable[[Inputs], torch.Tensor]:
-        from mage_fast.ops import ce_mse
-
         return lambda i: ce_mse(*_args(i), backend=name)[0]
 
     return make

@@ -24,12 +24,11 @@ import torch
 
 from benchmarks import bench_step, common
 from benchmarks.common import ROW_TAG
+from mage_fast.model.mllm import MageModel
 
 
 def measure(config: str, overrides: list[str], on: bool, device: torch.device) -> dict:
     """One forward + backward with checkpointing `on` (LLM and tower) or off; the row."""
-    from mage_fast.model.mllm import MageModel
-
     cfg, sb = bench_step.load(config, overrides)
     torch.manual_seed(0)
     model = MageModel(cfg.model, sb.vocab_size, image_token_id=sb.vocab_size - 1).to(device)

@@ -23,6 +23,8 @@ import torch
 
 from benchmarks.harness import main
 from benchmarks.opbench import Inputs, OpBench, compiled, standard_providers
+from mage_fast.ops import ian_projection
+from mage_fast.ops.reference import ian_projection_ref
 
 OP = "ian_projection"
 _GPU = [{"B": b, "M": b * 576, "C": 1024, "D": d} for d in (2048, 4096) for b in (4, 16, 64)]
@@ -69,22 +71,16 @@ def nbytes(shape: dict, mode: str, itemsize: int) -> float:
 
 
 def _reference(shape: dict) -> Callable[[Inputs], torch.Tensor]:
-    from mage_fast.ops.reference import ian_projection_ref
-
     return lambda i: ian_projection_ref(*(i[n] for n in _NAMES))
 
 
 def _compiled(shape: dict) -> Callable[[Inputs], torch.Tensor]:
-    from mage_fast.ops.reference import ian_projection_ref
-
     fn = compiled(ian_projection_ref)
     return lambda i: fn(*(i[n] for n in _NAMES))
 
 
 def _backend(name: str) -> Callable[[dict], Callable[[Inputs], torch.Tensor]]:
     def make(shape: dict) -> Callable[[Inputs], torch.Tensor]:
-        from mage_fast.ops import ian_projection
-
         return lambda i: ian_projection(*(i[n] for n in _NAMES), backend=name)
 
     return make

@@ -29,6 +29,9 @@ import torch
 
 from benchmarks import bench_step, common
 from benchmarks.common import ROW_TAG
+from mage_fast.model.lora import quantize_refusal
+from mage_fast.train.engine import optimizer_state_bytes, param_counts
+from mage_fast.train.step import train_step
 
 SIZES = {
     "demo": [],  # benchmarks/configs/step_tiny.yaml: the built-in demo's model
@@ -44,9 +47,6 @@ MODES = {"full": ["train.freeze_vision=true"], "lora": ["train.freeze_vision=tru
 
 def run_case(config: str, size: str, mode: str, device: torch.device, extra: list[str]) -> dict:
     """Build the engine for (size, mode) (`extra`: more overrides) and time its steps -> one CSV row."""
-    from mage_fast.train.engine import optimizer_state_bytes, param_counts
-    from mage_fast.train.step import train_step
-
     cfg, sb = bench_step.load(config, [*SIZES[size], *MODES[mode], *extra])
     engine, model, _, world, _hf = bench_step._engine(cfg, sb, "kernels_on")
     batch = bench_step.make_batch(model, sb, cfg.micro_batch_size, engine.device)
@@ -83,8 +83,6 @@ def _spawn(args: argparse.Namespace, size: str, mode: str) -> dict:
 
 
 def _qlora_row(device: torch.device) -> dict:
-    from mage_fast.model.lora import quantize_refusal
-
     reason = quantize_refusal("nf4")
     return {"op": "lora_step", "provider": "qlora", "mode": "full", "dtype": "float32", "status": "skipped",
             "note": reason or "runs"}  # fmt: skip

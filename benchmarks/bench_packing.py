@@ -30,6 +30,7 @@ from benchmarks import bench_step, common
 from benchmarks.packing_data import synthetic_rows, with_pixels
 from mage_fast.data import Collator
 from mage_fast.train.sampler import length_grouped_units
+from mage_fast.train.step import train_step
 
 MODES = ("padded", "grouped", "packed")
 # MAGE's image length: a 24 x 24 patch grid pooled 2 x 2 = 144 tokens per image.
@@ -59,8 +60,6 @@ def mode_batches(rows: list[dict], mode: str, batch: int, max_length: int, pad_i
 
 def peak_memory(engine, world: int, batches: list, device: torch.device) -> int:
     """The process's peak memory over one step of the mode's largest batch (most positions)."""
-    from mage_fast.train.step import train_step
-
     big = max(batches, key=lambda b: b["attention_mask"].numel())
     common.cpu_rss_reset() if device.type == "cpu" else torch.cuda.reset_peak_memory_stats()
     train_step(engine, [big], 0, world)
@@ -71,8 +70,6 @@ def peak_memory(engine, world: int, batches: list, device: torch.device) -> int:
 def time_modes(engine, world: int, batches: dict[str, list], device: torch.device) -> dict[str, dict]:
     """Every mode's steps timed round-robin (step i of each mode, then step i + 1), so a change in
     the machine's load during the run falls on all modes alike -> each mode's figures."""
-    from mage_fast.train.step import train_step
-
     ms: dict[str, list[float]] = {m: [] for m in batches}
     for i in range(len(batches["padded"])):
         for mode, bs in batches.items():
@@ -96,7 +93,6 @@ def run_model(name: str, args: argparse.Namespace, device: torch.device) -> list
     timed, warm = rows[: -args.batch], rows[-args.batch :]
     pad_id, size = 0, model.image_size
     batches = {m: mode_batches(timed, m, args.batch, args.max_length, pad_id, size) for m in MODES}
-    from mage_fast.train.step import train_step
 
     train_step(engine, mode_batches(warm, "padded", args.batch, args.max_length, pad_id, size)[:1], 0, world)
     peaks = {m: peak_memory(engine, world, batches[m], device) for m in MODES}

@@ -22,6 +22,8 @@ import torch
 
 from benchmarks.harness import main
 from benchmarks.opbench import Inputs, OpBench, compiled, standard_providers
+from mage_fast.ops import patch_pool
+from mage_fast.ops.reference import patch_pool_ref
 
 OP = "patch_pool"
 _GPU = [{"B": b, "G": g, "C": c, "k": k} for b in (16, 64) for g in (24, 27) for c in (1024, 1152) for k in (2, 3)]
@@ -56,23 +58,17 @@ def nbytes(shape: dict, mode: str, itemsize: int) -> float:
 
 
 def _reference(shape: dict) -> Callable[[Inputs], torch.Tensor]:
-    from mage_fast.ops.reference import patch_pool_ref
-
     grid, k = (shape["G"], shape["G"]), shape["k"]
     return lambda i: patch_pool_ref(i["x"], grid, k)
 
 
 def _compiled(shape: dict) -> Callable[[Inputs], torch.Tensor]:
-    from mage_fast.ops.reference import patch_pool_ref
-
     fn, grid, k = compiled(patch_pool_ref), (shape["G"], shape["G"]), shape["k"]
     return lambda i: fn(i["x"], grid, k)
 
 
 def _backend(name: str) -> Callable[[dict], Callable[[Inputs], torch.Tensor]]:
     def make(shape: dict) -> Callable[[Inputs], torch.Tensor]:
-        from mage_fast.ops import patch_pool
-
         grid, k = (shape["G"], shape["G"]), shape["k"]
         return lambda i: patch_pool(i["x"], grid, k, backend=name)
 

@@ -25,6 +25,9 @@ import torch.multiprocessing as mp
 from PIL import Image, ImageDraw
 
 from benchmarks import common
+from mage_fast.data.image import load_image
+from mage_fast.data.scan import scan_images
+from mage_fast.train.dist import all_gather_objects
 
 
 def make_images(out: str, n: int) -> list[str]:
@@ -48,7 +51,6 @@ def make_images(out: str, n: int) -> list[str]:
 
 
 def _full_decode(paths: list[str]) -> None:
-    from mage_fast.data.image import load_image
 
     for p in paths:
         load_image(p)
@@ -58,8 +60,6 @@ def _rank(rank: int, world: int, port: int, case: str, paths: list[str], cache: 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     tdist.init_process_group("gloo", rank=rank, world_size=world)
-    from mage_fast.data.scan import scan_images
-    from mage_fast.train.dist import all_gather_objects
 
     tdist.barrier()
     t0 = time.perf_counter()

@@ -4,9 +4,10 @@ DeepSpeed), kernels on and off: tokens/s, step time, MFU and peak memory.
     python -m benchmarks.bench_step --config benchmarks/configs/step_tiny.yaml    # CPU
     python -m benchmarks.bench_step --config benchmarks/configs/step_1b.yaml      # a GPU
 
-`kernels_on`: every op with backend "auto" (the fastest usable: triton/cuda on GPUs, cpp where
-it exists on CPU). `kernels_off`: every op with backend "torch" (the ops' pure-torch
-implementations, which already chunk the loss: the model has no path that builds full logits).
+`kernels_on`: every op with backend "auto" (what `mage_fast.ops.backend_for` picks: on CPU cpp
+for the ops whose cpp row is auto there, else torch; on a GPU the winner validated.json names,
+else torch). `kernels_off`: every op with backend "torch" (the ops' pure-torch implementations,
+which already chunk the loss: the model has no path that builds full logits).
 Each setting runs in its own process (world of one; `deepspeed.initialize` on the real engine
 glue of mage_fast.train.engine), `warmup` steps, then `steps` timed steps on one synthetic
 batch, each the training loop's own `mage_fast.train.step.train_step` (normalisers, forward, the
@@ -35,8 +36,14 @@ import yaml
 
 from benchmarks import common
 from benchmarks.common import ROW_TAG
+from mage_fast.configtools import apply_overrides, from_dict
 from mage_fast.labels import IGNORE_INDEX, loss_tokens
-from mage_fast.train.engine import zero_stage
+from mage_fast.model.config import KernelConfig
+from mage_fast.ops import resolve
+from mage_fast.train.config import TrainConfig
+from mage_fast.train.dist import init_distributed, quiet_warnings
+from mage_fast.train.engine import OptimizerTimer, apply_freeze, build_ds_config, build_model, initialize, zero_stage
+from mage_fast.train.step import train_step
 
 OPS = ("patch_pool", "ian_projection", "ce_mse")
 SETTINGS = {"kernels_on": "auto", "kernels_off": "torch"}
@@ -56,9 +63,6 @@ class StepBench:
 
 def load(path: str, overrides: list[str]):
     """(TrainConfig, StepBench) from a step config; `train.x=y` / `bench.x=y` overrides."""
-    from mage_fast.configtools import apply_overrides, from_dict
-    from mage_fast.train.config import TrainConfig
-
     with open(path) as f:
         data = yaml.safe_load(f) or {}
     apply_overrides(data, overrides)
@@ -115,10 +119,6 @@ def _engine(cfg, sb: StepBench, setting: str):
     """(engine, model, ds config, world) with the setting's backends (a world of one)."""
     import logging
 
-    from mage_fast.model.config import KernelConfig
-    from mage_fast.train.dist import init_distributed, quiet_warnings
-    from mage_fast.train.engine import apply_freeze, build_ds_config, build_model, initialize
-
     quiet_warnings()
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     _, world, _ = init_distributed()
@@ -168,14 +168,10 @@ def step_row(op: str, provider: str, cfg, sb: StepBench, t, peak: int, device: t
 def run_setting(cfg, sb: StepBench, setting: str, device: torch.device, peaks: common.Peaks | None) -> dict:
     """Build the engine with the setting's backends, run warmup + timed steps of the training
     loop's own `train_step`; one CSV row."""
-    from mage_fast.ops import resolve
-    from mage_fast.train.step import train_step
-
     t0 = time.time()
     engine, model, ds, world, _hf = _engine(cfg, sb, setting)
     batch = make_batch(model, sb, cfg.micro_batch_size, engine.device)
     t1 = time.time()
-    from mage_fast.train.engine import OptimizerTimer
 
     opt = OptimizerTimer(engine)  # the optimizer's share, reported apart (mean over all steps run)
     samples, peak, warm = _timed_steps(lambda: train_step(engine, [batch], 0, world), sb, device)

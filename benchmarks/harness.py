@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from benchmarks import common, opbench
+from benchmarks import common, opbench, profiling
 from benchmarks.common import ROW_TAG
 from benchmarks.measure import ModeCall, mode_call, run_child
 from benchmarks.opbench import OpBench, default_dtype, shape_label, sweep_shapes
@@ -237,8 +237,6 @@ def profile_all(
     bench: OpBench, module: str, providers: list[str], shape: dict, modes: list[str], dtype: str, device: torch.device
 ) -> int:
     """--profile: a trace and a top-kernel table per provider (benchmarks/profiling.py)."""
-    from benchmarks import profiling
-
     table = {p.name: p for p in bench.providers}
     modes = [m for m in modes if m in shape.get("modes", common.MODES)]
     print(f"[{bench.op}] profiling {shape_label(shape)} ({dtype}), modes {', '.join(modes)}", flush=True)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mage_fast.ops import BACKENDS
+from mage_fast.ops._backend import unavailable_reason
 
 Inputs = dict[str, torch.Tensor]
 
@@ -81,8 +82,6 @@ def backend_available(op: str, backend: str) -> Callable[[torch.device], str | N
     """Availability of `mage_fast.ops` backend `backend` of `op` as a performance provider."""
 
     def check(device: torch.device) -> str | None:
-        from mage_fast.ops._backend import unavailable_reason
-
         if backend == "triton" and device.type != "cuda":
             return "the Triton interpreter on CPU checks correctness; it is no performance provider"
         return unavailable_reason(op, backend, device)

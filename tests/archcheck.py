@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 # The floors: package prefix -> the floors its modules may import (besides their own). The longest
 # matching prefix names a module's floor.
+_UNDER_EXPORT = frozenset({"mage_fast.model", "mage_fast.data", "mage_fast.toolcall", "mage_fast.ops", "leaf"})
+_UNDER_TRAIN = _UNDER_EXPORT | {"mage_fast.export", "mage_fast.export.remote"}
+_LIBRARY = _UNDER_TRAIN | {"mage_fast.train", "mage_fast.shapes", "mage_fast.kernels"}
 FLOORS: dict[str, frozenset[str]] = {
     "leaf": frozenset(),
     "mage_fast.kernels": frozenset({"leaf"}),
@@ -22,35 +25,13 @@ FLOORS: dict[str, frozenset[str]] = {
     "mage_fast.toolcall": frozenset({"leaf"}),
     "mage_fast.data": frozenset({"mage_fast.toolcall", "leaf"}),
     "mage_fast.shapes": frozenset({"mage_fast.data", "mage_fast.toolcall", "leaf"}),
-    "mage_fast.export": frozenset(
-        {"mage_fast.export.remote", "mage_fast.model", "mage_fast.data", "mage_fast.toolcall", "mage_fast.ops", "leaf"}
-    ),
+    "mage_fast.export": _UNDER_EXPORT | {"mage_fast.export.remote"},
     # Shipped inside exported folders and loaded by transformers: nothing of ours.
     "mage_fast.export.remote": frozenset(),
-    "mage_fast.train": frozenset(
-        {
-            "mage_fast.export",
-            "mage_fast.export.remote",
-            "mage_fast.model",
-            "mage_fast.data",
-            "mage_fast.toolcall",
-            "mage_fast.ops",
-            "leaf",
-        }
-    ),
-    "mage_fast.apps": frozenset(
-        {
-            "mage_fast.train",
-            "mage_fast.export",
-            "mage_fast.export.remote",
-            "mage_fast.shapes",
-            "mage_fast.model",
-            "mage_fast.data",
-            "mage_fast.toolcall",
-            "mage_fast.ops",
-            "leaf",
-        }
-    ),
+    "mage_fast.train": _UNDER_TRAIN,
+    # Operator, step and model timings, outside the package: every library floor.
+    "benchmarks": _LIBRARY,
+    "mage_fast.apps": _LIBRARY,
 }
 # Modules that import nothing of ours but the package itself (its version).
 LEAVES = frozenset(
@@ -82,11 +63,14 @@ def floor_of(module: str) -> str | None:
     return None
 
 
+OURS = ("mage_fast", "benchmarks")
+
+
 def module_files(root: str) -> dict[str, str]:
-    """Dotted name -> path of every module under ROOT/mage_fast and ROOT/kernels (installed as
-    mage_fast.kernels)."""
+    """Dotted name -> path of every module under ROOT/mage_fast, ROOT/kernels (installed as
+    mage_fast.kernels) and ROOT/benchmarks."""
     out: dict[str, str] = {}
-    for folder, package in (("mage_fast", "mage_fast"), ("kernels", "mage_fast.kernels")):
+    for folder, package in (("mage_fast", "mage_fast"), ("kernels", "mage_fast.kernels"), ("benchmarks", "benchmarks")):
         base = os.path.join(root, folder)
         for dirpath, dirnames, filenames in os.walk(base):
             dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
@@ -110,7 +94,7 @@ def _targets(node: ast.AST, module: str, is_package: bool, known: Iterable[str])
     """The modules of ours an import statement loads (`from pkg import sub` names pkg.sub)."""
     known = set(known)
     if isinstance(node, ast.Import):
-        return [a.name for a in node.names if a.name.split(".")[0] == "mage_fast"]
+        return [a.name for a in node.names if a.name.split(".")[0] in OURS]
     assert isinstance(node, ast.ImportFrom)
     if node.level:
         parts = module.split(".") if is_package else module.split(".")[:-1]
@@ -118,7 +102,7 @@ def _targets(node: ast.AST, module: str, is_package: bool, known: Iterable[str])
         base = ".".join(parts + ([node.module] if node.module else []))
     else:
         base = node.module or ""
-    if base.split(".")[0] != "mage_fast":
+    if base.split(".")[0] not in OURS:
         return []
     subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known]
     return subs if len(subs) == len(node.names) else [base, *subs]

@@ -13,7 +13,20 @@ from testutil import ROOT
 _FAST_CONFIG_ERRORS = (
     "the entry point reads the config before DeepSpeed and transformers load: a bad key fails in a second"
 )
+_GATE_RECORDS_IMPORT_ERRORS = (
+    "the GPU gate imports each op inside its check: an op that fails to import on the device machine "
+    "fails its own check (no passed line) while the gate goes on to the others"
+)
 IN_FUNCTION_ALLOWED: dict[tuple[str, str], str] = {
+    ("benchmarks.gpu_validate", "mage_fast.ops"): _GATE_RECORDS_IMPORT_ERRORS,
+    ("benchmarks.gpu_validate", "mage_fast.ops._ext"): _GATE_RECORDS_IMPORT_ERRORS,
+    ("benchmarks.gpu_validate", "mage_fast.ops.ce_mse"): _GATE_RECORDS_IMPORT_ERRORS,
+    ("benchmarks.gpu_validate", "mage_fast.ops.ian_projection"): _GATE_RECORDS_IMPORT_ERRORS,
+    ("benchmarks.gpu_validate", "mage_fast.ops.patch_pool"): _GATE_RECORDS_IMPORT_ERRORS,
+    ("benchmarks.gpu_validate", "mage_fast.ops.reference"): _GATE_RECORDS_IMPORT_ERRORS,
+    ("benchmarks.plot", "benchmarks.bench_packing"): (
+        "plot draws bench_packing's bars only for packing rows; bench_packing loads DeepSpeed (via bench_step)"
+    ),
     ("mage_fast.train.__main__", "mage_fast.data.llava"): _FAST_CONFIG_ERRORS,
     ("mage_fast.train.__main__", "mage_fast.train.checkpoint"): _FAST_CONFIG_ERRORS,
     ("mage_fast.train.__main__", "mage_fast.train.dist"): _FAST_CONFIG_ERRORS,

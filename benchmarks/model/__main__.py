@@ -6,6 +6,7 @@ import argparse
 import importlib
 import pkgutil
 
+import benchmarks.model as pkg
 from benchmarks.model.roofline import DEVICES, Row
 
 SKIP = {"roofline", "__main__"}
@@ -13,8 +14,6 @@ SKIP = {"roofline", "__main__"}
 
 def op_modules() -> list:
     """Every `benchmarks/model/<op>.py` that defines `rows(dev)`."""
-    import benchmarks.model as pkg
-
     mods = [importlib.import_module(f"benchmarks.model.{m.name}") for m in pkgutil.iter_modules(pkg.__path__)]
     return [m for m in mods if m.__name__.rsplit(".", 1)[1] not in SKIP and hasattr(m, "rows")]
 
