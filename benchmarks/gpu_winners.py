@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     table = data.setdefault("winners", {})
     for op in table:
         table[op].pop(cls, None)  # this run decides this class afresh
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else common.device_name(dev)
+    name = common.device_name(dev)
     lines = [f"gpu-check {os.environ.get('BENCH_DATE', '')} on {name} (class {cls}), torch {torch.__version__}"]
     lines += ["", "float64 checks (benchmarks/gpu_validate.py):", *check_lines(args.checks), "", "winners:"]
     for op, (best, times) in sorted(found.items()):
