@@ -16,7 +16,7 @@ loaded) and the next older one is tried. Folders without any marker (a kill mid-
 ignored and removed. The newest `keep_last` committed checkpoints whose files have their
 recorded sizes are kept.
 
-Fault injection (tests): MAGE_FAST_KILL_IN_SAVE=N makes every rank SIGKILL itself while saving
+Fault injection (tests): `faults.kill_in_save: N` makes every rank SIGKILL itself while saving
 step N, after DeepSpeed wrote its files and before the marker.
 """
 
@@ -119,8 +119,11 @@ def _remove_markers(folder: str) -> None:
         os.remove(os.path.join(folder, name))
 
 
-def save(engine, run_dir: str, step: int, client_state: dict, keep_last: int, st: Storage, meta: dict) -> str:
-    """Write, hash and commit checkpoint `step` (call on every rank); prunes to `keep_last`."""
+def save(
+    engine, run_dir: str, step: int, client_state: dict, keep_last: int, st: Storage, meta: dict, kill_at: int = 0
+) -> str:
+    """Write, hash and commit checkpoint `step` (call on every rank); prunes to `keep_last`.
+    `kill_at == step`: every rank SIGKILLs itself before the marker (a test's fault)."""
     tag, root = tag_of(step), ckpt_root(run_dir)
     folder = os.path.join(root, tag)
     if st.writer:
@@ -135,7 +138,7 @@ def save(engine, run_dir: str, step: int, client_state: dict, keep_last: int, st
     # DeepSpeed's universal converter needs this key to convert ZeRO-1/2 checkpoints (resize).
     info = {UNIVERSAL_CHECKPOINT_INFO: {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
     engine.save_checkpoint(root, tag=tag, client_state={**client_state, **info}, save_latest=False)
-    if os.environ.get("MAGE_FAST_KILL_IN_SAVE") == str(step):
+    if kill_at and kill_at == step:
         print(f"fault injection: rank {st.rank} SIGKILLs itself while saving {tag}", flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
     barrier()  # every rank's files are written

@@ -51,6 +51,50 @@ class GradientCheckpointing:
 
 
 @dataclass
+class FaultConfig:
+    """Test-only switches (docs/survival.md): faults a test injects into a real launch to check what
+    survives them, and the per-step probe its assertions read. All off by default; real runs
+    leave this section out."""
+
+    nan_loss: list[int] = field(default_factory=list)  # steps whose loss is NaN on `rank`
+    inf_grad: list[int] = field(default_factory=list)  # steps with an Inf in `rank`'s reduced gradients
+    rank: int = -1  # the rank nan_loss and inf_grad hit; -1: the last rank
+    kill_in_save: int = 0  # every rank SIGKILLs itself while saving this step, before the marker; 0: off
+    # Every rank waits after this step until a stop signal reaches it or `pause_s` pass, so a
+    # test's signal lands between two steps however fast they are; 0: off.
+    pause_after: int = 0
+    pause_s: float = 30.0
+    # Each history record adds each group's learning rate, the scheduler's step count and a
+    # checksum of the fp32 master weights (engine.step_probe).
+    probe: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("nan_loss", "inf_grad"):
+            bad = [s for s in getattr(self, name) if s < 1]
+            if bad:
+                raise ValueError(f"faults.{name}: steps count from 1, got {bad[0]}")
+        both = sorted(set(self.nan_loss) & set(self.inf_grad))
+        if both:
+            raise ValueError(f"faults: step {both[0]} is in both nan_loss and inf_grad; one fault per step")
+        if self.rank < -1:
+            raise ValueError(f"faults.rank must be a rank or -1 (the last), got {self.rank}")
+        for name in ("kill_in_save", "pause_after"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"faults.{name} must be a step >= 1 or 0 (off), got {getattr(self, name)}")
+        if self.pause_s <= 0:
+            raise ValueError(f"faults.pause_s must be > 0, got {self.pause_s}")
+
+    def step_faults(self, rank: int, world: int) -> dict[int, str]:
+        """Step -> "loss" or "grad": the faults this rank injects (none on other ranks)."""
+        target = world - 1 if self.rank == -1 else self.rank
+        if target >= world:
+            raise ConfigError(f"faults.rank={self.rank} but the run has {world} rank(s)")
+        if rank != target:
+            return {}
+        return {**{s: "loss" for s in self.nan_loss}, **{s: "grad" for s in self.inf_grad}}
+
+
+@dataclass
 class TrainConfig:
     run_dir: str = "runs/default"
     seed: int = 0
@@ -86,6 +130,7 @@ class TrainConfig:
     stop_signals: list[StopSignal] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
     tools: ToolsConfig = field(default_factory=ToolsConfig)  # the executor's tools (tools.score, chat)
     lora: LoraConfig = field(default_factory=LoraConfig)  # LoRA/QLoRA fine-tuning (docs/lora.md)
+    faults: FaultConfig = field(default_factory=FaultConfig)  # test-only fault injection (docs/survival.md)
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "micro_batch_size", "grad_accum", "keep_last", "log_every", "max_bad_steps"):

@@ -21,9 +21,10 @@ from torch import nn
 
 from mage_fast.configtools import ConfigError
 from mage_fast.export import pretrained
-from mage_fast.model import lora
+from mage_fast.model import lora, qlora
 from mage_fast.model.mllm import MageModel
 from mage_fast.train.config import TrainConfig
+from mage_fast.train.dist import all_reduce_vec
 
 PARTS = ("vision_tower", "aligner", "llm")
 
@@ -67,7 +68,7 @@ SUPPORTED_STAGES = (2, 3)
 
 def build_model(cfg: TrainConfig, ds: dict, vocab_size: int, image_token_id: int) -> tuple[MageModel, object]:
     """MageModel, partitioned at construction under ZeRO-3. Keep the second value alive."""
-    refusal = lora.quantize_refusal(cfg.lora.quantize)
+    refusal = qlora.refusal(cfg.lora.quantize, zero_stage(ds))
     if refusal:
         raise ConfigError(refusal)
     zero3 = zero_stage(ds) == 3
@@ -130,7 +131,7 @@ def apply_freeze(model: MageModel, cfg: TrainConfig) -> None:
         if getattr(cfg, f"freeze_{short}"):
             getattr(model, part).requires_grad_(False)
     if cfg.lora.enable:
-        lora.add_adapters(model, cfg.lora)
+        lora.add_adapters(model, cfg.lora, torch.bfloat16 if cfg.bf16 else torch.float32)
 
 
 def group_lr(part: str, cfg: TrainConfig) -> tuple[str, float]:
@@ -296,8 +297,6 @@ def param_counts(module: nn.Module) -> dict[str, int]:
 def optimizer_state_bytes(engine) -> int:
     """Bytes of optimizer state over all ranks: the fp32 master-weight partitions and every tensor
     AdamW keeps (moments, step). Frozen parameters are in no param group and cost nothing here."""
-    from mage_fast.train.dist import all_reduce_vec
-
     inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
     tensors = [t for st in inner.state.values() for t in st.values() if torch.is_tensor(t)]
     tensors += _fp32_partitions(engine)
@@ -320,11 +319,9 @@ def _fp32_partitions(engine) -> list[torch.Tensor]:
 
 
 def step_probe(engine) -> dict:
-    """Per-step facts for tests and logs (MAGE_FAST_PROBE=1): each group's learning rate, how often
+    """Per-step facts for tests and logs (`faults.probe: true`): each group's learning rate, how often
     the LR scheduler stepped, and a checksum (sum and sum of squares, fp64, over all ranks) of the
     fp32 master weights, which an update changes and a skipped step must not."""
-    from mage_fast.train.dist import all_reduce_vec
-
     s = s2 = 0.0
     for p in _fp32_partitions(engine):
         x = p.detach().double()

@@ -14,7 +14,6 @@ import os
 import torch
 from torch.utils.data import DataLoader
 
-from mage_fast.configtools import ConfigError
 from mage_fast.train import checkpoint, finish
 from mage_fast.train.accuracy import converged
 from mage_fast.train.answering import write_answers
@@ -30,20 +29,6 @@ from mage_fast.train.step import train_step
 
 class NonFiniteError(RuntimeError):
     """`max_bad_steps` steps in a row had a non-finite loss or gradient norm."""
-
-
-def _injections(world: int) -> tuple[dict[int, str], int]:
-    """Fault injection for tests (documented in the README): MAGE_FAST_INJECT_NAN="3,5:grad" makes
-    step 3's loss NaN and puts an Inf into step 5's reduced gradients, on rank
-    MAGE_FAST_INJECT_RANK only (default: the last rank)."""
-    spec = os.environ.get("MAGE_FAST_INJECT_NAN", "")
-    out = {}
-    for item in filter(None, (x.strip() for x in spec.split(","))):
-        step, _, where = item.partition(":")
-        if where not in ("", "loss", "grad"):
-            raise ConfigError(f"MAGE_FAST_INJECT_NAN: {item!r} is not STEP, STEP:loss or STEP:grad")
-        out[int(step)] = where or "loss"
-    return out, int(os.environ.get("MAGE_FAST_INJECT_RANK", world - 1))
 
 
 def _check_bad_run(run: Run, prog: Progress, rec: dict) -> None:
@@ -73,7 +58,10 @@ def _accuracy(run: Run, step: int, logs: Logs) -> dict:
 def _save(run: Run, prog: Progress) -> None:
     meta = {"step": prog.step, "world_size": run.world, "shapes": param_shapes(run.engine.module)}
     client = prog.client_state(run.batches, run.world)
-    checkpoint.save(run.engine, run.cfg.run_dir, prog.step, client, run.cfg.keep_last, run.storage, meta)
+    cfg = run.cfg
+    checkpoint.save(
+        run.engine, cfg.run_dir, prog.step, client, cfg.keep_last, run.storage, meta, cfg.faults.kill_in_save
+    )
 
 
 def _due(every: int, step: int, last: int) -> bool:
@@ -98,17 +86,18 @@ def _loop(run: Run, prog: Progress, stop: StopRequest) -> tuple[list[dict], list
     final eval and export as at max_steps) or a stop signal -> (history, accuracy points, stopped
     by a signal)."""
     cfg = run.cfg
-    logs, inject, inject_rank = Logs(run, prog), *_injections(run.world)
+    logs, faults = Logs(run, prog), cfg.faults
+    inject = faults.step_faults(run.rank, run.world)
     it, history, accuracy = iter(_loader(run, prog)), [], []
     try:
         while prog.step < cfg.max_steps:
             micro = [next(it) for _ in range(cfg.grad_accum)]
             prog.consumed += cfg.grad_accum
-            fault = inject.get(prog.step + 1) if run.rank == inject_rank else None
+            fault = inject.get(prog.step + 1)
             res = train_step(run.engine, micro, run.rank, run.world, fault=fault, stop=stop.requested)
             prog.step += 1
             history.append(record(run, prog, res, micro))
-            if os.environ.get("MAGE_FAST_PROBE") == "1":
+            if faults.probe:
                 history[-1].update(step_probe(run.engine))
             logs.step(history[-1], res, prog, run.engine)
             _check_bad_run(run, prog, history[-1])
@@ -118,7 +107,7 @@ def _loop(run: Run, prog: Progress, stop: StopRequest) -> tuple[list[dict], list
                 done = accuracy[-1]["converged"]
             if _due(cfg.save_every, prog.step, cfg.max_steps) or res.stop or done:
                 _save(run, prog)
-            pause_for_signal(prog.step, stop)
+            pause_for_signal(prog.step, stop, faults.pause_after, faults.pause_s)
             if res.stop and prog.step < cfg.max_steps:
                 return history, accuracy, True
             if done:

@@ -10,7 +10,6 @@ the save; a SIGKILL after the grace period leaves a folder without its marker, w
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 import time
@@ -46,19 +45,11 @@ class StopRequest:
         self._previous.clear()
 
 
-def pause_for_signal(step: int, stop: StopRequest) -> None:
-    """Fault injection for tests (documented in the README): MAGE_FAST_PAUSE_AFTER="6:20" makes
-    every rank wait after step 6 until a stop signal reaches it or 20 s pass (default 30), so a
-    test's signal lands between two steps however fast the steps are, never after the last one."""
-    spec = os.environ.get("MAGE_FAST_PAUSE_AFTER", "")
-    if not spec:
-        return
-    at, _, seconds = spec.partition(":")
-    try:
-        at_step, wait_s = int(at), float(seconds or 30)
-    except ValueError:
-        raise ValueError(f"MAGE_FAST_PAUSE_AFTER must be STEP or STEP:SECONDS, got {spec!r}") from None
-    if at_step != step:
+def pause_for_signal(step: int, stop: StopRequest, after: int, wait_s: float) -> None:
+    """Fault injection for tests (`faults.pause_after`, `faults.pause_s`): after step `after`
+    (0: never) every rank waits until a stop signal reaches it or `wait_s` pass, so a test's signal
+    lands between two steps however fast the steps are, never after the last one."""
+    if not after or after != step:
         return
     deadline = time.monotonic() + wait_s
     while not stop.requested() and time.monotonic() < deadline:

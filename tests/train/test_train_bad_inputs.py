@@ -4,8 +4,9 @@ error), text-only and image batches meeting on the ranks, a stage-1 aligner froz
 resumes with another model config or world size, and a bad config key. Each subprocess has a
 timeout, so a hang fails instead of blocking.
 
-Fault injection (documented in docs/survival.md): MAGE_FAST_INJECT_NAN="2,4:grad" (NaN loss at step 2,
-an Inf gradient at step 4, on the last rank only; MAGE_FAST_INJECT_RANK picks another).
+Fault injection (the test-only `faults:` config section, docs/survival.md): faults.nan_loss=[2]
+and faults.inf_grad=[4] (NaN loss at step 2, an Inf gradient at step 4, on the last rank only;
+faults.rank picks another).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def test_nonfinite_steps_are_skipped_on_all_ranks_then_abort(shapes_dir, strict_
     run = str(tmp_path / "run")
     ds = strict_zero3 if stage == 3 else os.path.join(ROOT, "configs/deepspeed/zero2.json")
     args = _common(run, shapes_dir, ds) + ["max_steps=8", "max_bad_steps=2"]
-    p = launch(args, env={"MAGE_FAST_INJECT_NAN": "2,4:grad,5", "MAGE_FAST_INJECT_RANK": "1"}, check=False)
+    faults = ["faults.nan_loss=[2,5]", "faults.inf_grad=[4]", "faults.rank=1"]
+    p = launch([*args, *faults], check=False)
     assert p.returncode != 0
     assert "aborting: 2 non-finite steps in a row (steps 4-5, max_bad_steps=2)" in p.stderr
     h = {r["step"]: r for r in run_history(run)}

@@ -44,11 +44,27 @@ def test_overrides_are_typed():
         (["model.kernels.ce_mse=fast"], r"model.kernels.ce_mse must be one of \('auto', 'torch'"),
         (["model.llm.arch=gpt2"], "model.llm.arch must be one of"),
         (["stop_signals=[SIGKILL]"], r"stop_signals\[0\] must be one of \('SIGTERM', 'SIGUSR1'"),
+        (["faults.pause_after=six"], "faults.pause_after: expected an integer, got 'six'"),
+        (["faults.nan_loss=[0]"], "faults.nan_loss: steps count from 1, got 0"),
+        (["faults.nan_loss=[2]", "faults.inf_grad=[2]"], "step 2 is in both nan_loss and inf_grad"),
+        (["faults.kill_in_save=-1"], "faults.kill_in_save must be a step >= 1 or 0"),
+        (["faults.rank=-2"], r"faults.rank must be a rank or -1 \(the last\), got -2"),
     ],
 )
 def test_bad_config_fails_clearly(overrides, match):
     with pytest.raises(ConfigError, match=match):
         load_config(TrainConfig, None, overrides)
+
+
+def test_faults_hit_one_rank_and_are_off_by_default():
+    assert load_config(TrainConfig, None, []).faults.step_faults(1, 2) == {}
+    faults = load_config(TrainConfig, None, ["faults.nan_loss=[2,5]", "faults.inf_grad=[4]"]).faults
+    assert faults.step_faults(0, 2) == {} and faults.step_faults(1, 2) == {2: "loss", 5: "loss", 4: "grad"}
+    faults.rank = 0
+    assert faults.step_faults(0, 2) == {2: "loss", 5: "loss", 4: "grad"} and faults.step_faults(1, 2) == {}
+    faults.rank = 2
+    with pytest.raises(ConfigError, match=r"faults.rank=2 but the run has 2 rank\(s\)"):
+        faults.step_faults(0, 2)
 
 
 def test_ds_config_filled_from_train_config(tmp_path):

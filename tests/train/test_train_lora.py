@@ -39,7 +39,7 @@ LORA = ["lora.enable=true", "lora.r=4", "lora.alpha=8", "lora.lr=1e-2", "optim.l
 # size matches only without dropout; the ZeRO-2 test keeps it (the RNG state resumes exactly).
 NO_DROPOUT = ["lora.dropout=0.0"]
 STEPS = ["max_steps=6", "save_every=2", "keep_last=5", "data.eval=null", "deterministic=true"]
-PROBE = {"MAGE_FAST_PROBE": "1"}
+PROBE = ["faults.probe=true"]  # lr per group, scheduler steps, weight checksum per step
 TOL = 1e-5
 
 
@@ -71,7 +71,7 @@ def _args(run: str, data: str, ds: str, base: str, dropout: bool = False) -> lis
 @pytest.fixture(scope="module")
 def ref(shapes_dir, strict_zero3, base, tmp_path_factory) -> str:
     run = str(tmp_path_factory.mktemp("lora") / "ref")
-    launch(_args(run, shapes_dir, strict_zero3, base), env=PROBE)
+    launch([*_args(run, shapes_dir, strict_zero3, base), *PROBE])
     return run
 
 
@@ -204,7 +204,7 @@ def _same(got: dict[int, dict], want: dict[int, dict], steps: list[int], rel: fl
 
 def test_killed_mid_save_resumes_with_the_uninterrupted_losses(ref, shapes_dir, strict_zero3, base, tmp_path):
     run = _copy_checkpoints(ref, str(tmp_path / "run"), ["step00000002"], uncommitted="step00000004")
-    p = launch(_args(run, shapes_dir, strict_zero3, base), env=PROBE)
+    p = launch([*_args(run, shapes_dir, strict_zero3, base), *PROBE])
     assert "removed incomplete checkpoint step00000004" in p.stdout and "resumed from step00000002" in p.stdout
     _same(_steps(run), _steps(ref), [3, 4, 5, 6])  # bit-equal: adapters, aligner, AdamW, LR, data position
 
@@ -214,7 +214,7 @@ def test_zero3_resumes_on_one_rank(ref, shapes_dir, strict_zero3, base, tmp_path
     # within fp32 rounding.
     run = _copy_checkpoints(ref, str(tmp_path / "one"), ["step00000004"])
     args = [*_args(run, shapes_dir, strict_zero3, base), "micro_batch_size=8"]
-    p = launch(args, env=PROBE, ranks=1)
+    p = launch([*args, *PROBE], ranks=1)
     assert "resize: step00000004 was written by 2 ranks, this run has 1" in p.stdout
     got = _steps(run)
     print("2 -> 1 rank:", [(got[s]["loss"], _steps(ref)[s]["loss"]) for s in (5, 6)])

@@ -41,9 +41,9 @@ def common(shapes_dir, node_local) -> list[str]:
     return [f"data.root={shapes_dir}", f"deepspeed={node_local}", *TINY, *STEPS]
 
 
-def nodes(dirs: list, common: list[str], tmp, env: dict | None = None) -> list[tuple[int, str]]:
+def nodes(dirs: list, common: list[str], tmp) -> list[tuple[int, str]]:
     """One launch per node, node r writing into dirs[r]."""
-    return launch_nodes([[f"run_dir={d}", *common] for d in dirs], tmp / "hostfile", env)
+    return launch_nodes([[f"run_dir={d}", *common] for d in dirs], tmp / "hostfile")
 
 
 def by_step(run: str) -> dict[int, dict]:
@@ -89,7 +89,7 @@ def test_kill_resume_on_the_same_nodes_then_on_other_nodes(ref, common, tmp_path
     _, want = ref
     n = [str(tmp_path / f"n{r}") for r in (0, 1)]
     # Every rank SIGKILLs itself while step 4 is saved: no node has committed it.
-    for code, _ in nodes(n, common, tmp_path, env={"MAGE_FAST_KILL_IN_SAVE": "4"}):
+    for code, _ in nodes(n, [*common, "faults.kill_in_save=4"], tmp_path):
         assert code != 0
     assert complete_tags(n[0]) == complete_tags(n[1]) == ["step00000002"]
 

@@ -71,7 +71,7 @@ def test_killed_while_saving_resumes_exactly(ref, common, tmp_path):
     from step 2 with the uninterrupted run's losses bit for bit."""
     out = str(tmp_path / "killed")
     args = [f"run_dir={out}", *common, *PACKED]
-    p = launch(args, env={"MAGE_FAST_KILL_IN_SAVE": "4"}, check=False)
+    p = launch([*args, "faults.kill_in_save=4"], check=False)
     assert p.returncode != 0 and complete_tags(out) == ["step00000002"]
     log = launch(args).stdout
     assert "resumed from step00000002" in log

@@ -23,15 +23,15 @@ from testutil import ROOT, uneven_captions_world
 
 pytestmark = pytest.mark.slow
 
-PROBE = {"MAGE_FAST_PROBE": "1"}
+PROBE = ["faults.probe=true"]  # lr per group, scheduler steps, weight checksum per step
 STEPS = ["max_steps=5", "save_every=2", "keep_last=5", "data.eval=null", "export=false", "deterministic=true",
          "optim.schedule=constant", "optim.warmup_steps=4"]  # LR rising over steps 1-4, whatever max_steps  # fmt: skip
 PART_LRS = ["optim.lr_aligner=5e-3", "optim.lr_llm=2e-3"]  # three groups, three learning rates
 
 
-def run(args: list[str], ranks: int, env: dict | None = None, timeout: int = 420) -> str:
+def run(args: list[str], ranks: int, timeout: int = 420) -> str:
     """`deepspeed --num_gpus <ranks> --module mage_fast.train` to the end (probes on); returns stdout."""
-    return launch(args, timeout, {**PROBE, **(env or {})}, ranks=ranks).stdout
+    return launch([*args, *PROBE], timeout, ranks=ranks).stdout
 
 
 def history(run_dir: str) -> dict[int, dict]:
@@ -115,7 +115,7 @@ def test_two_loopback_nodes_with_gradient_checkpointing_train_like_one_node(ref,
     out = str(tmp_path / "run")
     args = [f"run_dir={out}", *common, "micro_batch_size=6", "max_steps=3", "save_every=0",
             "gradient_checkpointing.llm=true", "gradient_checkpointing.vision=true"]  # fmt: skip
-    results = launch_nodes([args, args], tmp_path / "hostfile", PROBE)
+    results = launch_nodes([[*args, *PROBE]] * 2, tmp_path / "hostfile")
     codes, text = [c for c, _ in results], [t for _, t in results]
     assert codes == [0, 0], f"node launches exited {codes}: {text[0][-2000:]}\n{text[1][-2000:]}"
     got = history(out)
@@ -166,7 +166,7 @@ def test_zero2_bf16_skips_a_nonfinite_step_and_resumes_on_other_world_sizes(cap_
     zero2 = os.path.join(ROOT, "configs", "deepspeed", "zero2.json")
     common = [f"data.root={cap_data}", f"deepspeed={zero2}", *TINY, *STEPS, *PART_LRS, "bf16=true"]
     ref = str(tmp_path / "ref")
-    log = run([f"run_dir={ref}", *common, "micro_batch_size=6"], 2, env={"MAGE_FAST_INJECT_NAN": "2"})
+    log = run([f"run_dir={ref}", *common, "micro_batch_size=6", "faults.nan_loss=[2]"], 2)
     want = history(ref)
     assert want[2]["skipped"] and "non-finite loss at step 2" in log and sorted(want) == [1, 2, 3, 4, 5]
     for key in ("param_sum", "lr", "sched_steps", "updates"):

@@ -4,9 +4,10 @@ at a random step, then resume with the uninterrupted run's losses; damaged check
 SIGUSR1 to one rank (every rank commits its step and exits 75). Each subprocess has a timeout, so
 a hang fails instead of blocking. What a run refuses or skips: test_train_bad_inputs.py.
 
-Fault injection (documented in docs/survival.md): MAGE_FAST_KILL_IN_SAVE=N (every rank SIGKILLs itself
-while saving step N, before the COMMITTED marker), MAGE_FAST_PAUSE_AFTER=STEP:SECONDS (the ranks
-wait after STEP, so a signal lands at a known step).
+Fault injection (the test-only `faults:` config section, docs/survival.md): faults.kill_in_save=N
+(every rank SIGKILLs itself while saving step N, before the COMMITTED marker),
+faults.pause_after=STEP with faults.pause_s=SECONDS (the ranks wait after STEP, so a signal lands
+at a known step).
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ def ref3(shapes_dir, strict_zero3, tmp_path_factory) -> tuple[str, dict[int, dic
     return ref, want
 
 
-def _start(args: list[str], log_path, env: dict | None = None) -> tuple[subprocess.Popen, object]:
+def _start(args: list[str], log_path) -> tuple[subprocess.Popen, object]:
     """A 2-rank launch in its own process group, its output to a file (a full pipe would block the ranks)."""
-    cmd, full = launch_cmd(args, env)
+    cmd, full = launch_cmd(args)
     log = open(log_path, "w+")  # noqa: SIM115  (closed by _end)
     proc = subprocess.Popen(cmd, cwd=ROOT, env=full, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     return proc, log
@@ -92,7 +93,7 @@ def test_kill_and_resume_matches_uninterrupted(shapes_dir, strict_zero3, tmp_pat
 
     # (a) SIGKILL of every rank while step 4 is being saved: DeepSpeed's files are there, no marker.
     args = _common(run, shapes_dir, strict_zero3) + STEPS + ["keep_last=2"]
-    p = launch(args, env={"MAGE_FAST_KILL_IN_SAVE": "4"}, check=False)
+    p = launch([*args, "faults.kill_in_save=4"], check=False)
     assert p.returncode != 0
     assert os.path.isdir(os.path.join(run, "checkpoints", "step00000004"))
     assert _complete(run) == ["step00000002"]
@@ -190,10 +191,10 @@ def test_zero3_damaged_checkpoints_fall_back_and_sigterm_saves_the_current_step(
     assert "step00000004: ok" in v.stdout
 
     # A SIGTERM to the whole launch (as a scheduler sends it) while the ranks wait after step 6
-    # (MAGE_FAST_PAUSE_AFTER), then more to the ranks until they exit: every rank finishes its step, the checkpoint of that step is
+    # (faults.pause_after), then more to the ranks until they exit: every rank finishes its step, the checkpoint of that step is
     # committed (the repeated signals during the save do not break it), the ranks exit 75.
     args = _common(run, shapes_dir, strict_zero3) + STEPS + ["keep_last=3", "save_every=100"]
-    proc, log = _start(args, tmp_path / "term.log", env={"MAGE_FAST_PAUSE_AFTER": "6:60"})
+    proc, log = _start([*args, "faults.pause_after=6", "faults.pause_s=60"], tmp_path / "term.log")
     _wait_for_step(proc, run, 6, 0, tmp_path / "term.log")
     ranks = _ranks(proc)
     assert len(ranks) == 2
@@ -226,7 +227,7 @@ def test_zero2_sigusr1_on_one_rank_stops_all_and_damaged_checkpoints_fall_back(s
     # (truncated, bit-flipped): resume falls back to step 2 and repeats steps 3.. exactly.
     run, ds = str(tmp_path / "run"), os.path.join(ROOT, "configs/deepspeed/zero2.json")
     args = _common(run, shapes_dir, ds) + ["max_steps=8", "save_every=2", "keep_last=3"]
-    proc, log = _start(args, tmp_path / "usr1.log", env={"MAGE_FAST_PAUSE_AFTER": "5:5"})
+    proc, log = _start([*args, "faults.pause_after=5", "faults.pause_s=5"], tmp_path / "usr1.log")
     _wait_for_step(proc, run, 5, 0, tmp_path / "usr1.log")
     ranks = _ranks(proc)
     assert len(ranks) == 2
