@@ -20,6 +20,7 @@ import re
 import torch
 from torch import nn
 
+from mage_fast.model import qlora
 from mage_fast.model.lora_config import LoraConfig
 
 ADAPTER = "default"  # peft's adapter name; the only one a run trains
@@ -60,13 +61,17 @@ def adapted_modules(model) -> dict[str, nn.Module]:
     return {k: m for k, m in out.items() if lora_layers(m)}
 
 
-def add_adapters(model, cfg: LoraConfig) -> None:
+def add_adapters(model, cfg: LoraConfig, compute_dtype: torch.dtype = torch.float32) -> None:
     """Freeze `model` (a MageModel) and add trainable adapters as `cfg` says; parts in
-    `train_fully` keep the trainability they had (the tower's unused post-norm stays frozen)."""
+    `train_fully` keep the trainability they had (the tower's unused post-norm stays frozen).
+    With `cfg.quantize="nf4"` the LLM's block linears first become 4-bit layers computing in
+    `compute_dtype` (mage_fast.model.qlora), and peft puts its bnb LoRA layers on them."""
     from peft import inject_adapter_in_model
 
     trainable = {p: p.requires_grad for p in model.parameters()}
     model.requires_grad_(False)
+    if cfg.quantize == "nf4":
+        qlora.quantize_llm(model.llm, compute_dtype)
     llm_target = _targets(model.llm, cfg.target_modules, r"model\.layers\.\d+\.", "the LLM")
     inject_adapter_in_model(_peft_config(cfg, llm_target, model.cfg.llm.path), model.llm, ADAPTER)
     if cfg.vision:
@@ -77,25 +82,6 @@ def add_adapters(model, cfg: LoraConfig) -> None:
     for part in cfg.train_fully:
         for p in getattr(model, part).parameters():
             p.requires_grad_(trainable.get(p, True))
-
-
-def quantize_refusal(quantize: str) -> str | None:
-    """Why a `lora.quantize` base cannot be built here (one line), or None when nothing is asked."""
-    if quantize == "none":
-        return None
-    import importlib.util
-
-    if not torch.cuda.is_available():
-        return (
-            f"lora.quantize={quantize} needs bitsandbytes' 4-bit layers, which run on a CUDA GPU; this machine "
-            f"has no CUDA device (use lora.quantize=none: LoRA on the unquantised base)"
-        )
-    if importlib.util.find_spec("bitsandbytes") is None:
-        return f"lora.quantize={quantize} needs bitsandbytes, which is not installed (pip install bitsandbytes)"
-    return (
-        f"lora.quantize={quantize}: a 4-bit base under DeepSpeed ZeRO is not built by this version of mage-fast "
-        f"(no GPU with bitsandbytes has run it yet); use lora.quantize=none"
-    )
 
 
 def lora_layers(module: nn.Module) -> dict[str, nn.Module]:
@@ -114,7 +100,9 @@ def _delta(layer, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def merged_state(module: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The plain module's state dict from the full `state` of the adapted `module`: each adapted
     layer's weight is W + scaling * B A (computed in fp32, stored in W's dtype), adapter tensors
-    dropped, `.base_layer.` removed from the names. A module without adapters: `state` itself."""
+    dropped, `.base_layer.` removed from the names; a 4-bit base's W is its dequantised weight.
+    A module without adapters: `state` itself."""
+    state = qlora.dequantized_state(module, state)
     layers = lora_layers(module)
     if not layers:
         return state

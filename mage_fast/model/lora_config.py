@@ -28,7 +28,7 @@ class LoraConfig:
     vision_target_modules: list[str] = field(default_factory=lambda: list(VISION_TARGETS))
     train_fully: list[FullPart] = field(default_factory=lambda: ["aligner"])
     lr: float | None = None  # the adapters' learning rate; None: optim.lr
-    quantize: Quantize = "none"  # nf4: a 4-bit NF4 base with double quantisation (QLoRA, CUDA)
+    quantize: Quantize = "none"  # nf4: the LLM blocks 4-bit NF4, double quantisation (QLoRA; bitsandbytes, ZeRO-2)
 
     def __post_init__(self) -> None:
         if self.r < 1:

@@ -21,7 +21,7 @@ from torch import nn
 
 from mage_fast.configtools import ConfigError
 from mage_fast.export import pretrained
-from mage_fast.model import lora
+from mage_fast.model import lora, qlora
 from mage_fast.model.mllm import MageModel
 from mage_fast.train.config import TrainConfig
 from mage_fast.train.dist import all_reduce_vec
@@ -68,7 +68,7 @@ SUPPORTED_STAGES = (2, 3)
 
 def build_model(cfg: TrainConfig, ds: dict, vocab_size: int, image_token_id: int) -> tuple[MageModel, object]:
     """MageModel, partitioned at construction under ZeRO-3. Keep the second value alive."""
-    refusal = lora.quantize_refusal(cfg.lora.quantize)
+    refusal = qlora.refusal(cfg.lora.quantize, zero_stage(ds))
     if refusal:
         raise ConfigError(refusal)
     zero3 = zero_stage(ds) == 3
@@ -131,7 +131,7 @@ def apply_freeze(model: MageModel, cfg: TrainConfig) -> None:
         if getattr(cfg, f"freeze_{short}"):
             getattr(model, part).requires_grad_(False)
     if cfg.lora.enable:
-        lora.add_adapters(model, cfg.lora)
+        lora.add_adapters(model, cfg.lora, torch.bfloat16 if cfg.bf16 else torch.float32)
 
 
 def group_lr(part: str, cfg: TrainConfig) -> tuple[str, float]:

@@ -1,7 +1,7 @@
 """LoRA in one process (no launch): the `lora:` config and its refusals, which parameters train,
 the optimizer's param groups (the aligner at its own learning rate, frozen weights in none), a
 checkpoint of another LoRA config refused, the merged and adapter exports against the adapted
-model's logits, and the QLoRA refusal."""
+model's logits (QLoRA: test_train_qlora_units.py)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from mage_fast.model.mllm import MageModel
 from mage_fast.train import lora_export
 from mage_fast.train.checkpoint import META, ResumeError, check_compatible
 from mage_fast.train.config import TrainConfig
-from mage_fast.train.engine import apply_freeze, build_model, build_optimizer, export_state, param_shapes
+from mage_fast.train.engine import apply_freeze, build_optimizer, export_state, param_shapes
 
 
 def test_lora_is_off_by_default_and_in_the_resolved_config():
@@ -176,14 +176,3 @@ def test_adapter_export_needs_a_base_folder(tokenizer, tmp_path, capsys):
     out = str(tmp_path / "a")
     assert not lora_export.write_adapter_export(out, model, tokenizer, rank=0)
     assert not os.path.exists(out) and "llm has no base folder (random init)" in capsys.readouterr().out
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal on a machine without CUDA")
-def test_qlora_is_refused_without_cuda_in_one_line():
-    reason = lora.quantize_refusal("nf4")
-    assert reason is not None and "\n" not in reason
-    assert "CUDA" in reason and "bitsandbytes" in reason
-    assert lora.quantize_refusal("none") is None
-    cfg = load_config(TrainConfig, None, ["lora.enable=true", "lora.quantize=nf4"])
-    with pytest.raises(ConfigError, match="needs bitsandbytes' 4-bit layers, which run on a CUDA GPU"):
-        build_model(cfg, {}, 100, 99)  # before any model or DeepSpeed state is built

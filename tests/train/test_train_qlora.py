@@ -1,0 +1,168 @@
+"""QLoRA on real 2-rank DeepSpeed runs (CPU, gloo, ZeRO-2): stage 2 with `lora.quantize=nf4` from
+a base export (an mlp2x_gelu "stage 1" model written here): the LLM's block linears 4-bit NF4
+(bitsandbytes, double quantisation), peft's LoRA on them, the aligner trained fully.
+
+One reference launch (`ref`: 6 steps, checkpoints at 2, 4, 6) carries most assertions: the losses
+fall, only the adapters and the aligner are in the optimizer, the 4-bit base in the final
+checkpoint is bit for bit the base export quantised afresh, the merged export (the dequantised
+base plus the adapters) and the adapter export on the 4-bit base give the trained model's logits.
+The trained model is rebuilt from the final checkpoint's module state, not from the export code.
+A second launch resumes the state a kill mid-save leaves, with the uninterrupted losses exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+from launchutil import TINY, launch, run_history, run_summary
+from testutil import ROOT
+
+from mage_fast.configtools import load_config
+from mage_fast.export import pretrained
+from mage_fast.model import lora, qlora
+from mage_fast.model.mllm import MageModel
+from mage_fast.train import lora_export
+from mage_fast.train.checkpoint import MARKER, complete_tags
+from mage_fast.train.config import TrainConfig
+from mage_fast.train.engine import apply_freeze, export_state
+
+pytest.importorskip("bitsandbytes", reason="QLoRA's 4-bit layers (make test installs requirements-test.txt)")
+pytestmark = pytest.mark.slow
+
+MODEL = [*TINY, "model.aligner.type=mlp2x_gelu"]
+QLORA = ["lora.enable=true", "lora.quantize=nf4", "lora.r=4", "lora.alpha=8", "lora.lr=1e-2", "lora.dropout=0.0"]
+STEPS = ["max_steps=6", "save_every=2", "keep_last=5", "data.eval=null", "deterministic=true", "faults.probe=true"]
+ZERO2 = os.path.join(ROOT, "configs", "deepspeed", "zero2.json")
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def base(tokenizer, tmp_path_factory) -> str:
+    """The stage-1 export the QLoRA runs start from (random weights, the tiny mlp2x_gelu model)."""
+    torch.manual_seed(0)
+    cfg = load_config(TrainConfig, None, MODEL)
+    model = MageModel(cfg.model, len(tokenizer), tokenizer.convert_tokens_to_ids("<image>"))
+    out = str(tmp_path_factory.mktemp("base") / "export")
+    pretrained.write_export(out, model, tokenizer, export_state(model))
+    return out
+
+
+def _args(run: str, data: str, base: str) -> list[str]:
+    return [f"run_dir={run}", f"data.root={data}", f"deepspeed={ZERO2}", f"init_from={base}", *MODEL, *QLORA, *STEPS]
+
+
+@pytest.fixture(scope="module")
+def ref(shapes_dir, base, tmp_path_factory) -> str:
+    run = str(tmp_path_factory.mktemp("qlora") / "ref")
+    launch(_args(run, shapes_dir, base))
+    return run
+
+
+def _steps(run: str) -> dict[int, dict]:
+    return {h["step"]: h for h in run_history(run)}
+
+
+def test_losses_fall_and_only_adapters_and_aligner_train(ref):
+    h = _steps(ref)
+    losses = [h[s]["loss"] for s in sorted(h)]
+    print("QLoRA losses:", losses)
+    assert sorted(h) == list(range(1, 7)) and losses[-1] < losses[0] and min(losses[3:]) < min(losses[:3])
+    assert all(set(r["lr"]) == {"aligner", "llm_lora"} for r in h.values())
+    n, state = run_summary(ref)["params"], run_summary(ref)["optimizer_state_bytes"]
+    print(f"params {n}, optimizer state {state} B")
+    assert n["trainable"] < n["total"] / 5  # the 4-bit base counts its packed bytes, two weights each
+    assert 12 * n["trainable"] <= state <= 12 * n["trainable"] + 4096  # fp32 master + 2 moments, nothing frozen
+
+
+def _module_state(run: str) -> dict[str, torch.Tensor]:
+    """The final checkpoint's module state (ZeRO-2 keeps every weight whole in it)."""
+    tag = complete_tags(run)[-1]
+    path = os.path.join(run, "checkpoints", tag, "mp_rank_00_model_states.pt")
+    return torch.load(path, map_location="cpu", weights_only=False)["module"]
+
+
+def _qlora_model(base: str, tokenizer) -> MageModel:
+    """The base export with QLoRA applied as the run applies it (quantised afresh, adapters at init)."""
+    cfg = load_config(TrainConfig, None, [*MODEL, *QLORA])
+    model, _ = pretrained.load_pretrained(base)
+    apply_freeze(model, cfg)
+    return model
+
+
+def test_4bit_base_is_bit_identical_after_training(ref, base, tokenizer):
+    saved = _module_state(ref)
+    fresh = _qlora_model(base, tokenizer).state_dict()
+    quant = [k for k in fresh if ".base_layer.weight" in k]  # packed weights and every quant-state tensor
+    assert len(quant) == 7 * 6 and set(quant) <= set(saved)
+    for k in quant:
+        assert saved[k].dtype == fresh[k].dtype and torch.equal(saved[k], fresh[k]), k
+    assert saved[quant[0]].dtype == torch.uint8
+    aligner = [k for k in fresh if k.startswith("aligner.")]
+    assert any(not torch.equal(saved[k], fresh[k]) for k in aligner)  # it trained
+
+
+@pytest.fixture(scope="module")
+def trained(ref, base, tokenizer) -> MageModel:
+    """The trained model: the base, QLoRA as configured, the final checkpoint's module state."""
+    model = _qlora_model(base, tokenizer)
+    model.load_state_dict(_module_state(ref))
+    return model.eval()
+
+
+def _inputs(model: MageModel, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    image = tokenizer.convert_tokens_to_ids("<image>")
+    ids = torch.tensor([[tokenizer.bos_token_id, *[image] * model.num_image_tokens, 7, 8, 9, 10]] * 2)
+    return ids, torch.randn(2, 3, model.image_size, model.image_size, generator=g)
+
+
+@torch.no_grad()
+def _logits(model: MageModel, ids: torch.Tensor, pix: torch.Tensor) -> torch.Tensor:
+    embeds, _ = model.embed(ids, pix, torch.ones(len(ids), dtype=torch.long))
+    return model.llm(inputs_embeds=embeds).logits
+
+
+def test_merged_export_is_the_dequantised_base_plus_adapters(ref, trained, tokenizer):
+    ids, pix = _inputs(trained, tokenizer)
+    want = _logits(trained, ids, pix)
+    merged, _ = pretrained.load_pretrained(os.path.join(ref, "export"))
+    assert not lora.lora_layers(merged) and not qlora.quantized_layers(merged)  # a plain fp32 model
+    d = (_logits(merged, ids, pix) - want).abs().max().item()
+    print(f"merged export max|d| {d:.2e}")
+    assert d <= TOL
+
+
+def test_adapter_export_on_the_4bit_base_gives_the_trained_logits(ref, trained, base, tokenizer):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ids, pix = _inputs(trained, tokenizer)
+    want = _logits(trained, ids, pix)
+    out = os.path.join(ref, lora_export.ADAPTER_EXPORT)
+    assert sorted(os.listdir(out)) == ["aligner", "llm", "mage_config.json", "tokenizer"]  # no base weights
+    # The LLM as a peft user loads it: the base folder quantised the same way, then the adapter folder.
+    llm = AutoModelForCausalLM.from_pretrained(os.path.join(base, "llm"), dtype=torch.float32)
+    qlora.quantize_llm(llm, torch.float32)
+    llm = PeftModel.from_pretrained(llm, f"{out}/llm").eval()
+    embeds, _ = trained.embed(ids, pix, torch.ones(len(ids), dtype=torch.long))
+    with torch.no_grad():
+        d = (llm(inputs_embeds=embeds).logits - want).abs().max().item()
+    print(f"PeftModel on the 4-bit base LLM max|d| {d:.2e}")
+    assert d <= TOL
+
+
+def test_killed_mid_save_resumes_with_the_uninterrupted_losses(ref, shapes_dir, base, tmp_path):
+    run = str(tmp_path / "run")
+    for tag in ("step00000002", "step00000004"):
+        shutil.copytree(os.path.join(ref, "checkpoints", tag), os.path.join(run, "checkpoints", tag))
+    os.remove(os.path.join(run, "checkpoints", "step00000004", MARKER))  # a kill while saving
+    p = launch([*_args(run, shapes_dir, base), "export=false"])
+    assert "removed incomplete checkpoint step00000004" in p.stdout and "resumed from step00000002" in p.stdout
+    got, want = _steps(run), _steps(ref)
+    assert sorted(got) == [3, 4, 5, 6]
+    for s in got:
+        for key in ("loss", "ce", "mse", "grad_norm"):
+            assert got[s][key] == want[s][key], f"step {s} {key}: {got[s][key]} vs {want[s][key]}"
