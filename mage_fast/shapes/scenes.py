@@ -16,8 +16,9 @@ Each image (S×S px, default 48) holds 1–4 coloured shapes, each in its own ce
                     plus the stage-1 rows again (measured: without the captions the content → position
                     lookup fades and "where is X ?" stays near 0.5; with them 0.82 after 800 steps)
                     With --quiz, stage 2's questions are instead one multi-turn row per training image
-                    asking every question about every object (3 per object + the count, random
-                    order): ~8 answers per sample where the single-question rows carry 1
+                    asking the colour and the shape of every object and the count (random order):
+                    ~6 answers per sample where the single-question rows carry 1; the position
+                    question stays a row of its own
   DIR/eval.json     the same questions on held-out images (never in stage1/stage2)
   DIR/tokenizer/    a word-level tokenizer (tokenizers WordLevel) trained on all the text
   DIR/world.json    the vocabulary of the world and the split sizes
@@ -76,8 +77,7 @@ def generate(
 ) -> dict:
     """Write the world to `out`; returns the summary also saved as world.json. `with_places` adds a
     position-first description row per training image to stage 1 (and so to stage 2); `with_quiz`
-    puts stage 2's questions as one multi-turn row per training image (every question about every
-    object). The images, captions and eval rows are the same either way."""
+    puts stage 2's questions as one multi-turn row per training image (world.quiz). The images, captions and eval rows are the same either way."""
     if n < 20:
         raise ValueError(f"--n must be at least 20 (got {n}): the eval split needs images too")
     rng = random.Random(seed)
@@ -99,8 +99,9 @@ def generate(
             stage1.append(_row(f"{i:05d}-caption", rel, "describe the image .", cap, cap, "caption"))
             if desc:  # the caption stays the MSE target: the same image, the same content
                 stage1.append(_row(f"{i:05d}-places", rel, PLACES_PROMPT, desc, cap, "places"))
-            if with_quiz:
+            if with_quiz:  # the quiz, and the position question in a row of its own
                 stage2.append(_quiz_row(f"{i:05d}-quiz", rel, quiz(objs, quiz_rng), cap))
+                stage2.extend(_row(f"{i:05d}-{t}", rel, q, a, cap, t) for t, q, a in qs if t == "position")
             else:
                 stage2.extend(_row(f"{i:05d}-{t}", rel, q, a, cap, t) for t, q, a in qs)
         else:
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=48, help="image side in pixels (a multiple of 3)")
     p.add_argument("--places", action="store_true", help="also a position-first description per training image")
-    p.add_argument("--quiz", action="store_true", help="stage 2: one row of every question per image")
+    p.add_argument("--quiz", action="store_true", help="stage 2: one row of questions per image")
     a = p.parse_args(argv)
     world = generate(a.out, a.n, a.seed, a.size, with_places=a.places, with_quiz=a.quiz)
     print(json.dumps(world["splits"]), "->", a.out)
