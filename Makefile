@@ -50,9 +50,15 @@ demo-seeds: install
 	for s in $(SEEDS); do $(MAKE) --no-print-directory demo SEED=$$s DEMO=$(DEMO_SEEDS)/seed$$s || exit 1; done
 	$(VENV_PATH) $(VPY) -m mage_fast.apps.demo_seeds --bar $(DEMO_BAR) $(foreach s,$(SEEDS),$(DEMO_SEEDS)/seed$(s))
 
+# What the tests need beyond the demo's install (requirements-test.txt: bitsandbytes for QLoRA).
+TEST_STAMP := $(VENV)/.mage-fast-test-installed
+$(TEST_STAMP): $(STAMP) requirements-test.txt
+	$(VENV_PATH) $(VPY) -m pip install -q -r requirements-test.txt
+	touch $(TEST_STAMP)
+
 # Test files run in TEST_WORKERS processes (pytest-xdist), a file's tests in one of them, so a
 # module's shared launch runs once; most of the time goes to real 2-rank launches.
-test: install
+test: install $(TEST_STAMP)
 	$(VENV_PATH) $(VPY) -m mage_fast.train.prebuild
 	$(VENV_PATH) $(VPY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
@@ -60,7 +66,7 @@ test: install
 # the machine's own (CAP = default | avx2 | avx512): float results differ between kernel sets, so a
 # test that holds on one CPU only fails here. CI runs it with CAP=default.
 CAP ?= default
-test-cap: install
+test-cap: install $(TEST_STAMP)
 	ATEN_CPU_CAPABILITY=$(CAP) $(VENV_PATH) $(VPY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
 
 # Benchmarks (benchmarks/README.md, with their times): the device's full sweep (CPU: smaller
