@@ -33,11 +33,6 @@ IN_FUNCTION_ALLOWED: dict[tuple[str, str], str] = {
     ("mage_fast.train.__main__", "mage_fast.train.loop"): _FAST_CONFIG_ERRORS,
     ("mage_fast.train.__main__", "mage_fast.train.preempt"): _FAST_CONFIG_ERRORS,
 }
-# Imports against the flow (or inside functions) that the layout's moves have not reached yet.
-# It only shrinks: an entry that no longer occurs fails test_allow_lists_are_current.
-PENDING: set[tuple[str, str]] = set()
-# Cycles the moves have not broken yet (the same rule: only shrinks).
-PENDING_CYCLES: list[list[str]] = []
 
 
 @pytest.fixture(scope="module")
@@ -45,29 +40,23 @@ def imports() -> list[archcheck.Import]:
     return archcheck.all_imports(ROOT)
 
 
-def _unlisted(found: list[archcheck.Import], *lists) -> list[str]:
-    return [archcheck.describe(i) for i in found if not any((i.src, i.dst) in listed for listed in lists)]
-
-
 def test_imports_follow_the_floors(imports):
-    assert _unlisted(archcheck.against_flow(imports), PENDING) == []
+    assert [archcheck.describe(i) for i in archcheck.against_flow(imports)] == []
 
 
 def test_no_cycles(imports):
-    assert [c for c in archcheck.cycles(imports) if c not in PENDING_CYCLES] == []
+    assert archcheck.cycles(imports) == []
 
 
 def test_no_imports_of_ours_inside_functions(imports):
-    assert _unlisted(archcheck.in_function(imports), IN_FUNCTION_ALLOWED, PENDING) == []
+    found = archcheck.in_function(imports)
+    assert [archcheck.describe(i) for i in found if (i.src, i.dst) not in IN_FUNCTION_ALLOWED] == []
 
 
-def test_allow_lists_are_current(imports):
-    """A listed import or cycle that is gone (or now at module top) is struck off, so the lists only shrink."""
+def test_allow_list_is_current(imports):
+    """An allowed import that is gone (or now at module top) is struck off the list."""
     inside = {(i.src, i.dst) for i in archcheck.in_function(imports)}
-    violations = inside | {(i.src, i.dst) for i in archcheck.against_flow(imports)}
     assert sorted(set(IN_FUNCTION_ALLOWED) - inside) == []
-    assert sorted(PENDING - violations) == []
-    assert [c for c in PENDING_CYCLES if c not in archcheck.cycles(imports)] == []
 
 
 def test_every_floor_may_import_only_known_floors():
