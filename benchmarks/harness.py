@@ -11,6 +11,8 @@ adds the roofline and appends them to benchmarks/results/results.csv.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -192,9 +194,6 @@ def _collect(
     """The rows of every provider, one list per process that measured them: this one
     (--isolate none), one child for all (op) or a child per provider."""
     if args.isolate == "none":
-        import contextlib
-        import io
-
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
             run_child(bench, providers, shapes, modes, dtype, device, budget)
