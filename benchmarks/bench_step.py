@@ -36,6 +36,7 @@ import yaml
 
 from benchmarks import common
 from benchmarks.common import ROW_TAG
+from benchmarks.peaks import Peaks, measure_peaks, roofline
 from mage_fast.configtools import apply_overrides, from_dict
 from mage_fast.labels import IGNORE_INDEX, loss_tokens
 from mage_fast.model.config import KernelConfig
@@ -165,7 +166,7 @@ def step_row(op: str, provider: str, cfg, sb: StepBench, t, peak: int, device: t
     }
 
 
-def run_setting(cfg, sb: StepBench, setting: str, device: torch.device, peaks: common.Peaks | None) -> dict:
+def run_setting(cfg, sb: StepBench, setting: str, device: torch.device, peaks: Peaks | None) -> dict:
     """Build the engine with the setting's backends, run warmup + timed steps of the training
     loop's own `train_step`; one CSV row."""
     t0 = time.time()
@@ -189,12 +190,12 @@ def run_setting(cfg, sb: StepBench, setting: str, device: torch.device, peaks: c
         f"backends {used}; zero stage {zero_stage(ds)}; world {world}; "
         f"optimizer {opt.kind} {opt.ms / (sb.warmup + sb.steps):.2f} ms/step"
     )
-    row.update(common.roofline(flops, 0, t.median, "compute", peaks))
+    row.update(roofline(flops, 0, t.median, "compute", peaks))
     row.pop("gbps", None)
     return row
 
 
-def _spawn(args: argparse.Namespace, setting: str, peaks: common.Peaks, dtype: str) -> dict:
+def _spawn(args: argparse.Namespace, setting: str, peaks: Peaks, dtype: str) -> dict:
     """Run one setting in a child process; its row, or an error row."""
     cmd = [
         sys.executable,
@@ -272,13 +273,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     cfg, sb = load(args.config, args.override)
     if args.child:
-        peaks = common.Peaks(**json.loads(os.environ["BENCH_PEAKS"]))
+        peaks = Peaks(**json.loads(os.environ["BENCH_PEAKS"]))
         print(ROW_TAG + json.dumps(run_setting(cfg, sb, args.child, device, peaks)), flush=True)
         return 0
 
     t0 = time.time()
     dtype = torch.bfloat16 if cfg.bf16 else torch.float32
-    peaks = common.measure_peaks(device, dtype, small=sb.steps <= 2)
+    peaks = measure_peaks(device, dtype, small=sb.steps <= 2)
     name = os.path.splitext(os.path.basename(args.config))[0].removeprefix("step_")
     shape = f"{name},B={cfg.micro_batch_size},L={sb.seq_len}"
     print(

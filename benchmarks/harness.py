@@ -25,6 +25,7 @@ from benchmarks import common, opbench, profiling
 from benchmarks.common import ROW_TAG
 from benchmarks.measure import ModeCall, mode_call, run_child
 from benchmarks.opbench import OpBench, default_dtype, shape_label, sweep_shapes
+from benchmarks.peaks import Peaks, measure_peaks, roofline
 
 
 # -- the parent: plan, spawn, collect, write ---------------------------------------------------
@@ -159,7 +160,7 @@ def main(bench: OpBench, module: str, argv: list[str] | None = None) -> int:
         f"{len(shapes)} shape(s) x {len(modes)} mode(s) x providers {', '.join(providers)}",
         flush=True,
     )
-    peaks = common.measure_peaks(device, common.dtype_of(dtype), small=args.sweep == "smoke")
+    peaks = measure_peaks(device, common.dtype_of(dtype), small=args.sweep == "smoke")
     print(
         f"[{bench.op}] peaks this run: copy {peaks.gbps:.1f} GB/s, matmul ({peaks.matmul_dtype}) "
         f"{peaks.tflops:.3f} TFLOP/s",
@@ -212,7 +213,7 @@ def _annotate(
     shapes: list[dict],
     dtype: str,
     device: torch.device,
-    peaks: common.Peaks,
+    peaks: Peaks,
 ) -> None:
     """Run identity, notes and the roofline columns (against this run's `peaks`) into each row."""
     by_label = {shape_label(s): s for s in shapes}
@@ -229,7 +230,7 @@ def _annotate(
         model_less = gif and r["mode"] == "backward"  # its backward only rescales stored gradients
         fl = 0 if model_less else bench.flops(s, r["mode"])
         nb = 0 if model_less else bench.nbytes(s, r["mode"], itemsize)
-        r.update(common.roofline(fl, nb, float(r["ms_median"]), bench.bound, peaks))
+        r.update(roofline(fl, nb, float(r["ms_median"]), bench.bound, peaks))
 
 
 def profile_all(

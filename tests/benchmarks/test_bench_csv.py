@@ -11,6 +11,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from benchmarks import common, opbench  # noqa: E402
+from benchmarks.peaks import Peaks, roofline  # noqa: E402
 
 
 def key_row(**kw: str) -> dict:
@@ -63,8 +64,8 @@ def test_shape_label_and_summary() -> None:
 
 
 def test_roofline_percentages() -> None:
-    peaks = common.Peaks(gbps=100.0, tflops=2.0, matmul_dtype="float32")
-    r = common.roofline(1e12, 1e9, 1000.0, "compute", peaks)  # 1 TFLOP in 1 s on a 2 TFLOP/s peak
+    peaks = Peaks(gbps=100.0, tflops=2.0, matmul_dtype="float32")
+    r = roofline(1e12, 1e9, 1000.0, "compute", peaks)  # 1 TFLOP in 1 s on a 2 TFLOP/s peak
     assert r["tflops"] == 1.0 and r["gbps"] == 1.0 and r["pct_peak"] == 50.0
-    r = common.roofline(0, 50e9, 1000.0, "memory", peaks)
+    r = roofline(0, 50e9, 1000.0, "memory", peaks)
     assert r["pct_peak"] == 50.0 and r["tflops"] == ""
