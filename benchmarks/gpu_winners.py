@@ -25,7 +25,7 @@ import torch
 
 from benchmarks import common
 from benchmarks.opbench import OP_PROVIDERS
-from mage_fast.ops import _backend, device_class
+from mage_fast.ops import VALIDATED_PATH, device_class
 
 OURS = OP_PROVIDERS
 
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     cls = device_class(dev)
     rows = common.read_rows(args.csv)
     found = winners(rows, passed_checks(args.checks, cls))
-    data = json.loads(_backend.VALIDATED_PATH.read_text()) if _backend.VALIDATED_PATH.exists() else {}
+    data = json.loads(VALIDATED_PATH.read_text()) if VALIDATED_PATH.exists() else {}
     table = data.setdefault("winners", {})
     for op in table:
         table[op].pop(cls, None)  # this run decides this class afresh

@@ -10,8 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mage_fast.ops import BACKENDS
-from mage_fast.ops._backend import unavailable_reason
+from mage_fast.ops import BACKENDS, unavailable_reason
 
 Inputs = dict[str, torch.Tensor]
 

@@ -15,13 +15,24 @@ benchmarks/baselines.json, the ce_mse planner). Pure-torch twins for tests live 
 """
 
 from mage_fast.ops import _ext  # noqa: F401  (loads mage_fast._C before the Python custom ops)
-from mage_fast.ops._backend import BACKENDS, Backend, available, backend_for, device_class, resolve, table
+from mage_fast.ops._backend import (
+    BACKENDS,
+    VALIDATED_PATH,
+    Backend,
+    available,
+    backend_for,
+    device_class,
+    resolve,
+    table,
+    unavailable_reason,
+)
 from mage_fast.ops.ce_mse import ce_mse
 from mage_fast.ops.ian_projection import ian_projection
 from mage_fast.ops.patch_pool import patch_pool
 
 __all__ = [
     "BACKENDS",
+    "VALIDATED_PATH",
     "Backend",
     "available",
     "backend_for",
@@ -31,4 +42,5 @@ __all__ = [
     "patch_pool",
     "resolve",
     "table",
+    "unavailable_reason",
 ]
