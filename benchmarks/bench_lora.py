@@ -12,8 +12,10 @@ stage 2 as the demo trains it (tower frozen, aligner and LLM trained); `lora` is
 Optimizer-state bytes: the fp32 master weights and AdamW moments DeepSpeed holds (all ranks);
 peak memory: the process's whole peak over the timed steps (CUDA allocator, or resident set on
 CPU). With LoRA the LM head is frozen, so ce_mse runs without its weight gradient: no (V, H)
-fp32 buffer and no P^T h GEMM (the row's note gives the buffer's size). QLoRA (lora.quantize=nf4)
-needs bitsandbytes on CUDA; the script reports it as refused elsewhere.
+fp32 buffer and no P^T h GEMM (the row's note gives the buffer's size). QLoRA (`qlora`:
+lora.quantize=nf4, the LLM's block linears 4-bit NF4) runs under ZeRO-2 (refused under ZeRO-3),
+so `lora_zero2` is LoRA under ZeRO-2 beside it; its note gives the 4-bit base's bytes. Without
+bitsandbytes the `qlora` row is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 
 from benchmarks import bench_step, common
 from benchmarks.common import ROW_TAG
-from mage_fast.model.qlora import refusal
+from mage_fast.model import qlora
 from mage_fast.train.engine import optimizer_state_bytes, param_counts
 from mage_fast.train.step import train_step
 
@@ -42,7 +44,14 @@ SIZES = {
     ],
 }  # fmt: skip
 SMOKE = ["train.micro_batch_size=4", "bench.seq_len=64", "bench.warmup=1", "bench.steps=2"]  # seconds, not figures
-MODES = {"full": ["train.freeze_vision=true"], "lora": ["train.freeze_vision=true", "train.lora.enable=true"]}
+LORA = ["train.freeze_vision=true", "train.lora.enable=true"]
+ZERO2 = ["train.deepspeed=configs/deepspeed/zero2.json"]
+MODES = {
+    "full": ["train.freeze_vision=true"],
+    "lora": LORA,
+    "lora_zero2": [*LORA, *ZERO2],
+    "qlora": [*LORA, *ZERO2, "train.lora.quantize=nf4"],
+}
 
 
 def run_case(config: str, size: str, mode: str, device: torch.device, extra: list[str]) -> dict:
@@ -56,10 +65,12 @@ def run_case(config: str, size: str, mode: str, device: torch.device, extra: lis
     v, h = getattr(head, "ds_shape", head.shape)
     state = optimizer_state_bytes(engine)
     grad_w = "computed" if head.requires_grad else f"skipped (no {v}x{h} fp32 buffer, {v * h * 4 / 2**20:.1f} MiB)"
+    held, weights = qlora.footprint(model.llm)
+    base = f"; 4-bit base {held} B for {weights} weights (fp32 {4 * weights} B, bf16 {2 * weights} B)" if held else ""
     return {
         **bench_step.step_row("lora_step", mode, cfg, sb, t, peak, device, world),
         "note": f"trainable {n['trainable']} of {n['total']} params; optimizer state {state} B; "
-        f"lm_head grad_weight {grad_w}",
+        f"lm_head grad_weight {grad_w}; zero stage {engine.zero_optimization_stage()}{base}",
         "_facts": {"trainable": n["trainable"], "state": state, "peak": peak, "ms": t.median},
     }
 
@@ -82,20 +93,23 @@ def _spawn(args: argparse.Namespace, size: str, mode: str) -> dict:
             "note": f"child exited with {proc.returncode}"}  # fmt: skip
 
 
-def _qlora_row(device: torch.device) -> dict:
-    reason = refusal("nf4", 3)  # these rows run under ZeRO-3
-    return {"op": "lora_step", "provider": "qlora", "mode": "full", "dtype": "float32", "status": "skipped",
-            "note": reason or "runs"}  # fmt: skip
+def _case(args: argparse.Namespace, size: str, mode: str) -> dict:
+    """The (size, mode) row; QLoRA's is skipped, with the reason, where its 4-bit base cannot be built."""
+    reason = qlora.refusal("nf4", 2) if mode == "qlora" else None
+    if reason:
+        return {"op": "lora_step", "provider": mode, "mode": "full", "dtype": "float32", "status": "skipped",
+                "note": reason}  # fmt: skip
+    return _spawn(args, size, mode)
 
 
-def _ratios(rows: dict[str, dict]) -> str:
-    """LoRA / full of the facts, as one printed line (empty when either errored)."""
-    full, lo = rows.get("full", {}).get("_facts"), rows.get("lora", {}).get("_facts")
+def _ratios(rows: dict[str, dict], mode: str, ref: str) -> str:
+    """`mode` / `ref` of the facts, as one printed line (empty when either did not run)."""
+    full, lo = rows.get(ref, {}).get("_facts"), rows.get(mode, {}).get("_facts")
     if not full or not lo:
         return ""
     r = {k: lo[k] / full[k] for k in ("trainable", "state", "peak", "ms")}
     return (
-        f"lora/full: trainable params {r['trainable']:.4f}, optimizer state {r['state']:.4f} "
+        f"{mode}/{ref}: trainable params {r['trainable']:.4f}, optimizer state {r['state']:.4f} "
         f"({full['state'] / 2**20:.1f} -> {lo['state'] / 2**20:.1f} MiB), peak memory {r['peak']:.3f} "
         f"({full['peak'] / 2**20:.0f} -> {lo['peak'] / 2**20:.0f} MiB), step time {r['ms']:.3f}"
     )
@@ -118,14 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     t0, out, errors = time.time(), [], 0
     ident = common.run_identity(device)
     for size in [s for s in args.sizes.split(",") if s]:
-        rows = {mode: _spawn(args, size, mode) for mode in MODES}
-        rows["qlora"] = _qlora_row(device)
+        rows = {mode: _case(args, size, mode) for mode in MODES}
         for mode, r in rows.items():
             r.update(ident, shape=f"{size}{',smoke' if args.smoke else ''}")
             errors += r["status"] == "error"
-            print(f"[lora] {size:>4} {mode:>5}: {r.get('ms_median', '-')} ms/step, peak {r.get('peak_mem_mb', '-')} "
+            print(f"[lora] {size:>4} {mode:>10}: {r.get('ms_median', '-')} ms/step, peak {r.get('peak_mem_mb', '-')} "
                   f"MB; {r['note']}", flush=True)  # fmt: skip
-        print(f"[lora] {size:>4} {_ratios(rows)}", flush=True)
+        for mode, ref in (("lora", "full"), ("qlora", "lora_zero2")):
+            print(f"[lora] {size:>4} {_ratios(rows, mode, ref)}", flush=True)
         out += [{k: v for k, v in r.items() if k != "_facts"} for r in rows.values()]
     if args.csv:
         common.append_rows(out, args.csv)

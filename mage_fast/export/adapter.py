@@ -11,6 +11,7 @@ import torch
 from mage_fast.configtools import from_dict
 from mage_fast.data.tokens import ensure_special_tokens
 from mage_fast.export.pretrained import CONFIG_NAME
+from mage_fast.model import qlora
 from mage_fast.model.config import ModelConfig
 from mage_fast.model.lora import ADAPTER
 from mage_fast.model.mllm import MageModel
@@ -20,7 +21,8 @@ def load_adapter_export(model_dir: str, dtype: torch.dtype = torch.float32):
     """(model, tokenizer) from an adapter export (mage_fast.train.lora_export): the MageModel built
     on the base folders its mage_config.json names, each adapter folder loaded by
     `PeftModel.from_pretrained` onto its base part (in place, unmerged), the trained aligner (and
-    tower) loaded. Eval mode, CPU, for checks and eval (no DeepSpeed)."""
+    tower) loaded; a QLoRA export's LLM quantised to its 4-bit base first (quantize.json). Eval
+    mode, CPU, for checks and eval (no DeepSpeed)."""
     from peft import PeftModel
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
@@ -29,6 +31,10 @@ def load_adapter_export(model_dir: str, dtype: torch.dtype = torch.float32):
         cfg = from_dict(ModelConfig, json.load(f))
     tok = AutoTokenizer.from_pretrained(os.path.join(model_dir, "tokenizer"))
     model = MageModel(cfg, len(tok), ensure_special_tokens(tok))
+    quantize = os.path.join(model_dir, qlora.QUANTIZE_NAME)
+    if os.path.isfile(quantize):
+        with open(quantize) as f:
+            qlora.quantize_llm(model.llm, getattr(torch, json.load(f)["compute_dtype"]))
     for part, module in (("llm", model.llm), ("vision_tower", model.vision_tower.tower)):
         folder = os.path.join(model_dir, part)
         if os.path.isfile(os.path.join(folder, "adapter_config.json")):

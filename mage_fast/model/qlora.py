@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 BLOCKS = "model.layers."  # the LLM's decoder blocks (Llama, Qwen2); lm_head and embeddings are outside
+QUANTIZE_NAME = "quantize.json"  # an adapter export's record of the 4-bit base it was trained on
 
 
 def refusal(quantize: str, zero_stage: int) -> str | None:
@@ -127,3 +128,15 @@ def dequantized_state(module: nn.Module, state: dict[str, torch.Tensor]) -> dict
             out.pop(k)
         out[f"{name}.weight"] = dequantize_4bit(state[f"{name}.weight"].to("cpu"), qs)
     return out
+
+
+def footprint(module: nn.Module) -> tuple[int, int]:
+    """(bytes the 4-bit layers inside `module` hold for their weights: packed codes plus every
+    quant-state tensor, how many weights they stand for); (0, 0) without 4-bit layers."""
+    held = weights = 0
+    for layer in quantized_layers(module).values():
+        state = layer.state_dict()
+        state.pop("bias", None)
+        held += sum(t.numel() * t.element_size() for t in state.values())
+        weights += layer.in_features * layer.out_features
+    return held, weights

@@ -6,6 +6,9 @@
     DIR/vision_tower/           peft adapter folder (lora.vision) or the full tower (train_fully)
     DIR/aligner/model.safetensors   the fully trained aligner
     DIR/tokenizer/
+    DIR/quantize.json           QLoRA only: {"llm": "nf4", "compute_dtype": ...}, the 4-bit base the
+                                adapters were trained on (mage_fast.model.qlora quantises the base
+                                folder's LLM to it; the quantisation is deterministic)
 
 `run_dir/export` is the merged one (adapters folded into the weights, a normal export). Under
 ZeRO-3 the parts are gathered on every rank (`gathered_state`); rank 0 writes, into a temporary
@@ -22,7 +25,7 @@ from safetensors.torch import save_file
 
 from mage_fast.export.hf_llava import _staged  # the folder appears whole or not at all
 from mage_fast.export.pretrained import CONFIG_NAME
-from mage_fast.model import lora
+from mage_fast.model import lora, qlora
 from mage_fast.model.mllm import MageModel
 from mage_fast.train.engine import gathered_state
 
@@ -53,6 +56,11 @@ def _write(tmp: str, model: MageModel, tokenizer, adapted: dict, states: dict, f
     aligner = {k: v.contiguous() for k, v in full["aligner"].items()}
     save_file(aligner, os.path.join(tmp, "aligner", "model.safetensors"))
     tokenizer.save_pretrained(os.path.join(tmp, "tokenizer"))
+    four_bit = qlora.quantized_layers(model.llm)
+    if four_bit:
+        dtype = str(next(iter(four_bit.values())).compute_dtype).removeprefix("torch.")
+        with open(os.path.join(tmp, qlora.QUANTIZE_NAME), "w") as f:
+            json.dump({"llm": "nf4", "compute_dtype": dtype}, f)
 
 
 def write_adapter_export(out_dir: str, model: MageModel, tokenizer, rank: int) -> bool:

@@ -1,11 +1,13 @@
 """QLoRA in one process (no launch): the NF4 layer against bitsandbytes' own dequantisation, which
 layers of a MageModel become 4-bit (the LLM's block linears only), what trains, the merged export
-of a 4-bit base, a saved state's quant state restored on load, and the one-line refusals (no
-bitsandbytes; ZeRO-3)."""
+of a 4-bit base, the adapter export read back onto the 4-bit base it records, a saved state's
+quant state restored on load, and the one-line refusals (no bitsandbytes; ZeRO-3)."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 
 import pytest
 import torch
@@ -13,8 +15,10 @@ from testutil import tiny_model_config
 
 from mage_fast.configtools import ConfigError, load_config
 from mage_fast.export import pretrained
+from mage_fast.export.adapter import load_adapter_export
 from mage_fast.model import lora, qlora
 from mage_fast.model.mllm import MageModel
+from mage_fast.train import lora_export
 from mage_fast.train.config import TrainConfig
 from mage_fast.train.engine import apply_freeze, build_model, build_optimizer, export_state
 
@@ -32,7 +36,7 @@ def _model(overrides: list[str], seed: int = 0) -> MageModel:
 
 
 def _logits(model: MageModel) -> torch.Tensor:
-    ids = torch.tensor([[1, *[99] * model.num_image_tokens, 7, 8, 9]] * 2)
+    ids = torch.tensor([[1, *[model.image_token_id] * model.num_image_tokens, 7, 8, 9]] * 2)
     pix = torch.randn(2, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         return model.llm(inputs_embeds=model.embed(ids, pix, torch.tensor([1, 1]))[0]).logits
@@ -94,6 +98,25 @@ def test_merged_export_of_a_4bit_base_gives_the_qlora_models_logits():
         module.load_state_dict(state[part])
     assert plain.llm.model.layers[0].mlp.up_proj.weight.dtype == torch.float32
     torch.testing.assert_close(_logits(plain.eval()), want, atol=1e-5, rtol=0)
+
+
+def test_adapter_export_records_the_4bit_base_and_loads_back_onto_it(tokenizer, tmp_path):
+    torch.manual_seed(0)
+    first = MageModel(tiny_model_config("mlp2x_gelu"), len(tokenizer), tokenizer.convert_tokens_to_ids("<image>"))
+    base = str(tmp_path / "base")
+    pretrained.write_export(base, first, tokenizer, export_state(first))
+    cfg = load_config(TrainConfig, None, QLORA)
+    model, _ = pretrained.load_pretrained(base)
+    apply_freeze(model, cfg)
+    _perturb_adapters(model)
+    want = _logits(model.eval())
+    out = str(tmp_path / lora_export.ADAPTER_EXPORT)
+    assert lora_export.write_adapter_export(out, model, tokenizer, rank=0)
+    with open(os.path.join(out, qlora.QUANTIZE_NAME)) as f:
+        assert json.load(f) == {"llm": "nf4", "compute_dtype": "float32"}
+    back, _ = load_adapter_export(out)
+    assert len(qlora.quantized_layers(back.llm)) == len(qlora.quantized_layers(model.llm))
+    torch.testing.assert_close(_logits(back), want, atol=1e-6, rtol=0)
 
 
 def test_loading_a_saved_state_restores_its_4bit_base():
