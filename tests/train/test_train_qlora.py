@@ -22,6 +22,7 @@ from testutil import ROOT
 
 from mage_fast.configtools import load_config
 from mage_fast.export import pretrained
+from mage_fast.export.adapter import load_adapter_export
 from mage_fast.model import lora, qlora
 from mage_fast.model.mllm import MageModel
 from mage_fast.train import lora_export
@@ -142,7 +143,9 @@ def test_adapter_export_on_the_4bit_base_gives_the_trained_logits(ref, trained, 
     ids, pix = _inputs(trained, tokenizer)
     want = _logits(trained, ids, pix)
     out = os.path.join(ref, lora_export.ADAPTER_EXPORT)
-    assert sorted(os.listdir(out)) == ["aligner", "llm", "mage_config.json", "tokenizer"]  # no base weights
+    assert sorted(os.listdir(out)) == ["aligner", "llm", "mage_config.json", "quantize.json", "tokenizer"]
+    back, _ = load_adapter_export(out)  # the base folders, the LLM quantised as quantize.json says, adapters
+    d_back = (_logits(back, ids, pix) - want).abs().max().item()
     # The LLM as a peft user loads it: the base folder quantised the same way, then the adapter folder.
     llm = AutoModelForCausalLM.from_pretrained(os.path.join(base, "llm"), dtype=torch.float32)
     qlora.quantize_llm(llm, torch.float32)
@@ -150,8 +153,8 @@ def test_adapter_export_on_the_4bit_base_gives_the_trained_logits(ref, trained, 
     embeds, _ = trained.embed(ids, pix, torch.ones(len(ids), dtype=torch.long))
     with torch.no_grad():
         d = (llm(inputs_embeds=embeds).logits - want).abs().max().item()
-    print(f"PeftModel on the 4-bit base LLM max|d| {d:.2e}")
-    assert d <= TOL
+    print(f"adapter export max|d| {d_back:.2e}, PeftModel on the 4-bit base LLM {d:.2e}")
+    assert d_back <= TOL and d <= TOL
 
 
 def test_killed_mid_save_resumes_with_the_uninterrupted_losses(ref, shapes_dir, base, tmp_path):
