@@ -24,6 +24,20 @@ def _digest(root: str) -> dict[str, str]:
     return out
 
 
+def _splits(out: str) -> dict[str, list[dict]]:
+    """The world's rows by split: stage1, stage2, eval."""
+    return {s: json.load(open(os.path.join(out, f"{s}.json"))) for s in ("stage1", "stage2", "eval")}
+
+
+def _plain_and_variant(tmp_path, **flag: bool) -> tuple[dict, dict]:
+    """Rows of the seed-3 world plain and with `flag`; asserts both draw the same images."""
+    plain, variant = str(tmp_path / "plain"), str(tmp_path / "variant")
+    generate(plain, n=40, seed=3)
+    generate(variant, n=40, seed=3, **flag)
+    assert _digest(os.path.join(plain, "images")) == _digest(os.path.join(variant, "images"))  # the same world
+    return _splits(plain), _splits(variant)
+
+
 def test_same_seed_same_world_other_seed_other_world(tmp_path) -> None:
     a, b, c = (str(tmp_path / x) for x in "abc")
     generate(a, n=40, seed=3)
@@ -38,7 +52,7 @@ def test_same_seed_same_world_other_seed_other_world(tmp_path) -> None:
 def test_splits_and_question_types(tmp_path) -> None:
     out = str(tmp_path / "w")
     generate(out, n=40, seed=0)
-    rows = {s: json.load(open(os.path.join(out, f"{s}.json"))) for s in ("stage1", "stage2", "eval")}
+    rows = _splits(out)
     train_imgs = {r["image"] for r in rows["stage1"]}
     eval_imgs = {r["image"] for r in rows["eval"]}
     assert eval_imgs and not train_imgs & eval_imgs  # held-out images
@@ -50,19 +64,12 @@ def test_splits_and_question_types(tmp_path) -> None:
 
 
 def test_places_add_a_position_first_row_per_training_image(tmp_path) -> None:
-    plain, more = str(tmp_path / "plain"), str(tmp_path / "places")
-    generate(plain, n=40, seed=3)
-    generate(more, n=40, seed=3, with_places=True)
-    rows = {
-        d: {s: json.load(open(os.path.join(d, f"{s}.json"))) for s in ("stage1", "stage2", "eval")}
-        for d in (plain, more)
-    }
-    assert _digest(os.path.join(plain, "images")) == _digest(os.path.join(more, "images"))  # the same world
-    assert rows[plain]["eval"] == rows[more]["eval"]
-    added = [r for r in rows[more]["stage1"] if r["qtype"] == "places"]
-    assert [r for r in rows[more]["stage1"] if r["qtype"] != "places"] == rows[plain]["stage1"]
-    assert len(added) == len(rows[plain]["stage1"]) and {r["qtype"] for r in rows[more]["stage2"]} >= {"places"}
-    for cap_row, row in zip(rows[plain]["stage1"], added):
+    plain, more = _plain_and_variant(tmp_path, with_places=True)
+    assert plain["eval"] == more["eval"]
+    added = [r for r in more["stage1"] if r["qtype"] == "places"]
+    assert [r for r in more["stage1"] if r["qtype"] != "places"] == plain["stage1"]
+    assert len(added) == len(plain["stage1"]) and {r["qtype"] for r in more["stage2"]} >= {"places"}
+    for cap_row, row in zip(plain["stage1"], added):
         # every object of the caption, named after its cell; the caption stays the MSE target
         objs = [o.removeprefix("a ").split(" at ") for o in cap_row["caption"].rstrip(" .").split(" , ")]
         want = {f"at {pos} is a {what}" for what, pos in objs}
@@ -79,22 +86,15 @@ def test_cli_writes_the_world(tmp_path) -> None:
 
 
 def test_quiz_asks_colour_and_shape_of_every_object_in_one_row(tmp_path) -> None:
-    plain, quiz = str(tmp_path / "plain"), str(tmp_path / "quiz")
-    generate(plain, n=40, seed=3)
-    generate(quiz, n=40, seed=3, with_quiz=True)
-    rows = {
-        d: {s: json.load(open(os.path.join(d, f"{s}.json"))) for s in ("stage1", "stage2", "eval")}
-        for d in (plain, quiz)
-    }
-    assert _digest(os.path.join(plain, "images")) == _digest(os.path.join(quiz, "images"))  # the same world
-    assert rows[plain]["eval"] == rows[quiz]["eval"] and rows[plain]["stage1"] == rows[quiz]["stage1"]
-    quizzes = [r for r in rows[quiz]["stage2"] if r["qtype"] == "quiz"]
-    where = [r for r in rows[plain]["stage2"] if r["qtype"] == "position"]  # "where is X ?" as before
-    assert sorted(rows[quiz]["stage2"], key=lambda r: r["id"]) == sorted(
-        quizzes + where + rows[plain]["stage1"], key=lambda r: r["id"]
+    plain, quiz = _plain_and_variant(tmp_path, with_quiz=True)
+    assert plain["eval"] == quiz["eval"] and plain["stage1"] == quiz["stage1"]
+    quizzes = [r for r in quiz["stage2"] if r["qtype"] == "quiz"]
+    where = [r for r in plain["stage2"] if r["qtype"] == "position"]  # "where is X ?" as before
+    assert sorted(quiz["stage2"], key=lambda r: r["id"]) == sorted(
+        quizzes + where + plain["stage1"], key=lambda r: r["id"]
     )
-    assert len(quizzes) == len(rows[plain]["stage1"]) == len(where)
-    for cap_row, row in zip(rows[plain]["stage1"], quizzes):
+    assert len(quizzes) == len(plain["stage1"]) == len(where)
+    for cap_row, row in zip(plain["stage1"], quizzes):
         objs = [o.removeprefix("a ").split(" at ") for o in cap_row["caption"].rstrip(" .").split(" , ")]
         turns = row["conversations"]
         assert [t["from"] for t in turns] == ["human", "gpt"] * (2 * len(objs) + 1)
