@@ -7,7 +7,8 @@ fall, only the adapters and the aligner are in the optimizer, the 4-bit base in 
 checkpoint is bit for bit the base export quantised afresh, the merged export (the dequantised
 base plus the adapters) and the adapter export on the 4-bit base give the trained model's logits.
 The trained model is rebuilt from the final checkpoint's module state, not from the export code.
-A second launch resumes the state a kill mid-save leaves, with the uninterrupted losses exactly.
+A second launch resumes the state a kill mid-save leaves, with the uninterrupted losses exactly; a
+third resumes a 2-rank checkpoint on 1 rank (the universal checkpoint) within fp32 rounding.
 """
 
 from __future__ import annotations
@@ -169,3 +170,18 @@ def test_killed_mid_save_resumes_with_the_uninterrupted_losses(ref, shapes_dir, 
     for s in got:
         for key in ("loss", "ce", "mse", "grad_norm"):
             assert got[s][key] == want[s][key], f"step {s} {key}: {got[s][key]} vs {want[s][key]}"
+
+
+def test_resumes_on_one_rank(ref, shapes_dir, base, tmp_path):
+    # Same samples per step (1 x 8 rows = 2 x 4) through DeepSpeed's universal checkpoint; the
+    # sums over ranks run in another order, so within fp32 rounding.
+    run = str(tmp_path / "one")
+    shutil.copytree(os.path.join(ref, "checkpoints", "step00000004"), os.path.join(run, "checkpoints", "step00000004"))
+    p = launch([*_args(run, shapes_dir, base), "micro_batch_size=8", "export=false"], ranks=1)
+    assert "resize: step00000004 was written by 2 ranks, this run has 1" in p.stdout
+    got, want = _steps(run), _steps(ref)
+    print("2 -> 1 rank:", [(got[s]["loss"], want[s]["loss"]) for s in (5, 6)])
+    assert sorted(got) == [5, 6]
+    for s in got:
+        for key in ("loss", "ce", "mse", "grad_norm"):
+            assert got[s][key] == pytest.approx(want[s][key], rel=2e-5), f"step {s} {key}"
