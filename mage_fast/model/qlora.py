@@ -114,19 +114,23 @@ def _restore_quant_state(module, state: dict, prefix: str, *args) -> None:
 
 def dequantized_state(module: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """`state` (a full state dict of `module`) with each 4-bit layer's packed weight replaced by
-    its dequantised (out, in) weight in the dtype it was quantised from, the quant state's keys
-    dropped: the state of the same module with plain linears. No 4-bit layer: `state` itself."""
+    its dequantised (out, in) weight, the quant state's keys dropped: the state of the same module
+    with plain linears. The dequantised weights take the dtype of the module's other floating
+    weights (a bf16 run's base was quantised from fp32 weights). No 4-bit layer: `state` itself."""
     layers = quantized_layers(module)
     if not layers:
         return state
     from bitsandbytes.functional import dequantize_4bit
 
+    own = tuple(f"{name}.weight" for name in layers)
+    dtype = next((v.dtype for k, v in state.items() if v.is_floating_point() and not k.startswith(own)), None)
     out = dict(state)
     for name in layers:
         qs, keys = _quant_state(state, f"{name}.weight.", torch.device("cpu"))
         for k in keys:
             out.pop(k)
-        out[f"{name}.weight"] = dequantize_4bit(state[f"{name}.weight"].to("cpu"), qs)
+        w = dequantize_4bit(state[f"{name}.weight"].to("cpu"), qs)
+        out[f"{name}.weight"] = w.to(dtype or w.dtype)
     return out
 
 

@@ -98,6 +98,8 @@ def test_merged_export_of_a_4bit_base_gives_the_qlora_models_logits():
         module.load_state_dict(state[part])
     assert plain.llm.model.layers[0].mlp.up_proj.weight.dtype == torch.float32
     torch.testing.assert_close(_logits(plain.eval()), want, atol=1e-5, rtol=0)
+    # A bf16 run (DeepSpeed casts the module; the 4-bit codes stay): its export is bf16 throughout.
+    assert {v.dtype for v in export_state(model.bfloat16())["llm"].values()} == {torch.bfloat16}
 
 
 def test_adapter_export_records_the_4bit_base_and_loads_back_onto_it(tokenizer, tmp_path):
