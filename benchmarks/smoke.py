@@ -3,7 +3,7 @@
 Runs bench_patch_pool (providers in a child process, as `make bench` does), bench_ian_projection
 and bench_ce_mse (in this process), bench_step (tiny model, 2 steps, kernels on and off),
 bench_packing (--smoke: padded, grouped and packed, one step each), bench_lora (--smoke: full and
-LoRA, 2 steps each) and plot.py, into runs/bench-smoke/ (git-ignored), with `--strict`: any errored case fails. One
+LoRA under ZeRO-3, LoRA and QLoRA under ZeRO-2, 2 steps each; QLoRA skipped without bitsandbytes) and plot.py, into runs/bench-smoke/ (git-ignored), with `--strict`: any errored case fails. One
 thread, `torch.compile` with the aot_eager backend (dynamo + AOTAutograd without Inductor's C++
 build, which alone would take minutes cold). Timings here mean nothing; the guard does not run.
 """
