@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 
 from testutil import DS_PORTS, ROOT
+
+from mage_fast.train.checkpoint import MARKER
 
 TINY = [
     "model.vision.image_size=48", "model.vision.patch_size=16", "model.vision.hidden_size=32",
@@ -117,3 +120,28 @@ def run_summary(run: str) -> dict:
     """run_dir/summary.json of the run's last launch."""
     with open(os.path.join(run, "summary.json")) as f:
         return json.load(f)
+
+
+def history_by_step(run: str) -> dict[int, dict]:
+    """run_history keyed by step (a later launch's record of a step replaces an earlier one)."""
+    return {h["step"]: h for h in run_history(run)}
+
+
+def copy_checkpoints(src: str, dst: str, tags: list[str], uncommitted: str | None = None) -> str:
+    """A run_dir `dst` holding checkpoints `tags` of run `src`, and `uncommitted` without its marker
+    (what a kill while saving leaves: DeepSpeed's files, no COMMITTED)."""
+    for tag in [*tags, *([uncommitted] if uncommitted else [])]:
+        shutil.copytree(os.path.join(src, "checkpoints", tag), os.path.join(dst, "checkpoints", tag))
+    if uncommitted:
+        os.remove(os.path.join(dst, "checkpoints", uncommitted, MARKER))
+    return dst
+
+
+def assert_same_steps(got: dict[int, dict], want: dict[int, dict], steps: list[int], rel: float = 0.0) -> None:
+    """`got` has exactly `steps`, each one's loss, ce, mse and grad_norm within `rel` of `want`'s
+    (0: bit-equal)."""
+    assert sorted(got) == steps
+    for s in steps:
+        for key in ("loss", "ce", "mse", "grad_norm"):
+            a, b = got[s][key], want[s][key]
+            assert abs(a - b) <= rel * max(abs(a), abs(b)), f"step {s} {key}: {a} vs {b}"

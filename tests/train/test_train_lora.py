@@ -14,11 +14,11 @@ under ZeRO-3 and (with LoRA dropout) ZeRO-2; 2 -> 1 ranks through the universal 
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 import torch
-from launchutil import TINY, launch, run_history, run_summary
+from adapterutil import probe_inputs, probe_logits, write_base_export
+from launchutil import TINY, assert_same_steps, copy_checkpoints, history_by_step, launch, run_summary
 from testutil import ROOT
 
 from mage_fast.configtools import load_config
@@ -27,9 +27,9 @@ from mage_fast.export.adapter import load_adapter_export
 from mage_fast.model import lora
 from mage_fast.model.mllm import MageModel
 from mage_fast.train import lora_export
-from mage_fast.train.checkpoint import MARKER, complete_tags
+from mage_fast.train.checkpoint import complete_tags
 from mage_fast.train.config import TrainConfig
-from mage_fast.train.engine import apply_freeze, export_state
+from mage_fast.train.engine import apply_freeze
 
 pytestmark = pytest.mark.slow
 
@@ -44,14 +44,9 @@ TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def base(shapes_dir, tokenizer, tmp_path_factory) -> str:
+def base(tokenizer, tmp_path_factory) -> str:
     """The stage-1 export the LoRA runs start from (random weights, the tiny mlp2x_gelu model)."""
-    torch.manual_seed(0)
-    cfg = load_config(TrainConfig, None, MODEL)
-    model = MageModel(cfg.model, len(tokenizer), tokenizer.convert_tokens_to_ids("<image>"))
-    out = str(tmp_path_factory.mktemp("base") / "export")
-    pretrained.write_export(out, model, tokenizer, export_state(model))
-    return out
+    return write_base_export(str(tmp_path_factory.mktemp("base") / "export"), tokenizer, MODEL)
 
 
 def _args(run: str, data: str, ds: str, base: str, dropout: bool = False) -> list[str]:
@@ -75,12 +70,8 @@ def ref(shapes_dir, strict_zero3, base, tmp_path_factory) -> str:
     return run
 
 
-def _steps(run: str) -> dict[int, dict]:
-    return {h["step"]: h for h in run_history(run)}
-
-
 def test_losses_fall_and_each_part_has_its_learning_rate(ref):
-    h = _steps(ref)
+    h = history_by_step(ref)
     losses = [h[s]["loss"] for s in sorted(h)]
     print("LoRA losses:", losses)
     assert sorted(h) == list(range(1, 7)) and losses[-1] < losses[0] and min(losses[3:]) < min(losses[:3])
@@ -135,27 +126,14 @@ def trained(ref, base, tokenizer) -> MageModel:
     return model.eval()
 
 
-def _inputs(model: MageModel, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    image = tokenizer.convert_tokens_to_ids("<image>")
-    ids = torch.tensor([[tokenizer.bos_token_id, *[image] * model.num_image_tokens, 7, 8, 9, 10]] * 2)
-    return ids, torch.randn(2, 3, model.image_size, model.image_size, generator=g)
-
-
-@torch.no_grad()
-def _logits(model: MageModel, ids: torch.Tensor, pix: torch.Tensor) -> torch.Tensor:
-    embeds, _ = model.embed(ids, pix, torch.ones(len(ids), dtype=torch.long))
-    return model.llm(inputs_embeds=embeds).logits
-
-
 def test_merged_export_and_its_llava_folder_give_the_trained_logits(ref, trained, tokenizer, tmp_path):
     from transformers import LlavaForConditionalGeneration
 
-    ids, pix = _inputs(trained, tokenizer)
-    want = _logits(trained, ids, pix)
+    ids, pix = probe_inputs(trained, tokenizer)
+    want = probe_logits(trained, ids, pix)
     merged, _ = pretrained.load_pretrained(os.path.join(ref, "export"))
     assert not lora.lora_layers(merged)  # a plain model: no adapters, transformers' key names
-    d = (_logits(merged, ids, pix) - want).abs().max().item()
+    d = (probe_logits(merged, ids, pix) - want).abs().max().item()
     llava = str(tmp_path / "llava")
     hf_llava.export_llava(os.path.join(ref, "export"), llava)
     with torch.no_grad():
@@ -169,12 +147,12 @@ def test_adapter_export_loads_with_peft_on_the_base(ref, trained, base, tokenize
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    ids, pix = _inputs(trained, tokenizer)
-    want = _logits(trained, ids, pix)
+    ids, pix = probe_inputs(trained, tokenizer)
+    want = probe_logits(trained, ids, pix)
     out = os.path.join(ref, lora_export.ADAPTER_EXPORT)
     assert sorted(os.listdir(out)) == ["aligner", "llm", "mage_config.json", "tokenizer"]  # no base weights
     back, _ = load_adapter_export(out)
-    d = (_logits(back, ids, pix) - want).abs().max().item()
+    d = (probe_logits(back, ids, pix) - want).abs().max().item()
     # The LLM alone, as a peft user loads it: the base folder + the adapter folder.
     llm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(os.path.join(base, "llm")), f"{out}/llm")
     embeds, _ = trained.embed(ids, pix, torch.ones(len(ids), dtype=torch.long))
@@ -184,42 +162,25 @@ def test_adapter_export_loads_with_peft_on_the_base(ref, trained, base, tokenize
     assert d <= TOL and d_peft <= TOL
 
 
-def _copy_checkpoints(src: str, dst: str, tags: list[str], uncommitted: str | None = None) -> str:
-    """A run_dir holding checkpoints `tags` of `src`, and `uncommitted` without its marker (what
-    a kill while saving leaves: DeepSpeed's files, no COMMITTED)."""
-    for tag in [*tags, *([uncommitted] if uncommitted else [])]:
-        shutil.copytree(os.path.join(src, "checkpoints", tag), os.path.join(dst, "checkpoints", tag))
-    if uncommitted:
-        os.remove(os.path.join(dst, "checkpoints", uncommitted, MARKER))
-    return dst
-
-
-def _same(got: dict[int, dict], want: dict[int, dict], steps: list[int], rel: float = 0.0) -> None:
-    assert sorted(got) == steps
-    for s in steps:
-        for key in ("loss", "ce", "mse", "grad_norm"):
-            a, b = got[s][key], want[s][key]
-            assert abs(a - b) <= rel * max(abs(a), abs(b)), f"step {s} {key}: {a} vs {b}"
-
-
 def test_killed_mid_save_resumes_with_the_uninterrupted_losses(ref, shapes_dir, strict_zero3, base, tmp_path):
-    run = _copy_checkpoints(ref, str(tmp_path / "run"), ["step00000002"], uncommitted="step00000004")
+    run = copy_checkpoints(ref, str(tmp_path / "run"), ["step00000002"], uncommitted="step00000004")
     p = launch([*_args(run, shapes_dir, strict_zero3, base), *PROBE])
     assert "removed incomplete checkpoint step00000004" in p.stdout and "resumed from step00000002" in p.stdout
-    _same(_steps(run), _steps(ref), [3, 4, 5, 6])  # bit-equal: adapters, aligner, AdamW, LR, data position
+    # bit-equal: adapters, aligner, AdamW, LR, data position
+    assert_same_steps(history_by_step(run), history_by_step(ref), [3, 4, 5, 6])
 
 
 def test_zero3_resumes_on_one_rank(ref, shapes_dir, strict_zero3, base, tmp_path):
     # Same samples per step (1 x 8 rows = 2 x 4); the sums over ranks run in another order, so
     # within fp32 rounding.
-    run = _copy_checkpoints(ref, str(tmp_path / "one"), ["step00000004"])
+    run = copy_checkpoints(ref, str(tmp_path / "one"), ["step00000004"])
     args = [*_args(run, shapes_dir, strict_zero3, base), "micro_batch_size=8"]
     p = launch([*args, *PROBE], ranks=1)
     assert "resize: step00000004 was written by 2 ranks, this run has 1" in p.stdout
-    got = _steps(run)
-    print("2 -> 1 rank:", [(got[s]["loss"], _steps(ref)[s]["loss"]) for s in (5, 6)])
-    _same(got, _steps(ref), [5, 6], rel=2e-5)
-    assert set(got[5]["lr"]) == {"aligner", "llm_lora"} and got[5]["lr"] == pytest.approx(_steps(ref)[5]["lr"])
+    got = history_by_step(run)
+    print("2 -> 1 rank:", [(got[s]["loss"], history_by_step(ref)[s]["loss"]) for s in (5, 6)])
+    assert_same_steps(got, history_by_step(ref), [5, 6], rel=2e-5)
+    assert set(got[5]["lr"]) == {"aligner", "llm_lora"} and got[5]["lr"] == pytest.approx(history_by_step(ref)[5]["lr"])
 
 
 def test_zero2_with_dropout_killed_mid_save_resumes_exactly(shapes_dir, base, tmp_path):
@@ -229,7 +190,7 @@ def test_zero2_with_dropout_killed_mid_save_resumes_exactly(shapes_dir, base, tm
     ref2 = str(tmp_path / "ref2")
     args = ["max_steps=4", "export=false"]
     launch([*_args(ref2, shapes_dir, zero2, base, dropout=True), *args])
-    run = _copy_checkpoints(ref2, str(tmp_path / "run"), ["step00000002"], uncommitted="step00000004")
+    run = copy_checkpoints(ref2, str(tmp_path / "run"), ["step00000002"], uncommitted="step00000004")
     p = launch([*_args(run, shapes_dir, zero2, base, dropout=True), *args])
     assert "resumed from step00000002" in p.stdout
-    _same(_steps(run), _steps(ref2), [3, 4])
+    assert_same_steps(history_by_step(run), history_by_step(ref2), [3, 4])
