@@ -288,9 +288,16 @@ def optimizer_updates(engine) -> int:
     return 0
 
 
+def _numel(p: torch.Tensor) -> int:
+    """Weights `p` holds: its full size under ZeRO-3; a packed 4-bit weight (QLoRA) counts the
+    weights it stands for (its quant state's shape), not its bytes."""
+    qs = getattr(p, "quant_state", None)
+    return int(qs.shape.numel()) if qs is not None else int(getattr(p, "ds_numel", p.numel()))
+
+
 def param_counts(module: nn.Module) -> dict[str, int]:
     """{"trainable", "total"}: full (unpartitioned) parameter counts of `module`."""
-    n = {p: int(getattr(p, "ds_numel", p.numel())) for p in module.parameters()}
+    n = {p: _numel(p) for p in module.parameters()}
     return {"trainable": sum(v for p, v in n.items() if p.requires_grad), "total": sum(n.values())}
 
 

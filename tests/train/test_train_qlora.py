@@ -75,7 +75,7 @@ def test_losses_fall_and_only_adapters_and_aligner_train(ref):
     assert all(set(r["lr"]) == {"aligner", "llm_lora"} for r in h.values())
     n, state = run_summary(ref)["params"], run_summary(ref)["optimizer_state_bytes"]
     print(f"params {n}, optimizer state {state} B")
-    assert n["trainable"] < n["total"] / 5  # the 4-bit base counts its packed bytes, two weights each
+    assert n["trainable"] < n["total"] / 5  # the 4-bit base counts the weights it stands for
     assert 12 * n["trainable"] <= state <= 12 * n["trainable"] + 4096  # fp32 master + 2 moments, nothing frozen
 
 

@@ -20,7 +20,7 @@ from mage_fast.model import lora, qlora
 from mage_fast.model.mllm import MageModel
 from mage_fast.train import lora_export
 from mage_fast.train.config import TrainConfig
-from mage_fast.train.engine import apply_freeze, build_model, build_optimizer, export_state
+from mage_fast.train.engine import apply_freeze, build_model, build_optimizer, export_state, param_counts
 
 bnb = pytest.importorskip("bitsandbytes", reason="QLoRA's 4-bit layers (make test installs requirements-test.txt)")
 QLORA = ["lora.enable=true", "lora.quantize=nf4", "lora.r=4", "lora.dropout=0.0"]
@@ -79,6 +79,8 @@ def test_only_the_llm_block_linears_are_4bit_and_only_adapters_and_aligner_train
     from peft.tuners.lora.bnb import Linear4bit as PeftLinear4bit
 
     assert all(isinstance(m, PeftLinear4bit) for m in lora.lora_layers(model.llm).values())  # peft's bnb dispatch
+    plain = _model(["lora.enable=true", "lora.r=4"])  # the same adapters on a plain base
+    assert param_counts(model) == param_counts(plain)  # a 4-bit weight counts as the weights it stands for
     opt, _ = build_optimizer(model, load_config(TrainConfig, None, QLORA))
     assert {g["name"] for g in opt.param_groups} == {"aligner", "llm_lora"}
     in_groups = {id(p) for g in opt.param_groups for p in g["params"]}
