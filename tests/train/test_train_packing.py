@@ -9,11 +9,8 @@ caption, so micro-batches differ in captioned images (the MSE's share must survi
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
-from launchutil import TINY, launch, run_history
+from launchutil import TINY, assert_same_steps, copy_checkpoints, history_by_step, launch, run_history
 from testutil import uneven_captions_world
 
 from mage_fast.train.checkpoint import complete_tags
@@ -22,17 +19,6 @@ pytestmark = pytest.mark.slow
 
 STEPS = ["max_steps=5", "save_every=2", "keep_last=5", "data.eval=null", "export=false", "deterministic=true"]
 PACKED = ["data.packing=true", "data.group_by_length=true", "data.max_length=64"]
-
-
-def history(run_dir: str) -> dict[int, dict]:
-    return {r["step"]: r for r in run_history(run_dir)}
-
-
-def same_losses(got: dict[int, dict], want: dict[int, dict], steps, rel: float) -> None:
-    for s in steps:
-        for key in ("loss", "ce", "mse", "grad_norm"):
-            a, b = got[s][key], want[s][key]
-            assert abs(a - b) <= rel * max(abs(a), abs(b)), f"step {s} {key}: {a} vs {b}"
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +35,7 @@ def ref(common, tmp_path_factory) -> str:
 
 
 def test_packed_run_trains(ref):
-    got = history(ref)
+    got = history_by_step(ref)
     assert sorted(got) == [1, 2, 3, 4, 5]
     assert all(h["mse"] > 0 and not h.get("skipped") for h in got.values())
     assert got[5]["loss"] < got[1]["loss"]
@@ -61,9 +47,9 @@ def test_packed_run_equals_unpacked_run(ref, common, tmp_path):
     losses and gradient norms up to fp32 rounding."""
     out = str(tmp_path / "unpacked")
     launch([f"run_dir={out}", *common, "data.group_by_length=true", "data.max_length=64", "max_steps=3"])
-    got, want = history(out), history(ref)
+    got, want = history_by_step(out), history_by_step(ref)
     print("unpacked vs packed:", [(got[s]["loss"], want[s]["loss"]) for s in (1, 2, 3)])
-    same_losses(got, want, (1, 2, 3), rel=2e-5)
+    assert_same_steps(got, want, [1, 2, 3], rel=2e-5)
 
 
 def test_killed_while_saving_resumes_exactly(ref, common, tmp_path):
@@ -75,7 +61,7 @@ def test_killed_while_saving_resumes_exactly(ref, common, tmp_path):
     assert p.returncode != 0 and complete_tags(out) == ["step00000002"]
     log = launch(args).stdout
     assert "resumed from step00000002" in log
-    got, want = run_history(out), history(ref)
+    got, want = run_history(out), history_by_step(ref)
     assert [h["step"] for h in got] == [1, 2, 3, 4, 3, 4, 5]  # killed after 4, resumed from 2
     for h in got:
         w = want[h["step"]]
@@ -85,12 +71,9 @@ def test_killed_while_saving_resumes_exactly(ref, common, tmp_path):
 def test_resumes_on_one_rank(ref, common, tmp_path):
     """ref's step-2 checkpoint on 1 rank x 6 rows x 2 accumulated micro-batches: the same grouped
     micro-batches per step (grouping is per micro-batch, not per world size), packed on one rank."""
-    out = str(tmp_path / "one")
-    tag = "step00000002"
-    shutil.copytree(os.path.join(ref, "checkpoints", tag), os.path.join(out, "checkpoints", tag))
+    out = copy_checkpoints(ref, str(tmp_path / "one"), ["step00000002"])
     log = launch([f"run_dir={out}", *common, *PACKED, "grad_accum=2", "max_steps=4"], ranks=1).stdout
     assert "resize: step00000002 was written by 2 ranks, this run has 1" in log
-    got = history(out)
-    assert sorted(got) == [3, 4]
-    print("2 -> 1 rank:", [(got[s]["loss"], history(ref)[s]["loss"]) for s in (3, 4)])
-    same_losses(got, history(ref), (3, 4), rel=2e-5)
+    got = history_by_step(out)
+    print("2 -> 1 rank:", [(got[s]["loss"], history_by_step(ref)[s]["loss"]) for s in (3, 4)])
+    assert_same_steps(got, history_by_step(ref), [3, 4], rel=2e-5)
