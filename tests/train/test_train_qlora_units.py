@@ -50,23 +50,25 @@ def _perturb_adapters(model: MageModel) -> None:
         w.data.copy_(torch.randn(w.shape, generator=g) * 0.1)
 
 
-def test_nf4_layer_is_bnb_nf4_with_double_quantisation_and_computes_with_its_dequantised_weight():
+@pytest.mark.parametrize("device", ["cpu", *(["cuda"] if torch.cuda.is_available() else [])])
+def test_nf4_layer_is_bnb_nf4_with_double_quantisation_and_computes_with_its_dequantised_weight(device):
     torch.manual_seed(0)
-    linear = torch.nn.Linear(128, 48)
-    q = qlora._nf4(linear, torch.float32)
+    linear = torch.nn.Linear(128, 48, device=device)
+    q = qlora._nf4(linear, torch.float32)  # quantised on `device` (bitsandbytes' CPU or CUDA kernels)
     w, qs = q.weight, q.weight.quant_state
     assert isinstance(q, bnb.nn.Linear4bit) and w.dtype == torch.uint8 and w.numel() == 128 * 48 // 2
+    assert w.device.type == device
     assert qs.quant_type == "nf4" and qs.blocksize == 64 and qs.nested  # double quantisation: absmax in 8 bits
     deq = bnb.functional.dequantize_4bit(w.data, qs)
     assert deq.shape == (48, 128) and 0 < (deq - linear.weight).abs().max() < 0.05  # NF4's rounding
-    x = torch.randn(5, 128, requires_grad=True)
+    x = torch.randn(5, 128, device=device, requires_grad=True)
     y = q(x)
     torch.testing.assert_close(y, x @ deq.t() + linear.bias, atol=1e-6, rtol=0)
     y.square().sum().backward()  # the gradient reaches the input through the frozen 4-bit weight
     torch.testing.assert_close(x.grad, 2 * y.detach() @ deq, atol=1e-5, rtol=1e-5)
     q.eval()  # the same numbers in eval without grad (bnb's repacked CPU GEMM is kept off)
     with torch.no_grad():
-        torch.testing.assert_close(q(x), y, atol=0, rtol=0)
+        torch.testing.assert_close(q(x), y, atol=1e-6, rtol=0)
 
 
 def test_only_the_llm_block_linears_are_4bit_and_only_adapters_and_aligner_train():
