@@ -44,19 +44,6 @@ class Run:
     storage: checkpoint.Storage = field(default_factory=checkpoint.Storage)  # who writes and checks which file
 
 
-@dataclass
-class _Engine:
-    """The engine and what is chosen with it, before the data is read."""
-
-    ds: dict
-    model: object  # the module the engine wraps
-    engine: object
-    hf_ds: object
-    storage: checkpoint.Storage
-    tag: str | None
-    universal: str | None
-
-
 def _write_config(cfg: TrainConfig, world: int) -> None:
     text = dump_yaml(cfg)
     print(f"# resolved config ({world} rank(s))\n{text}", flush=True)
@@ -64,9 +51,10 @@ def _write_config(cfg: TrainConfig, world: int) -> None:
         f.write(text)
 
 
-def _build_engine(cfg: TrainConfig, rank: int, world: int, local_rank: int, tokenizer, image_id: int) -> _Engine:
+def _build_engine(cfg: TrainConfig, rank: int, world: int, local_rank: int, tokenizer, image_id: int) -> tuple:
     """The DeepSpeed config, checkpoint storage, the resume choice (before `initialize`: a
-    checkpoint of another world size is converted first) and the engine."""
+    checkpoint of another world size is converted first) and the engine -> (the module the
+    engine wraps, Run's fields ds, engine, hf_ds, storage, resume_tag, universal)."""
     ds = build_ds_config(cfg, world)
     node_local = bool(ds.get("checkpoint", {}).get("use_node_local_storage", False))
     storage = ckpt_storage.create(rank, world, local_rank, node_local)
@@ -75,11 +63,13 @@ def _build_engine(cfg: TrainConfig, rank: int, world: int, local_rank: int, toke
     model, hf_ds = build_model(cfg, ds, len(tokenizer), image_id)
     init_from.load_weights(model, cfg)
     apply_freeze(model, cfg)
-    return _Engine(ds, model, initialize(model, cfg, ds), hf_ds, storage, tag, universal)
+    engine = initialize(model, cfg, ds)
+    return model, dict(ds=ds, engine=engine, hf_ds=hf_ds, storage=storage, resume_tag=tag, universal=universal)
 
 
-def _build_data(cfg: TrainConfig, rank: int, world: int, model, tokenizer) -> tuple:
-    """-> (transform, dataset, held-out accuracy eval or None, resumable batches, collator)."""
+def _build_data(cfg: TrainConfig, rank: int, world: int, model, tokenizer) -> dict:
+    """Run's fields transform, data, acc_eval (held-out accuracy or None), batches (the resumable
+    order) and collate."""
     transform = ImageTransform.from_pretrained_dir(cfg.model.vision.path, model.image_size)
     template = make_template(tokenizer, model.num_image_tokens, cfg.model.template)
     hooks = startup.dataset_hooks(cfg.run_dir, rank, world, cfg.data.num_workers)
@@ -95,7 +85,7 @@ def _build_data(cfg: TrainConfig, rank: int, world: int, model, tokenizer) -> tu
     groups = (data.lengths, [bool(x) for x in data.images]) if cfg.data.group_by_length else None
     batches = ResumableBatches(len(data), cfg.micro_batch_size, rank, world, cfg.seed, groups)
     collate = Collator(tokenizer.pad_token_id, model.image_size, cfg.data.max_length if cfg.data.packing else None)
-    return transform, data, acc_eval, batches, collate
+    return dict(transform=transform, data=data, acc_eval=acc_eval, batches=batches, collate=collate)
 
 
 def build_run(cfg: TrainConfig) -> Run:
@@ -110,25 +100,9 @@ def build_run(cfg: TrainConfig) -> Run:
         _write_config(cfg, world)
     tokenizer = AutoTokenizer.from_pretrained(cfg.model.tokenizer)
     image_id = ensure_special_tokens(tokenizer)
-    e = _build_engine(cfg, rank, world, local_rank, tokenizer, image_id)
-    transform, data, acc_eval, batches, collate = _build_data(cfg, rank, world, e.model, tokenizer)
-    return Run(
-        cfg=cfg,
-        rank=rank,
-        world=world,
-        ds=e.ds,
-        engine=e.engine,
-        tokenizer=tokenizer,
-        transform=transform,
-        data=data,
-        collate=collate,
-        batches=batches,
-        acc_eval=acc_eval,
-        hf_ds=e.hf_ds,
-        resume_tag=e.tag,
-        universal=e.universal,
-        storage=e.storage,
-    )
+    model, engine_fields = _build_engine(cfg, rank, world, local_rank, tokenizer, image_id)
+    data_fields = _build_data(cfg, rank, world, model, tokenizer)
+    return Run(cfg=cfg, rank=rank, world=world, tokenizer=tokenizer, **engine_fields, **data_fields)
 
 
 def resume(run: Run) -> Progress:
