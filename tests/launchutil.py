@@ -145,3 +145,13 @@ def assert_same_steps(got: dict[int, dict], want: dict[int, dict], steps: list[i
         for key in ("loss", "ce", "mse", "grad_norm"):
             a, b = got[s][key], want[s][key]
             assert abs(a - b) <= rel * max(abs(a), abs(b)), f"step {s} {key}: {a} vs {b}"
+
+
+def assert_losses_fall(h: dict[int, dict], steps: int, label: str) -> None:
+    """`h` (history_by_step) holds steps 1..`steps`, the last loss under the first and the second
+    half's lowest under the first half's: a run that learns, not one step's noise."""
+    losses = [h[s]["loss"] for s in sorted(h)]
+    print(f"{label} losses:", losses)
+    half = steps // 2
+    assert sorted(h) == list(range(1, steps + 1)) and losses[-1] < losses[0]
+    assert min(losses[half:]) < min(losses[:half])

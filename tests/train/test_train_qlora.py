@@ -14,11 +14,19 @@ third resumes a 2-rank checkpoint on 1 rank (the universal checkpoint) within fp
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 import torch
-from launchutil import TINY, launch, run_history, run_summary
+from adapterutil import probe_inputs, probe_logits, write_base_export
+from launchutil import (
+    TINY,
+    assert_losses_fall,
+    assert_same_steps,
+    copy_checkpoints,
+    history_by_step,
+    launch,
+    run_summary,
+)
 from testutil import ROOT
 
 from mage_fast.configtools import load_config
@@ -27,9 +35,9 @@ from mage_fast.export.adapter import load_adapter_export
 from mage_fast.model import lora, qlora
 from mage_fast.model.mllm import MageModel
 from mage_fast.train import lora_export
-from mage_fast.train.checkpoint import MARKER, complete_tags
+from mage_fast.train.checkpoint import complete_tags
 from mage_fast.train.config import TrainConfig
-from mage_fast.train.engine import apply_freeze, export_state
+from mage_fast.train.engine import apply_freeze
 
 pytest.importorskip("bitsandbytes", reason="QLoRA's 4-bit layers (make test installs requirements-test.txt)")
 pytestmark = pytest.mark.slow
@@ -44,12 +52,7 @@ TOL = 1e-5
 @pytest.fixture(scope="module")
 def base(tokenizer, tmp_path_factory) -> str:
     """The stage-1 export the QLoRA runs start from (random weights, the tiny mlp2x_gelu model)."""
-    torch.manual_seed(0)
-    cfg = load_config(TrainConfig, None, MODEL)
-    model = MageModel(cfg.model, len(tokenizer), tokenizer.convert_tokens_to_ids("<image>"))
-    out = str(tmp_path_factory.mktemp("base") / "export")
-    pretrained.write_export(out, model, tokenizer, export_state(model))
-    return out
+    return write_base_export(str(tmp_path_factory.mktemp("base") / "export"), tokenizer, MODEL)
 
 
 def _args(run: str, data: str, base: str) -> list[str]:
@@ -63,15 +66,9 @@ def ref(shapes_dir, base, tmp_path_factory) -> str:
     return run
 
 
-def _steps(run: str) -> dict[int, dict]:
-    return {h["step"]: h for h in run_history(run)}
-
-
 def test_losses_fall_and_only_adapters_and_aligner_train(ref):
-    h = _steps(ref)
-    losses = [h[s]["loss"] for s in sorted(h)]
-    print("QLoRA losses:", losses)
-    assert sorted(h) == list(range(1, 7)) and losses[-1] < losses[0] and min(losses[3:]) < min(losses[:3])
+    h = history_by_step(ref)
+    assert_losses_fall(h, 6, "QLoRA")
     assert all(set(r["lr"]) == {"aligner", "llm_lora"} for r in h.values())
     n, state = run_summary(ref)["params"], run_summary(ref)["optimizer_state_bytes"]
     print(f"params {n}, optimizer state {state} B")
@@ -114,25 +111,12 @@ def trained(ref, base, tokenizer) -> MageModel:
     return model.eval()
 
 
-def _inputs(model: MageModel, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    image = tokenizer.convert_tokens_to_ids("<image>")
-    ids = torch.tensor([[tokenizer.bos_token_id, *[image] * model.num_image_tokens, 7, 8, 9, 10]] * 2)
-    return ids, torch.randn(2, 3, model.image_size, model.image_size, generator=g)
-
-
-@torch.no_grad()
-def _logits(model: MageModel, ids: torch.Tensor, pix: torch.Tensor) -> torch.Tensor:
-    embeds, _ = model.embed(ids, pix, torch.ones(len(ids), dtype=torch.long))
-    return model.llm(inputs_embeds=embeds).logits
-
-
 def test_merged_export_is_the_dequantised_base_plus_adapters(ref, trained, tokenizer):
-    ids, pix = _inputs(trained, tokenizer)
-    want = _logits(trained, ids, pix)
+    ids, pix = probe_inputs(trained, tokenizer)
+    want = probe_logits(trained, ids, pix)
     merged, _ = pretrained.load_pretrained(os.path.join(ref, "export"))
     assert not lora.lora_layers(merged) and not qlora.quantized_layers(merged)  # a plain fp32 model
-    d = (_logits(merged, ids, pix) - want).abs().max().item()
+    d = (probe_logits(merged, ids, pix) - want).abs().max().item()
     print(f"merged export max|d| {d:.2e}")
     assert d <= TOL
 
@@ -141,12 +125,12 @@ def test_adapter_export_on_the_4bit_base_gives_the_trained_logits(ref, trained, 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    ids, pix = _inputs(trained, tokenizer)
-    want = _logits(trained, ids, pix)
+    ids, pix = probe_inputs(trained, tokenizer)
+    want = probe_logits(trained, ids, pix)
     out = os.path.join(ref, lora_export.ADAPTER_EXPORT)
     assert sorted(os.listdir(out)) == ["aligner", "llm", "mage_config.json", "quantize.json", "tokenizer"]
     back, _ = load_adapter_export(out)  # the base folders, the LLM quantised as quantize.json says, adapters
-    d_back = (_logits(back, ids, pix) - want).abs().max().item()
+    d_back = (probe_logits(back, ids, pix) - want).abs().max().item()
     # The LLM as a peft user loads it: the base folder quantised the same way, then the adapter folder.
     llm = AutoModelForCausalLM.from_pretrained(os.path.join(base, "llm"), dtype=torch.float32)
     qlora.quantize_llm(llm, torch.float32)
@@ -159,29 +143,18 @@ def test_adapter_export_on_the_4bit_base_gives_the_trained_logits(ref, trained, 
 
 
 def test_killed_mid_save_resumes_with_the_uninterrupted_losses(ref, shapes_dir, base, tmp_path):
-    run = str(tmp_path / "run")
-    for tag in ("step00000002", "step00000004"):
-        shutil.copytree(os.path.join(ref, "checkpoints", tag), os.path.join(run, "checkpoints", tag))
-    os.remove(os.path.join(run, "checkpoints", "step00000004", MARKER))  # a kill while saving
+    run = copy_checkpoints(ref, str(tmp_path / "run"), ["step00000002"], uncommitted="step00000004")
     p = launch([*_args(run, shapes_dir, base), "export=false"])
     assert "removed incomplete checkpoint step00000004" in p.stdout and "resumed from step00000002" in p.stdout
-    got, want = _steps(run), _steps(ref)
-    assert sorted(got) == [3, 4, 5, 6]
-    for s in got:
-        for key in ("loss", "ce", "mse", "grad_norm"):
-            assert got[s][key] == want[s][key], f"step {s} {key}: {got[s][key]} vs {want[s][key]}"
+    assert_same_steps(history_by_step(run), history_by_step(ref), [3, 4, 5, 6])
 
 
 def test_resumes_on_one_rank(ref, shapes_dir, base, tmp_path):
     # Same samples per step (1 x 8 rows = 2 x 4) through DeepSpeed's universal checkpoint; the
     # sums over ranks run in another order, so within fp32 rounding.
-    run = str(tmp_path / "one")
-    shutil.copytree(os.path.join(ref, "checkpoints", "step00000004"), os.path.join(run, "checkpoints", "step00000004"))
+    run = copy_checkpoints(ref, str(tmp_path / "one"), ["step00000004"])
     p = launch([*_args(run, shapes_dir, base), "micro_batch_size=8", "export=false"], ranks=1)
     assert "resize: step00000004 was written by 2 ranks, this run has 1" in p.stdout
-    got, want = _steps(run), _steps(ref)
+    got, want = history_by_step(run), history_by_step(ref)
     print("2 -> 1 rank:", [(got[s]["loss"], want[s]["loss"]) for s in (5, 6)])
-    assert sorted(got) == [5, 6]
-    for s in got:
-        for key in ("loss", "ce", "mse", "grad_norm"):
-            assert got[s][key] == pytest.approx(want[s][key], rel=2e-5), f"step {s} {key}"
+    assert_same_steps(got, want, [5, 6], rel=2e-5)
