@@ -72,6 +72,8 @@ def quantize_llm(llm: nn.Module, compute_dtype: torch.dtype) -> int:
     """Replace every nn.Linear inside `llm`'s blocks by its NF4 `Linear4bit`, in place; mark the
     model 4-bit (`is_loaded_in_4bit`, what peft dispatches its bnb LoRA layers on). Returns how
     many layers were quantised. The weights must be the final base (loaded before this)."""
+    if quantized_layers(llm):  # a Linear4bit is an nn.Linear: quantising it again would read codes as weights
+        raise ValueError("lora.quantize: the LLM is 4-bit already")
     targets = [(n, m) for n, m in llm.named_modules() if isinstance(m, nn.Linear) and n.startswith(BLOCKS)]
     if not targets:
         raise ValueError(f"lora.quantize: the LLM has no linear layer under {BLOCKS!r} to quantise")

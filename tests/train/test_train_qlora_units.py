@@ -78,6 +78,8 @@ def test_only_the_llm_block_linears_are_4bit_and_only_adapters_and_aligner_train
     assert len(quantised) == 7 * model.cfg.llm.num_layers  # q, k, v, o, gate, up, down per block
     assert not qlora.quantized_layers(model.vision_tower) and not qlora.quantized_layers(model.aligner)
     assert model.llm.get_output_embeddings().weight.dtype == torch.float32  # lm_head stays whole
+    with pytest.raises(ValueError, match="the LLM is 4-bit already"):
+        qlora.quantize_llm(model.llm, torch.float32)
     from peft.tuners.lora.bnb import Linear4bit as PeftLinear4bit
 
     assert all(isinstance(m, PeftLinear4bit) for m in lora.lora_layers(model.llm).values())  # peft's bnb dispatch
