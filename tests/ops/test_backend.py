@@ -9,12 +9,12 @@ from typing import get_args
 
 import pytest
 import torch
+from opsutil import ALL_BACKENDS
 
-from mage_fast.ops import _backend, _ext, available, backend_for, resolve, table
 from mage_fast.model.config import Backend as BackendChoice
 from mage_fast.model.config import KernelConfig
+from mage_fast.ops import _backend, _ext, available, backend_for, resolve, table
 from mage_fast.ops._backend import Backend
-from opsutil import ALL_BACKENDS
 
 OPS = ("patch_pool", "ian_projection", "ce_mse")
 
