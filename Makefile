@@ -13,6 +13,7 @@ NPROC   ?= 2
 TEST_WORKERS ?= 2
 DEMO    ?= runs/demo
 SEED    ?= 0
+DEMO_ARGS ?=
 
 .PHONY: install demo demo-seeds demo-lora demo-tools demo-multi ablate test test-cap lint clean cuda-check bench bench-smoke sm90-report gpu-check
 
@@ -30,13 +31,14 @@ $(STAMP): $(SOURCES)
 # The built-in task: generate the shapes world, stage 1 (align on captions, CE + MSE), stage 2
 # (questions), then held-out exact-match accuracy per question type. Two ranks on CPU via gloo.
 # SEED seeds the world (images, questions, held-out rows) and both stages' init and data order.
+# DEMO_ARGS: config overrides for both stages, e.g. DEMO_ARGS=data.packing=true.
 demo: install
 	$(VENV_PATH) $(VPY) -m mage_fast.shapes.scenes --out $(DEMO)/data --n 6000 --seed $(SEED)
 	$(VENV_PATH) deepspeed --num_gpus $(NPROC) --module mage_fast.train \
-	  --config configs/train/demo_stage1.yaml run_dir=$(DEMO)/stage1 data.root=$(DEMO)/data seed=$(SEED)
+	  --config configs/train/demo_stage1.yaml run_dir=$(DEMO)/stage1 data.root=$(DEMO)/data seed=$(SEED) $(DEMO_ARGS)
 	$(VENV_PATH) deepspeed --num_gpus $(NPROC) --module mage_fast.train \
 	  --config configs/train/demo_stage2.yaml run_dir=$(DEMO)/stage2 data.root=$(DEMO)/data seed=$(SEED) \
-	  init_from=$(DEMO)/stage1/export
+	  init_from=$(DEMO)/stage1/export $(DEMO_ARGS)
 	$(VENV_PATH) $(VPY) -m mage_fast.apps.eval --model $(DEMO)/stage2/export --data $(DEMO)/data/eval.json \
 	  --out $(DEMO)/answers.jsonl
 
