@@ -6,7 +6,8 @@ unrolled and issued together), loading (BLOCK_W, BLOCK_C) tiles straight from th
 (each token row contiguous along C: vectorised loads), accumulates in fp32 and divides by the
 number of grid cells that exist (edge cells of non-divisible grids count fewer). Every input
 element is read exactly once; no permute, no padding copy. Backward: the mirror image, each
-output gradient read once and written, divided by the count, to the cells it averaged.
+output gradient read once and written, divided by the count, to the cells it averaged. One
+kernel does both (`BACKWARD` a constexpr), so the two directions share the walk and its masks.
 
 Layout (`_launch.pool_settings`): BLOCK_W divides Wo where a power of two does (Wo = 12: 4, not 8
 with a quarter of the lanes masked off) and BLOCK_C divides C where it can; the constexprs
@@ -49,55 +50,55 @@ def _cell(H, W, Wo, C, K: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.const
 
 
 @triton.jit
-def _patch_pool_fwd_kernel(
-    x_ptr, y_ptr, H, W, Wo, C,
-    s_xb, s_xt, s_xc, s_yb, s_yt, s_yc,  # (batch, token, channel) strides of each
-    K: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, EVEN_HW: tl.constexpr, MASKED: tl.constexpr,
-):  # fmt: skip
-    b, h0, w0, o, c, mask, inv = _cell(H, W, Wo, C, K, BLOCK_W, BLOCK_C, EVEN_HW)
-    x_base = x_ptr + b.to(tl.int64) * s_xb + c[None, :] * s_xc
-    acc = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
-    for i in tl.static_range(K):
-        for j in tl.static_range(K):
-            ptrs = x_base + ((h0 + i) * W + (w0 + j))[:, None] * s_xt
-            if EVEN_HW and not MASKED:
-                v = tl.load(ptrs)
-            elif EVEN_HW:
-                v = tl.load(ptrs, mask=mask, other=0.0)
-            else:
-                v = tl.load(ptrs, mask=mask & ((w0 + j < W) & (h0 + i < H))[:, None], other=0.0)
-            acc += v.to(tl.float32)
-    y_ptrs = y_ptr + b.to(tl.int64) * s_yb + o[:, None] * s_yt + c[None, :] * s_yc
-    out = round_to(acc * inv[:, None], y_ptr.dtype.element_ty)
-    if MASKED:
-        tl.store(y_ptrs, out, mask=mask)
-    else:
-        tl.store(y_ptrs, out)
+def _offset_mask(mask, h0, w0, i, j, H, W, EVEN_HW: tl.constexpr):
+    """The tile mask of the tokens at offset (i, j) of each cell: an edge cell of a grid k does
+    not divide has no token there."""
+    if not EVEN_HW:
+        mask = mask & ((w0 + j < W) & (h0 + i < H))[:, None]
+    return mask
 
 
 @triton.jit
-def _patch_pool_bwd_kernel(
-    g_ptr, dx_ptr, H, W, Wo, C,
-    s_gb, s_gt, s_gc, s_db, s_dt, s_dc,  # (batch, token, channel) strides of each
+def _patch_pool_kernel(
+    in_ptr, out_ptr, H, W, Wo, C,
+    s_ib, s_it, s_ic, s_ob, s_ot, s_oc,  # (batch, token, channel) strides of each
     K: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, EVEN_HW: tl.constexpr, MASKED: tl.constexpr,
+    BACKWARD: tl.constexpr,
 ):  # fmt: skip
+    """Forward: in x (B, H*W, C) -> out y (B, Ho*Wo, C), each cell's mean. BACKWARD: in grad_y
+    (B, Ho*Wo, C) -> out dx (B, H*W, C), each cell's gradient / count on each of its tokens. Both
+    directions walk the same k x k offsets under the same masks; only the copy's direction differs."""
     b, h0, w0, o, c, mask, inv = _cell(H, W, Wo, C, K, BLOCK_W, BLOCK_C, EVEN_HW)
-    g_ptrs = g_ptr + b.to(tl.int64) * s_gb + o[:, None] * s_gt + c[None, :] * s_gc
-    if MASKED:
-        g = tl.load(g_ptrs, mask=mask, other=0.0)
+    in_base = in_ptr + b.to(tl.int64) * s_ib + c[None, :] * s_ic
+    out_base = out_ptr + b.to(tl.int64) * s_ob + c[None, :] * s_oc
+    if BACKWARD:  # the pooled side is the input
+        if MASKED:
+            g = tl.load(in_base + o[:, None] * s_it, mask=mask, other=0.0)
+        else:
+            g = tl.load(in_base + o[:, None] * s_it)
+        g = round_to(g.to(tl.float32) * inv[:, None], out_ptr.dtype.element_ty)
+        grid_base, s_grid = out_base, s_ot
     else:
-        g = tl.load(g_ptrs)
-    g = round_to(g.to(tl.float32) * inv[:, None], dx_ptr.dtype.element_ty)
-    dx_base = dx_ptr + b.to(tl.int64) * s_db + c[None, :] * s_dc
+        acc = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
+        grid_base, s_grid = in_base, s_it
     for i in tl.static_range(K):
         for j in tl.static_range(K):
-            ptrs = dx_base + ((h0 + i) * W + (w0 + j))[:, None] * s_dt
-            if EVEN_HW and not MASKED:
+            ptrs = grid_base + ((h0 + i) * W + (w0 + j))[:, None] * s_grid
+            m = _offset_mask(mask, h0, w0, i, j, H, W, EVEN_HW)
+            if BACKWARD and EVEN_HW and not MASKED:
                 tl.store(ptrs, g)
-            elif EVEN_HW:
-                tl.store(ptrs, g, mask=mask)
+            elif BACKWARD:
+                tl.store(ptrs, g, mask=m)
+            elif EVEN_HW and not MASKED:
+                acc += tl.load(ptrs).to(tl.float32)
             else:
-                tl.store(ptrs, g, mask=mask & ((w0 + j < W) & (h0 + i < H))[:, None])
+                acc += tl.load(ptrs, mask=m, other=0.0).to(tl.float32)
+    if not BACKWARD:  # the pooled side is the output
+        out = round_to(acc * inv[:, None], out_ptr.dtype.element_ty)
+        if MASKED:
+            tl.store(out_base + o[:, None] * s_ot, out, mask=mask)
+        else:
+            tl.store(out_base + o[:, None] * s_ot, out)
 
 
 def _launch_args(B: int, H: int, W: int, C: int, k: int, elem_bytes: int) -> tuple[int, tuple, dict]:
@@ -120,7 +121,7 @@ def patch_pool_fwd(x: torch.Tensor, H: int, W: int, k: int) -> torch.Tensor:
     y = torch.empty((B, triton.cdiv(H, k) * Wo, C), dtype=x.dtype, device=x.device)
     if y.numel() == 0:
         return y
-    _patch_pool_fwd_kernel[grid](x, y, H, W, Wo, C, *x.stride(), *y.stride(), **meta)
+    _patch_pool_kernel[grid](x, y, H, W, Wo, C, *x.stride(), *y.stride(), BACKWARD=False, **meta)
     return y
 
 
@@ -134,5 +135,5 @@ def patch_pool_bwd(grad_y: torch.Tensor, H: int, W: int, k: int) -> torch.Tensor
     if dx.numel() == 0:
         return dx
     # Every token belongs to exactly one cell, so the kernel writes every element of dx.
-    _patch_pool_bwd_kernel[grid](grad_y, dx, H, W, Wo, C, *grad_y.stride(), *dx.stride(), **meta)
+    _patch_pool_kernel[grid](grad_y, dx, H, W, Wo, C, *grad_y.stride(), *dx.stride(), BACKWARD=True, **meta)
     return dx

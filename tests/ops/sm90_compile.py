@@ -125,15 +125,14 @@ def pool_variants(smoke: bool) -> Iterator[Variant]:
             bw, bc, warps = _launch.pool_settings(c, wo, eb, interpret=False)
             masked = wo % bw != 0 or c % bc != 0
             tag = f"{dt},C={c},Wo={wo},k={k}"
-            for kind, kernel, ptrs, (si, so) in (
-                ("fwd", patch_pool._patch_pool_fwd_kernel, ("x_ptr", "y_ptr"), ("s_x", "s_y")),
-                ("bwd", patch_pool._patch_pool_bwd_kernel, ("g_ptr", "dx_ptr"), ("s_g", "s_d")),
-            ):
+            for kind in ("fwd", "bwd"):
                 layout = {"K": k, "BLOCK_W": bw, "BLOCK_C": bc, "EVEN_HW": even, "MASKED": masked}
-                consts = {**layout, si + "c": 1, so + "c": 1}  # stride 1 along C, as the JIT specialises
-                ints = ("C", si + "b", si + "t", so + "b", so + "t")
+                # stride 1 along C, as the JIT specialises
+                consts = {**layout, "BACKWARD": kind == "bwd", "s_ic": 1, "s_oc": 1}
+                ptrs = dict.fromkeys(("in_ptr", "out_ptr"), f"*{dt}")
+                ints = ("C", "s_ib", "s_it", "s_ob", "s_ot")
                 yield Variant(
-                    f"pool_{kind}[{tag}]", kernel, dict.fromkeys(ptrs, f"*{dt}"), consts, {"num_warps": warps}, ints
+                    f"pool_{kind}[{tag}]", patch_pool._patch_pool_kernel, ptrs, consts, {"num_warps": warps}, ints
                 )
             if smoke:
                 return
