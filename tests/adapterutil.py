@@ -4,12 +4,17 @@ the probe batch whose logits compare a trained model with its exports."""
 from __future__ import annotations
 
 import torch
+from launchutil import TINY
 
 from mage_fast.configtools import load_config
 from mage_fast.export import pretrained
 from mage_fast.model.mllm import MageModel
 from mage_fast.train.config import TrainConfig
 from mage_fast.train.engine import export_state
+
+# The model of the adapter runs and of the base export they start from: the tiny model with the
+# mlp2x_gelu aligner (LLaVA's, so the merged export also loads as a LLaVA folder).
+MODEL = [*TINY, "model.aligner.type=mlp2x_gelu"]
 
 
 def write_base_export(out: str, tokenizer, overrides: list[str]) -> str:

@@ -155,3 +155,37 @@ def assert_losses_fall(h: dict[int, dict], steps: int, label: str) -> None:
     half = steps // 2
     assert sorted(h) == list(range(1, steps + 1)) and losses[-1] < losses[0]
     assert min(losses[half:]) < min(losses[:half])
+
+
+def resume_killed_mid_save(ref: str, run: str, args: list[str], steps: list[int]) -> None:
+    """Run `ref`'s launch again (`args`, without run_dir) in run_dir `run` holding ref's step-2
+    checkpoint and its step-4 one as a kill while saving leaves it: the launch removes step 4,
+    resumes from step 2 and repeats ref's `steps` bit for bit (weights, optimizer, LR, data position)."""
+    copy_checkpoints(ref, run, ["step00000002"], uncommitted="step00000004")
+    p = launch([f"run_dir={run}", *args])
+    assert "removed incomplete checkpoint step00000004" in p.stdout and "resumed from step00000002" in p.stdout
+    assert_same_steps(history_by_step(run), history_by_step(ref), steps)
+
+
+def resume_on_one_rank(ref: str, run: str, args: list[str], tag: str, steps: list[int]) -> dict[int, dict]:
+    """`ref`'s checkpoint `tag` (written by 2 ranks) resumed by 1 rank with `args` (without run_dir;
+    the same samples per step) in run_dir `run`: the resize is logged and ref's `steps` repeat within
+    fp32 rounding (the sums over ranks run in another order). Returns the resumed history."""
+    copy_checkpoints(ref, run, [tag])
+    p = launch([f"run_dir={run}", *args], ranks=1)
+    assert f"resize: {tag} was written by 2 ranks, this run has 1" in p.stdout
+    got, want = history_by_step(run), history_by_step(ref)
+    print("2 -> 1 rank:", [(got[s]["loss"], want[s]["loss"]) for s in steps])
+    assert_same_steps(got, want, steps, rel=2e-5)
+    return got
+
+
+def assert_only_trainable_state(run: str) -> None:
+    """A run with a frozen base (LoRA, QLoRA): under a fifth of the parameters train, and the
+    optimizer holds fp32 master weights and two AdamW moments (12 bytes) per trainable parameter,
+    plus a few step counters, and nothing for the frozen ones."""
+    s = run_summary(run)
+    n, state = s["params"], s["optimizer_state_bytes"]
+    print(f"params {n}, optimizer state {state} B")
+    assert n["trainable"] < n["total"] / 5
+    assert 12 * n["trainable"] <= state <= 12 * n["trainable"] + 4096

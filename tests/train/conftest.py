@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from adapterutil import MODEL, write_base_export
 from launchutil import write_strict_zero3
 
 
@@ -10,3 +11,9 @@ from launchutil import write_strict_zero3
 def strict_zero3(tmp_path_factory) -> str:
     """A ZeRO-3 DeepSpeed config with every parameter partitioned (see write_strict_zero3)."""
     return write_strict_zero3(tmp_path_factory.mktemp("ds") / "zero3_strict.json")
+
+
+@pytest.fixture(scope="module")
+def adapter_base(tokenizer, tmp_path_factory) -> str:
+    """The stage-1 export the LoRA and QLoRA runs start from (random weights, adapterutil.MODEL)."""
+    return write_base_export(str(tmp_path_factory.mktemp("base") / "export"), tokenizer, MODEL)

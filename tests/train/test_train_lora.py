@@ -1,5 +1,5 @@
 """LoRA on real 2-rank DeepSpeed runs (CPU, gloo): stage 2 with `lora.enable=true` from a base
-export (an mlp2x_gelu "stage 1" model written here), ZeRO-3 with every parameter partitioned.
+export (an mlp2x_gelu "stage 1" model: the `adapter_base` fixture), ZeRO-3 with every parameter partitioned.
 
 One reference launch (`ref`: 6 steps, checkpoints at 2, 4, 6) carries most assertions: the losses
 fall, the aligner and the adapters train at their own learning rates (the optimizer's param
@@ -17,15 +17,14 @@ import os
 
 import pytest
 import torch
-from adapterutil import probe_inputs, probe_logits, write_base_export
+from adapterutil import MODEL, probe_inputs, probe_logits
 from launchutil import (
-    TINY,
     assert_losses_fall,
-    assert_same_steps,
-    copy_checkpoints,
+    assert_only_trainable_state,
     history_by_step,
     launch,
-    run_summary,
+    resume_killed_mid_save,
+    resume_on_one_rank,
 )
 from testutil import ROOT
 
@@ -41,7 +40,6 @@ from mage_fast.train.engine import apply_freeze
 
 pytestmark = pytest.mark.slow
 
-MODEL = [*TINY, "model.aligner.type=mlp2x_gelu"]
 LORA = ["lora.enable=true", "lora.r=4", "lora.alpha=8", "lora.lr=1e-2", "optim.lr_aligner=2e-3"]
 # Dropout masks depend on how the samples are split over ranks, so a run resumed on another world
 # size matches only without dropout; the ZeRO-2 test keeps it (the RNG state resumes exactly).
@@ -51,16 +49,10 @@ PROBE = ["faults.probe=true"]  # lr per group, scheduler steps, weight checksum 
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def base(tokenizer, tmp_path_factory) -> str:
-    """The stage-1 export the LoRA runs start from (random weights, the tiny mlp2x_gelu model)."""
-    return write_base_export(str(tmp_path_factory.mktemp("base") / "export"), tokenizer, MODEL)
-
-
-def _args(run: str, data: str, ds: str, base: str, dropout: bool = False) -> list[str]:
+def _args(data: str, ds: str, base: str, dropout: bool = False) -> list[str]:
+    """A LoRA run's arguments but its run_dir."""
     extra = [] if dropout else NO_DROPOUT
     return [
-        f"run_dir={run}",
         f"data.root={data}",
         f"deepspeed={ds}",
         f"init_from={base}",
@@ -72,9 +64,9 @@ def _args(run: str, data: str, ds: str, base: str, dropout: bool = False) -> lis
 
 
 @pytest.fixture(scope="module")
-def ref(shapes_dir, strict_zero3, base, tmp_path_factory) -> str:
+def ref(shapes_dir, strict_zero3, adapter_base, tmp_path_factory) -> str:
     run = str(tmp_path_factory.mktemp("lora") / "ref")
-    launch([*_args(run, shapes_dir, strict_zero3, base), *PROBE])
+    launch([f"run_dir={run}", *_args(shapes_dir, strict_zero3, adapter_base), *PROBE])
     return run
 
 
@@ -90,13 +82,7 @@ def test_losses_fall_and_each_part_has_its_learning_rate(ref):
 
 
 def test_frozen_base_costs_no_optimizer_state(ref):
-    s = run_summary(ref)
-    n = s["params"]
-    # fp32 master weights + two AdamW moments per trainable parameter (plus a few step counters):
-    # the frozen base (most parameters) has none of it.
-    print(f"params {n}, optimizer state {s['optimizer_state_bytes']} B")
-    assert n["trainable"] < n["total"] / 5
-    assert 12 * n["trainable"] <= s["optimizer_state_bytes"] <= 12 * n["trainable"] + 4096
+    assert_only_trainable_state(ref)
 
 
 def _consolidated(run: str) -> dict[str, torch.Tensor]:
@@ -107,9 +93,9 @@ def _consolidated(run: str) -> dict[str, torch.Tensor]:
     return get_fp32_state_dict_from_zero_checkpoint(root, tag=complete_tags(run)[-1])
 
 
-def test_base_weights_are_bit_identical_after_training(ref, base):
+def test_base_weights_are_bit_identical_after_training(ref, adapter_base):
     state = _consolidated(ref)
-    back, _ = pretrained.load_pretrained(base)
+    back, _ = pretrained.load_pretrained(adapter_base)
     plain = dict(back.named_parameters())
     saved = {k.replace(".base_layer.", "."): v for k, v in state.items() if ".lora_" not in k}
     frozen = [k for k in plain if not k.startswith("aligner.")]
@@ -120,11 +106,11 @@ def test_base_weights_are_bit_identical_after_training(ref, base):
 
 
 @pytest.fixture(scope="module")
-def trained(ref, base, tokenizer) -> MageModel:
+def trained(ref, adapter_base, tokenizer) -> MageModel:
     """The trained model from the final checkpoint: the base, LoRA as configured, the checkpoint's
     weights (not the export code's gathering or merging)."""
     cfg = load_config(TrainConfig, None, [*MODEL, *LORA])
-    cfg.model = pretrained.read_config(base)
+    cfg.model = pretrained.read_config(adapter_base)
     model = MageModel(cfg.model, len(tokenizer), tokenizer.convert_tokens_to_ids("<image>"))
     apply_freeze(model, cfg)
     missing, unexpected = model.load_state_dict(_consolidated(ref), strict=False)
@@ -149,7 +135,7 @@ def test_merged_export_and_its_llava_folder_give_the_trained_logits(ref, trained
     assert d <= TOL and d_llava <= TOL
 
 
-def test_adapter_export_loads_with_peft_on_the_base(ref, trained, base, tokenizer):
+def test_adapter_export_loads_with_peft_on_the_base(ref, trained, adapter_base, tokenizer):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -160,7 +146,9 @@ def test_adapter_export_loads_with_peft_on_the_base(ref, trained, base, tokenize
     back, _ = load_adapter_export(out)
     d = (probe_logits(back, ids, pix) - want).abs().max().item()
     # The LLM alone, as a peft user loads it: the base folder + the adapter folder.
-    llm = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(os.path.join(base, "llm")), f"{out}/llm")
+    llm = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(os.path.join(adapter_base, "llm")), f"{out}/llm"
+    )
     embeds, _ = trained.embed(ids, pix, torch.ones(len(ids), dtype=torch.long))
     with torch.no_grad():
         d_peft = (llm.eval()(inputs_embeds=embeds).logits - want).abs().max().item()
@@ -168,35 +156,23 @@ def test_adapter_export_loads_with_peft_on_the_base(ref, trained, base, tokenize
     assert d <= TOL and d_peft <= TOL
 
 
-def test_killed_mid_save_resumes_with_the_uninterrupted_losses(ref, shapes_dir, strict_zero3, base, tmp_path):
-    run = copy_checkpoints(ref, str(tmp_path / "run"), ["step00000002"], uncommitted="step00000004")
-    p = launch([*_args(run, shapes_dir, strict_zero3, base), *PROBE])
-    assert "removed incomplete checkpoint step00000004" in p.stdout and "resumed from step00000002" in p.stdout
-    # bit-equal: adapters, aligner, AdamW, LR, data position
-    assert_same_steps(history_by_step(run), history_by_step(ref), [3, 4, 5, 6])
+def test_killed_mid_save_resumes_with_the_uninterrupted_losses(ref, shapes_dir, strict_zero3, adapter_base, tmp_path):
+    args = [*_args(shapes_dir, strict_zero3, adapter_base), *PROBE]
+    resume_killed_mid_save(ref, str(tmp_path / "run"), args, [3, 4, 5, 6])
 
 
-def test_zero3_resumes_on_one_rank(ref, shapes_dir, strict_zero3, base, tmp_path):
-    # Same samples per step (1 x 8 rows = 2 x 4); the sums over ranks run in another order, so
-    # within fp32 rounding.
-    run = copy_checkpoints(ref, str(tmp_path / "one"), ["step00000004"])
-    args = [*_args(run, shapes_dir, strict_zero3, base), "micro_batch_size=8"]
-    p = launch([*args, *PROBE], ranks=1)
-    assert "resize: step00000004 was written by 2 ranks, this run has 1" in p.stdout
-    got = history_by_step(run)
-    print("2 -> 1 rank:", [(got[s]["loss"], history_by_step(ref)[s]["loss"]) for s in (5, 6)])
-    assert_same_steps(got, history_by_step(ref), [5, 6], rel=2e-5)
+def test_zero3_resumes_on_one_rank(ref, shapes_dir, strict_zero3, adapter_base, tmp_path):
+    # Same samples per step: 1 x 8 rows = 2 x 4.
+    args = [*_args(shapes_dir, strict_zero3, adapter_base), "micro_batch_size=8", *PROBE]
+    got = resume_on_one_rank(ref, str(tmp_path / "one"), args, "step00000004", [5, 6])
     assert set(got[5]["lr"]) == {"aligner", "llm_lora"} and got[5]["lr"] == pytest.approx(history_by_step(ref)[5]["lr"])
 
 
-def test_zero2_with_dropout_killed_mid_save_resumes_exactly(shapes_dir, base, tmp_path):
+def test_zero2_with_dropout_killed_mid_save_resumes_exactly(shapes_dir, adapter_base, tmp_path):
     # LoRA's dropout draws from the torch RNG every step: the resumed run restores its state (and
     # the data loader draws its worker seed from its own generator, not from that RNG).
     zero2 = os.path.join(ROOT, "configs", "deepspeed", "zero2.json")
     ref2 = str(tmp_path / "ref2")
-    args = ["max_steps=4", "export=false"]
-    launch([*_args(ref2, shapes_dir, zero2, base, dropout=True), *args])
-    run = copy_checkpoints(ref2, str(tmp_path / "run"), ["step00000002"], uncommitted="step00000004")
-    p = launch([*_args(run, shapes_dir, zero2, base, dropout=True), *args])
-    assert "resumed from step00000002" in p.stdout
-    assert_same_steps(history_by_step(run), history_by_step(ref2), [3, 4])
+    args = [*_args(shapes_dir, zero2, adapter_base, dropout=True), "max_steps=4", "export=false"]
+    launch([f"run_dir={ref2}", *args])
+    resume_killed_mid_save(ref2, str(tmp_path / "run"), args, [3, 4])

@@ -10,7 +10,7 @@ caption, so micro-batches differ in captioned images (the MSE's share must survi
 from __future__ import annotations
 
 import pytest
-from launchutil import TINY, assert_same_steps, copy_checkpoints, history_by_step, launch, run_history
+from launchutil import TINY, assert_same_steps, history_by_step, launch, resume_on_one_rank, run_history
 from testutil import uneven_captions_world
 
 from mage_fast.train.checkpoint import complete_tags
@@ -71,9 +71,6 @@ def test_killed_while_saving_resumes_exactly(ref, common, tmp_path):
 def test_resumes_on_one_rank(ref, common, tmp_path):
     """ref's step-2 checkpoint on 1 rank x 6 rows x 2 accumulated micro-batches: the same grouped
     micro-batches per step (grouping is per micro-batch, not per world size), packed on one rank."""
-    out = copy_checkpoints(ref, str(tmp_path / "one"), ["step00000002"])
-    log = launch([f"run_dir={out}", *common, *PACKED, "grad_accum=2", "max_steps=4"], ranks=1).stdout
-    assert "resize: step00000002 was written by 2 ranks, this run has 1" in log
-    got = history_by_step(out)
-    print("2 -> 1 rank:", [(got[s]["loss"], history_by_step(ref)[s]["loss"]) for s in (3, 4)])
-    assert_same_steps(got, history_by_step(ref), [3, 4], rel=2e-5)
+    resume_on_one_rank(
+        ref, str(tmp_path / "one"), [*common, *PACKED, "grad_accum=2", "max_steps=4"], "step00000002", [3, 4]
+    )
