@@ -41,6 +41,7 @@ import torch
 from mage_fast.ops import _backend, _ext, _triton  # noqa: F401  (_ext: load mage_fast._C first)
 from mage_fast.ops._checks import check_float, check_same_device, check_shape, check_tensor
 from mage_fast.ops._gemm import mm_f32, widen_off_cuda
+from mage_fast.ops._schema import record_schema
 from mage_fast.ops.ce_mse_plan import plan_for
 
 OP = "ce_mse"
@@ -48,7 +49,8 @@ OP = "ce_mse"
 
 class CeMseArgs(NamedTuple):
     """What every backend's forward receives, with the planner's chunk rows: the op's tensors and
-    switches, in the order of the flat schemas of `mage_fast::ce_mse` and `ce_mse_fwd`."""
+    switches. `mage_fast::ce_mse`'s schema is made from it (then the backend name); the C++
+    `ce_mse_fwd` takes its fields in its order (then the chunk rows)."""
 
     hidden: torch.Tensor  # (N, H)
     weight: torch.Tensor  # (V, H), hidden's dtype
@@ -170,27 +172,13 @@ TABLE = _backend.register(
 )
 
 
-@torch.library.custom_op("mage_fast::ce_mse", mutates_args=())
-def _ce_mse_op(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    labels: torch.Tensor,
-    img: torch.Tensor,
-    img_target: torch.Tensor,
-    img_mask: torch.Tensor,
-    ignore_index: int,
-    num_items: float | None,
-    need_hidden_grad: bool,
-    need_weight_grad: bool,
-    need_img_grad: bool,
-    backend: str,
-) -> _Out:
-    """-> (ce, mse) 0-dim fp32; the unscaled stored gradients P W (N, H) and P^T h (V, H) and
-    img - img_target (M, D) (each empty (0,) when its flag is False; dtypes in the module
-    docstring); scales (2,) fp32 = (1 / denom, 2 / count)."""
-    flags = (need_hidden_grad, need_weight_grad, need_img_grad)
-    a = CeMseArgs(hidden, weight, labels, img, img_target, img_mask, ignore_index, num_items, *flags)
-    return TABLE[backend].forward(a, plan_for(hidden, weight).rows)
+@torch.library.custom_op("mage_fast::ce_mse", mutates_args=(), schema=record_schema(CeMseArgs, _Out, backend=str))
+def _ce_mse_op(*inputs: object) -> _Out:
+    """CeMseArgs' fields, then the backend name -> (ce, mse) 0-dim fp32; the unscaled stored
+    gradients P W (N, H) and P^T h (V, H) and img - img_target (M, D) (each empty (0,) when its
+    flag is False; dtypes in the module docstring); scales (2,) fp32 = (1 / denom, 2 / count)."""
+    a = _args(inputs)
+    return TABLE[inputs[-1]].forward(a, plan_for(a.hidden, a.weight).rows)
 
 
 def _args(inputs: tuple) -> CeMseArgs:
@@ -339,6 +327,6 @@ def ce_mse(
     b = _backend.resolve(OP, backend, hidden.device)
     g = torch.is_grad_enabled()
     needs = (g and hidden.requires_grad, g and weight.requires_grad, g and img.requires_grad)
-    out = _ce_mse_op(hidden, weight, labels, img, img_target, img_mask, int(ignore_index), num_items, *needs, b)
-    ce, mse = out[0], out[1]
+    a = CeMseArgs(hidden, weight, labels, img, img_target, img_mask, int(ignore_index), num_items, *needs)
+    ce, mse = _ce_mse_op(*a, b)[:2]
     return ce + float(lam) * mse, ce, mse  # the one place lam enters: autograd carries it to d mse

@@ -27,6 +27,7 @@ GELU' and db1 in the dz1 GEMM's epilogue. Its backward runs as the custom op
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from mage_fast.ops import _backend, _ext, _triton  # noqa: F401  (_ext: load mage_fast._C first)
 from mage_fast.ops._checks import check_float, check_same_device, check_shape, check_tensor
 from mage_fast.ops._gemm import mm_f32
+from mage_fast.ops._schema import record_schema
 
 OP = "ian_projection"
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -135,24 +137,31 @@ TABLE = _backend.register(
     ),
 )
 
+
+class IanArgs(NamedTuple):
+    """The forward's inputs, in the order every backend's forward takes them. The schema of
+    `mage_fast::ian_projection` is made from it (then the backend name); the C++
+    `ian_projection_fwd` takes its fields in its order."""
+
+    x: torch.Tensor  # (N, C)
+    w1: torch.Tensor  # (D, C)
+    b1: torch.Tensor  # (D,)
+    w2: torch.Tensor  # (D, D)
+    b2: torch.Tensor  # (D,)
+    ln_w: torch.Tensor  # (D,) LayerNorm weight
+    ln_b: torch.Tensor  # (D,) LayerNorm bias
+    eps: float  # LayerNorm epsilon
+    save: bool  # keep z1, xhat and rstd for the backward
+
+
 _Out = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-@torch.library.custom_op("mage_fast::ian_projection", mutates_args=())
-def _ian_projection_op(
-    x: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor,
-    w2: torch.Tensor,
-    b2: torch.Tensor,
-    ln_w: torch.Tensor,
-    ln_b: torch.Tensor,
-    eps: float,
-    save: bool,
-    backend: str,
-) -> _Out:
-    """-> (y (N, D), z1 (N, D), xhat (N, D), rstd (N,) fp32); the last three empty if not `save`."""
-    return TABLE[backend].forward(x, w1, b1, w2, b2, ln_w, ln_b, eps, save)
+@torch.library.custom_op("mage_fast::ian_projection", mutates_args=(), schema=record_schema(IanArgs, _Out, backend=str))
+def _ian_projection_op(*inputs: object) -> _Out:
+    """IanArgs' fields, then the backend name -> (y (N, D), z1 (N, D), xhat (N, D), rstd (N,)
+    fp32); the last three empty if not `save`."""
+    return TABLE[inputs[-1]].forward(*inputs[:-1])
 
 
 def _fwd_fake(x, w1, b1, w2, b2, ln_w, ln_b, eps, save, backend: str = "") -> _Out:
@@ -303,5 +312,5 @@ def ian_projection(
         check_shape(OP, name, params[name], (D,))
     b = _backend.resolve(OP, backend, device)
     save = torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params.values()))
-    y = _ian_projection_op(x.reshape(-1, C), w1, b1, w2, b2, ln_w, ln_b, float(eps), save, b)[0]
+    y = _ian_projection_op(*IanArgs(x.reshape(-1, C), w1, b1, w2, b2, ln_w, ln_b, float(eps), save), b)[0]
     return y.reshape(*x.shape[:-1], D)
