@@ -7,6 +7,7 @@
 # Each step is its own process under a timeout (its device budget); a failing step is recorded
 # and the next one runs (a CUDA context that a step poisons ends with that step's process):
 #   wheels    .whl/*.whl into a target folder, put on PYTHONPATH here: every later step sees them
+#             (on the device every wheel; the rehearsal leaves out those not for its Python)
 #   build     pip install -e . with the CUDA kernels (sm_90)
 #   env       versions, the device, which anchors import
 #   validate  each op on each backend vs a float64 reference at production shapes, a process per
@@ -18,6 +19,10 @@
 #   tests     the op tests on CUDA and compiled Triton, the production-shape ones first (the sm_90
 #             compile report is for machines without a GPU)
 #   memcheck  compute-sanitizer memcheck with the caching allocator off
+#   qlora     in the time the steps above left unused (at least 90 s, else skipped): the QLoRA
+#             tests on CUDA (bitsandbytes' CUDA kernels; tests/train/test_train_qlora_cuda.py and
+#             test_train_qlora_units.py), then benchmarks/bench_lora.py's rows in bf16 (full, LoRA,
+#             LoRA under ZeRO-2, QLoRA; the wide LLM, then the demo size) into the CSV
 #   report    validated.json (only backends that passed `validate`), summary, this run's CSV rows
 # $OUT (default runs/gpu-check/out, relative paths from the repository root) gets 4 files:
 # results.csv, validated.json, summary.txt, logs.tar.gz (logs, checks, profiler traces).
@@ -27,7 +32,8 @@
 # transformers 5.17.0 (.venv-gpu-rehearse, .ci/gpu_rehearse_env.sh): the wheels into a target
 # folder, the build (C++ only), the checks at smoke sizes on torch, cpp and Triton under
 # TRITON_INTERPRET=1, the sweep and profile at smoke size, the op tests, the sanitizer's cases
-# without the sanitizer, the report and $OUT's layout; it prints each step's device budget and
+# without the sanitizer, the QLoRA tests (the CUDA ones skip; the units run where deepspeed is in
+# .whl) without bench_lora's GPU rows, the report and $OUT's layout; it prints each step's device budget and
 # their total, fails when that exceeds 540 s or any step fails. DRY=1 prints the steps only.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -53,6 +59,9 @@ if [ "$REHEARSE" = 1 ]; then
   CE_T=400 OP_T=200  # per-process caps inside the sweep step
   CE_PROVIDERS=""
   SANITIZE="" NVSMI=""
+  QLORA_T=600  # the QLoRA tests' cap inside the qlora step
+  WHEELS_ALL=""  # .whl's cp312 builds are left out on another Python (gpu_rehearse_env.sh has them)
+  QLORA_BENCH="echo 'qlora: bench_lora --device cuda (the GPU rows) runs on a GPU only, not in the rehearsal'"
 else
   PY=${GPU_PY:-python3}
   unset TRITON_INTERPRET
@@ -64,6 +73,9 @@ else
   CE_PROVIDERS="--providers triton,cuda,liger,liger_cute,cce,op_torch,torch,torch_lce,compile"  # compile last: slowest
   SANITIZE="PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 1"
   NVSMI="nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader;"
+  WHEELS_ALL="--all"
+  QLORA_T=150
+  QLORA_BENCH="$PY -m benchmarks.bench_lora --device cuda --sizes wide,demo --set train.bf16=true --csv '$CSV'"
 fi
 source .ci/gpu_steps.sh
 
@@ -75,7 +87,7 @@ fi
 start=$SECONDS
 echo "gpu-check: $([ "$REHEARSE" = 1 ] && echo "REHEARSAL on CPU" || echo "device run"), python $PY, out $OUT"
 
-step wheels 15 300 "rm -rf '$SITE' && ls .whl/*.whl && $PY -m pip install -q --no-index --no-deps --no-compile --target '$SITE' .whl/*.whl"
+step wheels 15 300 "rm -rf '$SITE' && w=\$($PY .ci/gpu_wheels_for.py .whl $WHEELS_ALL) && $PY -m pip install -q --no-index --no-deps --no-compile --target '$SITE' \$w"
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 step build 140 1500 "$PY -m pip install -q --no-index --no-deps --no-build-isolation -e . && $PY -m benchmarks.gpu_validate --env --require-ext --device $DEV"
 step env 10 300 "$NVSMI $PY -m benchmarks.gpu_validate --env --device $DEV"
@@ -86,5 +98,14 @@ step profile 15 900 "$PY -m benchmarks.bench_ce_mse --profile --sweep $SWEEP --m
 pytest="$PY -m pytest -q -o addopts=-ra -p no:cacheprovider --confcutdir tests/ops"
 step tests 80 900 "rc=0; $pytest --junitxml '$WORK/logs/tests_production.xml' tests/ops/test_production_shapes.py || rc=1; $pytest --junitxml '$WORK/logs/tests.xml' --ignore tests/ops/test_production_shapes.py tests/ops tests/benchmarks/test_op_models.py -k '(cuda or triton or expected) and not sm90' || rc=1; exit \$rc"
 step memcheck 35 900 "$SANITIZE $PY .ci/gpu_sanitize_cases.py --device $DEV"
+# QLoRA: the tests first (at most QLORA_T s), then the bench rows in what is left (each size's rows
+# reach the CSV when it is done); the units need deepspeed (.whl after fetch_wheels.sh).
+qlora_tests="t=tests/train/test_train_qlora_cuda.py; u=tests/train/test_train_qlora_units.py; \
+if $PY -c 'import deepspeed' >/dev/null 2>&1; then t=\"\$t \$u\"; else echo \"qlora: no deepspeed, \$u not run\"; fi; \
+timeout -k 5 \$((STEP_LIMIT - 30 < $QLORA_T ? STEP_LIMIT - 30 : $QLORA_T)) $PY -m pytest -q -o addopts=-ra -p no:cacheprovider \
+--junitxml '$WORK/logs/tests_qlora.xml' \$t"
+qlora_bench="left=\$((STEP_LIMIT - SECONDS - 5)); if [ \$left -ge 20 ]; then timeout -k 5 \$left $QLORA_BENCH; \
+else echo \"qlora: \$left s left, no bench_lora rows\"; false; fi"
+step_left qlora 90 10 900 "rc=0; $qlora_tests || rc=1; $qlora_bench || rc=1; exit \$rc"
 step report 10 300 "$PY -m benchmarks.gpu_winners --csv '$CSV' --checks '$WORK/checks.jsonl' --steps '$WORK/steps.tsv' --out '$OUT' --device $DEV"
 finish

@@ -18,6 +18,12 @@ BNB_KEEP=(libbitsandbytes_cuda130.so libbitsandbytes_cpu.so)
 mkdir -p .whl
 want=(pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1 pygments==2.21.0
   liger-kernel==0.8.5 cut-cross-entropy==25.1.1)  # packaging: the image has it (transformers)
+# What the training stack imports beyond the image's packages (the qlora step trains): mage_fast.data
+# (jsonschema through the tool-call format, pillow for images) and deepspeed's own imports (einops,
+# msgpack, py-cpuinfo). pillow, rpds-py and msgpack are cp312 builds: the rehearsal on another
+# Python skips them (gpu_check.sh's wheels step) and has its own (gpu_rehearse_env.sh).
+want+=(jsonschema==4.26.0 attrs==26.1.0 referencing==0.37.0 jsonschema-specifications==2025.9.1
+  rpds-py==2026.9.1 pillow==13.0.0 einops==0.8.2 msgpack==1.2.4 py-cpuinfo==9.0.0)
 download() {  # download DEST SPEC...: binary wheels for CPython 3.12 on x86_64 Linux
   local dest=$1
   shift

@@ -3,6 +3,7 @@ peak memory and step time, at the demo size and at a wider LLM.
 
     python -m benchmarks.bench_lora                     # CPU: demo + wide, full and lora
     python -m benchmarks.bench_lora --sizes demo --csv ''
+    python -m benchmarks.bench_lora --device cuda --set train.bf16=true    # GPU rows (make gpu-check)
 
 Each (size, mode) runs in its own process (its own peak memory), one rank, ZeRO-3 through
 DeepSpeed on the real engine glue (`mage_fast.train.engine`), `warmup` then `steps` timed steps
@@ -15,7 +16,9 @@ CPU). With LoRA the LM head is frozen, so ce_mse runs without its weight gradien
 fp32 buffer and no P^T h GEMM (the row's note gives the buffer's size). QLoRA (`qlora`:
 lora.quantize=nf4, the LLM's block linears 4-bit NF4) runs under ZeRO-2 (refused under ZeRO-3),
 so `lora_zero2` is LoRA under ZeRO-2 beside it; its note gives the 4-bit base's bytes. Without
-bitsandbytes the `qlora` row is skipped with the reason.
+bitsandbytes the `qlora` row is skipped with the reason. `--device cuda` where torch sees no GPU
+is refused in one line. Each size's rows reach the CSV when that size is done (a run stopped by a
+timeout keeps the sizes it finished).
 """
 
 from __future__ import annotations
@@ -78,7 +81,8 @@ def run_case(config: str, size: str, mode: str, device: torch.device, extra: lis
 def _spawn(args: argparse.Namespace, size: str, mode: str) -> dict:
     """One case in a child process: its row, or an error row."""
     cmd = [sys.executable, "-m", "benchmarks.bench_lora", "--config", args.config, "--device", args.device,
-           "--child", f"{size}:{mode}", *(["--smoke"] if args.smoke else [])]  # fmt: skip
+           "--child", f"{size}:{mode}", *(["--smoke"] if args.smoke else []),
+           *(a for kv in args.set for a in ("--set", kv))]  # fmt: skip
     # The child is a world of its own: a process group of this process (bench_step's engine, run
     # earlier in the same smoke process) left RANK and MASTER_PORT set, and its store holds the port.
     dist_vars = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -122,12 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--csv", default=common.RESULTS_CSV, help="where the rows are appended ('' for nowhere)")
     p.add_argument("--smoke", action="store_true", help="tiny batch, 2 steps: that it runs (bench-smoke)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override for every case, e.g. train.bf16=true (repeatable)")  # fmt: skip
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: torch {torch.__version__} sees no CUDA device here")
     if args.child:
         size, mode = args.child.split(":")
-        print(ROW_TAG + json.dumps(run_case(args.config, size, mode, device, SMOKE if args.smoke else [])), flush=True)
+        extra = [*(SMOKE if args.smoke else []), *args.set]
+        print(ROW_TAG + json.dumps(run_case(args.config, size, mode, device, extra)), flush=True)
         return 0
     t0, out, errors = time.time(), [], 0
     ident = common.run_identity(device)
@@ -140,9 +149,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"MB; {r['note']}", flush=True)  # fmt: skip
         for mode, ref in (("lora", "full"), ("qlora", "lora_zero2")):
             print(f"[lora] {size:>4} {_ratios(rows, mode, ref)}", flush=True)
-        out += [{k: v for k, v in r.items() if k != "_facts"} for r in rows.values()]
-    if args.csv:
-        common.append_rows(out, args.csv)
+        done = [{k: v for k, v in r.items() if k != "_facts"} for r in rows.values()]
+        if args.csv:
+            common.append_rows(done, args.csv)
+        out += done
     print(f"[lora] {len(out)} row(s) -> {args.csv or '(not written)'} in {time.time() - t0:.0f} s", flush=True)
     return 1 if errors else 0
 

@@ -10,7 +10,8 @@ summed `full`-mode median over the op's shapes; `torch` wins ties. $OUT/validate
 checked-in mage_fast/ops/validated.json with this class's winners replaced (copy it back to make
 `backend="auto"` use them); $OUT/results.csv is this run's rows; $OUT/summary.txt the plain
 summary: steps, checks, winners, and each provider's time and peak memory against the run's
-measured matmul peak and against the fastest provider of its shape.
+measured matmul peak and against the fastest provider of its shape; whole training steps
+(bench_lora's full / LoRA / QLoRA rows) in a list of their own.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from benchmarks.opbench import OP_PROVIDERS
 from mage_fast.ops import VALIDATED_PATH, device_class
 
 OURS = OP_PROVIDERS
+STEP_OPS = ("step", "lora_step")  # whole-step rows (bench_step, bench_lora): listed apart, never op winners
 
 
 def passed_checks(path: str, cls: str) -> dict[tuple[str, str], bool]:
@@ -70,7 +72,7 @@ def provider_lines(rows: list[dict]) -> list[str]:
     lines = []
     by_shape: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in rows:
-        if r.get("mode") == "full":
+        if r.get("mode") == "full" and r.get("op") not in STEP_OPS:
             by_shape[(r["op"], r["shape"])].append(r)
     for (op, shape), rs in sorted(by_shape.items()):
         ok = [r for r in rs if r.get("status") == "ok"]
@@ -86,6 +88,22 @@ def provider_lines(rows: list[dict]) -> list[str]:
                 f"    {r['provider']:>11}: {ms:10.3f} ms  {r['peak_mem_mb']!s:>9} MiB extra  "
                 f"{r.get('pct_peak', '')!s:>6} % of peak  {ms / best:5.2f}x the fastest"
             )
+    return lines
+
+
+def step_lines(rows: list[dict]) -> list[str]:
+    """Whole training steps (bench_lora's full / LoRA / QLoRA rows): time per step, the process's
+    peak memory (not an op's extra) and the row's note (trainable parameters, optimizer state)."""
+    lines = []
+    for r in rows:
+        if r.get("op") not in STEP_OPS:
+            continue
+        what = f"  {r['op']} {r.get('shape', '')} {r['provider']:>10}:"
+        if r.get("status") != "ok":
+            lines.append(f"{what} {str(r.get('status', '')).upper()} {r.get('note', '')[:200]}")
+            continue
+        ms, peak = float(r["ms_median"]), r["peak_mem_mb"]
+        lines.append(f"{what} {ms:9.1f} ms/step, peak {peak} MiB, {r.get('dtype', '')}; {r.get('note', '')}")
     return lines
 
 
@@ -134,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         listing = ", ".join(f"{b} {t:.3f} ms" for b, t in sorted(times.items(), key=lambda kv: kv[1]))
         lines.append(f"  {op}: auto -> {best}  (validated; full fwd+bwd summed over shapes: {listing})")
     lines += ["", "providers:", *provider_lines(rows)]
+    steps = step_lines(rows)
+    if steps:
+        lines += ["", "whole training steps:", *steps]
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "validated.json"), "w") as f:
         f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
