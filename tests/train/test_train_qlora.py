@@ -1,11 +1,13 @@
 """QLoRA on real 2-rank DeepSpeed runs (CPU, gloo, ZeRO-2): stage 2 with `lora.quantize=nf4` from
-a base export (an mlp2x_gelu "stage 1" model: the `adapter_base` fixture): the LLM's block linears 4-bit NF4
-(bitsandbytes, double quantisation), peft's LoRA on them, the aligner trained fully.
+a base export (an mlp2x_gelu "stage 1" model: the `adapter_base` fixture): the LLM's block
+linears 4-bit NF4 (bitsandbytes, double quantisation), peft's LoRA on them, the aligner trained
+fully.
 
-One reference launch (`ref`: 6 steps, checkpoints at 2, 4, 6) carries most assertions: the losses
-fall, only the adapters and the aligner are in the optimizer, the 4-bit base in the final
-checkpoint is bit for bit the base export quantised afresh, the merged export (the dequantised
-base plus the adapters) and the adapter export on the 4-bit base give the trained model's logits.
+One reference launch (`adapter_ref`: 6 steps, checkpoints at 2, 4, 6) carries most assertions,
+with the checks every adapter run passes (adapterutil.AdapterRunChecks): the losses fall, only
+the adapters and the aligner are in the optimizer, the 4-bit base in the final checkpoint is bit
+for bit the base export quantised afresh, the merged export (the dequantised base plus the
+adapters) and the adapter export on the 4-bit base give the trained model's logits.
 The trained model is rebuilt from the final checkpoint's module state, not from the export code.
 A second launch resumes the state a kill mid-save leaves, with the uninterrupted losses exactly; a
 third resumes a 2-rank checkpoint on 1 rank (the universal checkpoint) within fp32 rounding.
@@ -17,15 +19,7 @@ import os
 
 import pytest
 import torch
-from adapterutil import MODEL, probe_inputs, probe_logits
-from launchutil import (
-    assert_losses_fall,
-    assert_only_trainable_state,
-    history_by_step,
-    launch,
-    resume_killed_mid_save,
-    resume_on_one_rank,
-)
+from adapterutil import MODEL, AdapterRunChecks, probe_inputs, probe_logits
 from testutil import ROOT
 
 from mage_fast.configtools import load_config
@@ -47,23 +41,17 @@ ZERO2 = os.path.join(ROOT, "configs", "deepspeed", "zero2.json")
 TOL = 1e-5
 
 
-def _args(data: str, base: str) -> list[str]:
-    """A QLoRA run's arguments but its run_dir."""
-    return [f"data.root={data}", f"deepspeed={ZERO2}", f"init_from={base}", *MODEL, *QLORA, *STEPS]
-
-
 @pytest.fixture(scope="module")
-def ref(shapes_dir, adapter_base, tmp_path_factory) -> str:
-    run = str(tmp_path_factory.mktemp("qlora") / "ref")
-    launch([f"run_dir={run}", *_args(shapes_dir, adapter_base)])
-    return run
+def adapter_args(shapes_dir, adapter_base) -> list[str]:
+    """The reference run's arguments (`adapter_ref`, tests/train/conftest.py) but its run_dir."""
+    return [f"data.root={shapes_dir}", f"deepspeed={ZERO2}", f"init_from={adapter_base}", *MODEL, *QLORA, *STEPS]
 
 
-def test_losses_fall_and_only_adapters_and_aligner_train(ref):
-    h = history_by_step(ref)
-    assert_losses_fall(h, 6, "QLoRA")
-    assert all(set(r["lr"]) == {"aligner", "llm_lora"} for r in h.values())
-    assert_only_trainable_state(ref)  # the 4-bit base counts the weights it stands for
+class TestQloraRun(AdapterRunChecks):
+    """The shared checks; the optimizer-state bound holds with the 4-bit base counting the
+    weights it stands for."""
+
+    LABEL = "QLoRA"
 
 
 def _module_state(run: str) -> dict[str, torch.Tensor]:
@@ -81,8 +69,8 @@ def _qlora_model(base: str, tokenizer) -> MageModel:
     return model
 
 
-def test_4bit_base_is_bit_identical_after_training(ref, adapter_base, tokenizer):
-    saved = _module_state(ref)
+def test_4bit_base_is_bit_identical_after_training(adapter_ref, adapter_base, tokenizer):
+    saved = _module_state(adapter_ref)
     fresh = _qlora_model(adapter_base, tokenizer).state_dict()
     quant = [k for k in fresh if ".base_layer.weight" in k]  # packed weights and every quant-state tensor
     assert len(quant) == 7 * 6 and set(quant) <= set(saved)
@@ -94,30 +82,30 @@ def test_4bit_base_is_bit_identical_after_training(ref, adapter_base, tokenizer)
 
 
 @pytest.fixture(scope="module")
-def trained(ref, adapter_base, tokenizer) -> MageModel:
+def trained(adapter_ref, adapter_base, tokenizer) -> MageModel:
     """The trained model: the base, QLoRA as configured, the final checkpoint's module state."""
     model = _qlora_model(adapter_base, tokenizer)
-    model.load_state_dict(_module_state(ref))
+    model.load_state_dict(_module_state(adapter_ref))
     return model.eval()
 
 
-def test_merged_export_is_the_dequantised_base_plus_adapters(ref, trained, tokenizer):
+def test_merged_export_is_the_dequantised_base_plus_adapters(adapter_ref, trained, tokenizer):
     ids, pix = probe_inputs(trained, tokenizer)
     want = probe_logits(trained, ids, pix)
-    merged, _ = pretrained.load_pretrained(os.path.join(ref, "export"))
+    merged, _ = pretrained.load_pretrained(os.path.join(adapter_ref, "export"))
     assert not lora.lora_layers(merged) and not qlora.quantized_layers(merged)  # a plain fp32 model
     d = (probe_logits(merged, ids, pix) - want).abs().max().item()
     print(f"merged export max|d| {d:.2e}")
     assert d <= TOL
 
 
-def test_adapter_export_on_the_4bit_base_gives_the_trained_logits(ref, trained, adapter_base, tokenizer):
+def test_adapter_export_on_the_4bit_base_gives_the_trained_logits(adapter_ref, trained, adapter_base, tokenizer):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     ids, pix = probe_inputs(trained, tokenizer)
     want = probe_logits(trained, ids, pix)
-    out = os.path.join(ref, lora_export.ADAPTER_EXPORT)
+    out = os.path.join(adapter_ref, lora_export.ADAPTER_EXPORT)
     assert sorted(os.listdir(out)) == ["aligner", "llm", "mage_config.json", "quantize.json", "tokenizer"]
     back, _ = load_adapter_export(out)  # the base folders, the LLM quantised as quantize.json says, adapters
     d_back = (probe_logits(back, ids, pix) - want).abs().max().item()
@@ -130,14 +118,3 @@ def test_adapter_export_on_the_4bit_base_gives_the_trained_logits(ref, trained, 
         d = (llm(inputs_embeds=embeds).logits - want).abs().max().item()
     print(f"adapter export max|d| {d_back:.2e}, PeftModel on the 4-bit base LLM {d:.2e}")
     assert d_back <= TOL and d <= TOL
-
-
-def test_killed_mid_save_resumes_with_the_uninterrupted_losses(ref, shapes_dir, adapter_base, tmp_path):
-    args = [*_args(shapes_dir, adapter_base), "export=false"]
-    resume_killed_mid_save(ref, str(tmp_path / "run"), args, [3, 4, 5, 6])
-
-
-def test_resumes_on_one_rank(ref, shapes_dir, adapter_base, tmp_path):
-    # Same samples per step (1 x 8 rows = 2 x 4) through DeepSpeed's universal checkpoint.
-    args = [*_args(shapes_dir, adapter_base), "micro_batch_size=8", "export=false"]
-    resume_on_one_rank(ref, str(tmp_path / "one"), args, "step00000004", [5, 6])
