@@ -1,7 +1,7 @@
 """A custom op's schema from the typed record of its inputs.
 
-An op whose inputs are a NamedTuple (its backends receive the record) declares its flat schema
-from that record instead of listing the fields again: `torch.library.custom_op(..., schema=...)`
+An op whose inputs are a typed NamedTuple (`CeMseArgs`, `IanArgs`) declares its flat schema from
+that record instead of listing the fields again: `torch.library.custom_op(..., schema=...)`
 with `record_schema(Record, returns, backend=str)`. The record is then the op's one argument
 list; the schema is exactly the one `custom_op` infers from a function with those parameters.
 """
