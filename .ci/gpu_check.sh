@@ -32,8 +32,8 @@
 # transformers 5.17.0 (.venv-gpu-rehearse, .ci/gpu_rehearse_env.sh): the wheels into a target
 # folder, the build (C++ only), the checks at smoke sizes on torch, cpp and Triton under
 # TRITON_INTERPRET=1, the sweep and profile at smoke size, the op tests, the sanitizer's cases
-# without the sanitizer, the QLoRA tests (the CUDA ones skip; the units run where deepspeed is in
-# .whl) without bench_lora's GPU rows, the report and $OUT's layout; it prints each step's device budget and
+# without the sanitizer, the QLoRA tests where deepspeed imports (the CUDA ones skip) without
+# bench_lora's GPU rows, the report and $OUT's layout; it prints each step's device budget and
 # their total, fails when that exceeds 540 s or any step fails. DRY=1 prints the steps only.
 set -uo pipefail
 cd "$(dirname "$0")/.."
