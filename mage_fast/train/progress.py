@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 
@@ -18,6 +19,9 @@ def seed_everything(seed: int, rank: int, deterministic: bool) -> None:
     np.random.seed(seed + rank)
     torch.manual_seed(seed)
     if deterministic:
+        # cuBLAS raises under deterministic algorithms unless its workspace is fixed; the variable is
+        # read when the first cuBLAS handle is made, so it is set before the model's first matmul
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
 
 
