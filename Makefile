@@ -10,6 +10,8 @@ STAMP   := $(VENV)/.mage-fast-installed
 VENV_PATH := PATH=$(abspath $(VENV))/bin:$$PATH
 SOURCES := setup.py pyproject.toml requirements.txt $(wildcard csrc/*.cpp csrc/*.h csrc/include/mage_fast/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
 NPROC   ?= 2
+# The launcher's rendezvous port (deepspeed's default): another value lets a second run share the machine.
+PORT    ?= 29500
 TEST_WORKERS ?= 2
 DEMO    ?= runs/demo
 SEED    ?= 0
@@ -34,9 +36,9 @@ $(STAMP): $(SOURCES)
 # DEMO_ARGS: config overrides for both stages, e.g. DEMO_ARGS=data.packing=true.
 demo: install
 	$(VENV_PATH) $(VPY) -m mage_fast.shapes.scenes --out $(DEMO)/data --n 6000 --seed $(SEED)
-	$(VENV_PATH) deepspeed --num_gpus $(NPROC) --module mage_fast.train \
+	$(VENV_PATH) deepspeed --num_gpus $(NPROC) --master_port $(PORT) --module mage_fast.train \
 	  --config configs/train/demo_stage1.yaml run_dir=$(DEMO)/stage1 data.root=$(DEMO)/data seed=$(SEED) $(DEMO_ARGS)
-	$(VENV_PATH) deepspeed --num_gpus $(NPROC) --module mage_fast.train \
+	$(VENV_PATH) deepspeed --num_gpus $(NPROC) --master_port $(PORT) --module mage_fast.train \
 	  --config configs/train/demo_stage2.yaml run_dir=$(DEMO)/stage2 data.root=$(DEMO)/data seed=$(SEED) \
 	  init_from=$(DEMO)/stage1/export $(DEMO_ARGS)
 	$(VENV_PATH) $(VPY) -m mage_fast.apps.eval --model $(DEMO)/stage2/export --data $(DEMO)/data/eval.json \
@@ -107,7 +109,7 @@ clean:
 # own learning rate; held-out accuracy per question type as for `make demo`.
 demo-lora: install
 	test -f $(DEMO)/stage1/export/mage_config.json || $(MAKE) demo
-	$(VENV_PATH) deepspeed --num_gpus $(NPROC) --module mage_fast.train \
+	$(VENV_PATH) deepspeed --num_gpus $(NPROC) --master_port $(PORT) --module mage_fast.train \
 	  --config configs/train/demo_stage2_lora.yaml run_dir=$(DEMO)/stage2_lora data.root=$(DEMO)/data \
 	  init_from=$(DEMO)/stage1/export
 	$(VENV_PATH) $(VPY) -m mage_fast.apps.eval --model $(DEMO)/stage2_lora/export --data $(DEMO)/data/eval.json \
@@ -119,7 +121,7 @@ demo-lora: install
 demo-tools: install
 	test -f $(DEMO)/stage2/export/mage_config.json || $(MAKE) demo
 	$(VENV_PATH) $(VPY) -m mage_fast.shapes.tool_tasks --out $(DEMO)/tools --n 6300 --n-eval 300 --seed 1
-	$(VENV_PATH) deepspeed --num_gpus $(NPROC) --module mage_fast.train \
+	$(VENV_PATH) deepspeed --num_gpus $(NPROC) --master_port $(PORT) --module mage_fast.train \
 	  --config configs/train/demo_tools.yaml run_dir=$(DEMO)/stage3 data.root=$(DEMO)/tools \
 	  init_from=$(DEMO)/stage2/export
 	$(VENV_PATH) $(VPY) -m mage_fast.apps.tools.score --model $(DEMO)/stage3/export --data $(DEMO)/tools/eval.json \

@@ -69,3 +69,15 @@ def test_every_target_runs_the_venv_with_its_bin_first_on_path():
                 bad[t] = found
     print(f"{checked} lines run a venv program in {len(targets)} targets")
     assert checked >= 15 and not bad, bad
+
+
+def test_port_reaches_every_launch():
+    """`PORT=n` moves every launch of the demo targets off deepspeed's default rendezvous port, so a
+    second demo can run on the same machine (two on 29500: EADDRINUSE)."""
+    for target in ("demo", "demo-lora", "demo-tools"):
+        launches = [line for line in dry_run_with(target, "PORT=29611") if "deepspeed --num_gpus" in line]
+        assert launches and all("--master_port 29611" in line for line in launches), (target, launches)
+
+
+def dry_run_with(target: str, *variables: str) -> list[str]:
+    return make_dry_run("-o", STAMP, *variables, target)
