@@ -21,10 +21,11 @@ def phony_targets() -> list[str]:
     return [t for line in re.findall(r"^\.PHONY:(.*)$", text, re.M) for t in line.split()]
 
 
-def dry_run(target: str) -> list[str]:
-    """The shell lines `make -n TARGET` prints (continuations joined); install's recipe included."""
+def dry_run(target: str, *variables: str) -> list[str]:
+    """The shell lines `make -n [VAR=value ...] TARGET` prints (continuations joined); install's
+    recipe included."""
     extra = ["-W", "setup.py"] if target == "install" else ["-o", STAMP]
-    return make_dry_run(*extra, target)
+    return make_dry_run(*extra, *variables, target)
 
 
 def runs_venv_program(program: str) -> bool:
@@ -75,9 +76,5 @@ def test_port_reaches_every_launch():
     """`PORT=n` moves every launch of the demo targets off deepspeed's default rendezvous port, so a
     second demo can run on the same machine (two on 29500: EADDRINUSE)."""
     for target in ("demo", "demo-lora", "demo-tools"):
-        launches = [line for line in dry_run_with(target, "PORT=29611") if "deepspeed --num_gpus" in line]
+        launches = [line for line in dry_run(target, "PORT=29611") if "deepspeed --num_gpus" in line]
         assert launches and all("--master_port 29611" in line for line in launches), (target, launches)
-
-
-def dry_run_with(target: str, *variables: str) -> list[str]:
-    return make_dry_run("-o", STAMP, *variables, target)
