@@ -96,15 +96,7 @@ def launch_nodes(
     return out
 
 
-def write_strict_zero3(path) -> str:
-    """configs/deepspeed/zero3.json with every parameter partitioned (persistence threshold 0),
-    so the fused loss and every module see gathered weights; written to `path`."""
-    with open(os.path.join(ROOT, "configs/deepspeed/zero3.json")) as f:
-        ds = json.load(f)
-    ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
-    with open(path, "w") as f:
-        json.dump(ds, f)
-    return str(path)
+STRICT_ZERO3 = os.path.join(ROOT, "configs/deepspeed/zero3_strict.json")
 
 
 def run_history(run: str) -> list[dict]:

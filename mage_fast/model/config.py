@@ -72,6 +72,11 @@ class AlignerConfig:
     # so "where is X?" needs the cell in the token's content; the tower's own position embedding
     # reaches the tokens only weakly after pooling.
     pos_embed: bool = True
+    # ian: the std of that embedding's normal init, in units of Z's elements (LayerNorm'd, about
+    # unit variance). 0 starts it at zero (Z = b at step 0). Started at zero it must grow from
+    # gradients alone before the LLM can tell the cells apart; at 1.0 every cell is distinct from
+    # step 0 (docs/demo.md measures both).
+    pos_init_std: float = 0.0
     # sam: the context of each image is a softmax over all the sample's images (the SAM authors'
     # code) or over the other images only (their paper); see mage_fast/model/sam.py.
     sam_include_self: bool = True
@@ -79,6 +84,8 @@ class AlignerConfig:
     def __post_init__(self) -> None:
         if self.pool_k < 1:
             raise ValueError(f"model.aligner.pool_k must be >= 1, got {self.pool_k}")
+        if not self.pos_init_std >= 0:
+            raise ValueError(f"model.aligner.pos_init_std must be >= 0, got {self.pos_init_std}")
         self.num_tokens(1)  # an unknown type fails at config time, naming the key
 
     def num_tokens(self, grid: int) -> int:

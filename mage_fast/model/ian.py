@@ -11,6 +11,12 @@ from mage_fast.model.config import AlignerConfig, KernelConfig
 from mage_fast.model.layers import MLP, CrossAttention, IANProjection, PatchPool
 
 
+def cell_embedding(tokens: int, dim: int, std: float) -> torch.Tensor:
+    """The initial (tokens, dim) grid-cell embedding: N(0, std²) from torch's global generator
+    (seeded per run, the same on every rank), or zeros when std is 0."""
+    return torch.randn(tokens, dim) * std if std > 0 else torch.zeros(tokens, dim)
+
+
 class IANAligner(nn.Module):
     """MAGE's Intelligent Alignment Network.
 
@@ -19,7 +25,8 @@ class IANAligner(nn.Module):
     h = b + CrossAttn(q=LN(b), kv=LN(a))  semantic enhancement block: each local query
     Z = h + MLP(LN(h))                    gathers global aligned semantics        (B, T, D)
     The out-projection of CrossAttn and the last MLP layer are zero-initialised, so Z = b at step 0.
-    With `pos_embed`, a learned (T, D) embedding of each token's grid cell is added to Z (zero at init).
+    With `pos_embed`, a learned (T, D) embedding of each token's grid cell is added to Z, drawn from
+    N(0, pos_init_std²) at init (0: zeros).
     """
 
     def __init__(self, cfg: AlignerConfig, in_dim: int, out_dim: int, grid: int, kernels: KernelConfig):
@@ -33,7 +40,7 @@ class IANAligner(nn.Module):
         self.attn = CrossAttention(out_dim, cfg.num_heads)
         self.norm_mlp = nn.LayerNorm(out_dim)
         self.mlp = MLP(out_dim, int(cfg.mlp_ratio * out_dim), out_dim, zero_last=True)
-        self.pos = nn.Parameter(torch.zeros(pooled_tokens(cfg, grid), out_dim)) if cfg.pos_embed else None
+        self.pos = nn.Parameter(cell_embedding(pooled_tokens(cfg, grid), out_dim, cfg.pos_init_std)) if cfg.pos_embed else None
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         a = self.vab(v)

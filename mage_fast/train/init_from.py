@@ -23,8 +23,9 @@ from mage_fast.train.config import TrainConfig
 from mage_fast.train.dist import barrier
 from mage_fast.train.engine import load_part
 
-# Fields that may differ from the export: where the weights live and how they are loaded.
-_ARCH_SKIP = {"path", "attn_implementation", "select_layer", "num_layers"}
+# Fields that may differ from the export: where the weights live, how they are loaded, and how a
+# part starts before its weights are loaded over it.
+_ARCH_SKIP = {"path", "attn_implementation", "select_layer", "num_layers", "pos_init_std"}
 
 
 def resolve(cfg: TrainConfig, rank: int) -> None:

@@ -60,6 +60,27 @@ def test_ian_is_pooled_branch_at_init():
     torch.testing.assert_close(a(v), b)
 
 
+def test_ian_cell_embedding_init():
+    """pos_init_std 0: the cell embedding starts at zero; > 0: N(0, std²), distinct per cell, the
+    same for the same seed (every rank builds the same model)."""
+    cfg = tiny_model_config("ian")
+    assert torch.count_nonzero(MageModel(cfg, VOCAB, IMG).aligner.pos) == 0
+    cfg.aligner.pos_init_std = 1.0
+    torch.manual_seed(3)
+    pos = MageModel(cfg, VOCAB, IMG).aligner.pos.detach()
+    torch.manual_seed(3)
+    torch.testing.assert_close(MageModel(cfg, VOCAB, IMG).aligner.pos.detach(), pos)
+    assert pos.shape == (4, 32) and 0.7 < float(pos.std()) < 1.3
+    assert torch.cdist(pos, pos).add(torch.eye(4) * 1e9).min() > 1.0
+
+
+def test_ian_cell_embedding_std_must_not_be_negative():
+    from mage_fast.model.config import AlignerConfig
+
+    with pytest.raises(ValueError, match="pos_init_std"):
+        AlignerConfig(pos_init_std=-0.5)
+
+
 def test_forward_backward_mixed_counts():
     """Samples with 0, 1 and 2 images in one batch; every part gets a gradient."""
     m = _model()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 from adapterutil import MODEL, write_base_export
-from launchutil import launch, write_strict_zero3
+from launchutil import STRICT_ZERO3, launch
 
 
 @pytest.fixture(scope="module")
-def strict_zero3(tmp_path_factory) -> str:
-    """A ZeRO-3 DeepSpeed config with every parameter partitioned (see write_strict_zero3)."""
-    return write_strict_zero3(tmp_path_factory.mktemp("ds") / "zero3_strict.json")
+def strict_zero3() -> str:
+    """configs/deepspeed/zero3_strict.json: ZeRO-3 with every parameter partitioned (persistence
+    threshold 0), so the fused loss and every module see gathered weights."""
+    return STRICT_ZERO3
 
 
 @pytest.fixture(scope="module")
