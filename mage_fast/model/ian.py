@@ -40,7 +40,9 @@ class IANAligner(nn.Module):
         self.attn = CrossAttention(out_dim, cfg.num_heads)
         self.norm_mlp = nn.LayerNorm(out_dim)
         self.mlp = MLP(out_dim, int(cfg.mlp_ratio * out_dim), out_dim, zero_last=True)
-        self.pos = nn.Parameter(cell_embedding(pooled_tokens(cfg, grid), out_dim, cfg.pos_init_std)) if cfg.pos_embed else None
+        self.pos = (
+            nn.Parameter(cell_embedding(pooled_tokens(cfg, grid), out_dim, cfg.pos_init_std)) if cfg.pos_embed else None
+        )
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
         a = self.vab(v)
