@@ -131,3 +131,13 @@ def test_every_registered_aligner_builds_with_its_token_count():
         aligner = build_aligner(cfg, 16, 8, 5, KernelConfig(patch_pool="torch", ian_projection="torch"))
         z = aligner(torch.randn(3, 25, 16))
         assert z.shape == (3, cfg.num_tokens(5), 8), name
+
+
+def test_zero3_strict_is_zero3_with_every_parameter_partitioned():
+    """configs/deepspeed/zero3_strict.json differs from zero3.json in the persistence threshold only."""
+    strict, base = (
+        json.load(open(os.path.join(ROOT, f"configs/deepspeed/{n}.json"))) for n in ("zero3_strict", "zero3")
+    )
+    assert strict["zero_optimization"].pop("stage3_param_persistence_threshold") == 0
+    assert base["zero_optimization"].pop("stage3_param_persistence_threshold") > 0
+    assert strict == base
