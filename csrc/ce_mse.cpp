@@ -10,7 +10,16 @@
 // the autograd backward to apply in fp32. Sums: per-row partials summed by ATen in a fixed order.
 // The GEMMs are ATen's (cuBLAS on CUDA with fp32 output; CPU widens the operands to fp32).
 
-#include <torch/types.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/stack.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <optional>

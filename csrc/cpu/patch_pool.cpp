@@ -6,8 +6,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
-#include <torch/types.h>
 
 #include <algorithm>
 #include <vector>

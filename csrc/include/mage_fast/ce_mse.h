@@ -3,7 +3,7 @@
 // kernel for the schema `mage_fast::ce_mse_fwd` (csrc/ops.cpp). Host-only (ATen tensors).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 #include <optional>

@@ -2,7 +2,7 @@
 // per mistake, whichever device the op runs on. Host-only (ATen tensors).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <initializer_list>
 #include <utility>

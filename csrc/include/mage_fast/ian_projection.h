@@ -3,7 +3,7 @@
 // nothing is saved. Host-only (ATen tensors).
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <array>
 #include <tuple>
