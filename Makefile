@@ -21,15 +21,13 @@ DEMO_ARGS ?=
 
 install: $(STAMP)
 
-# --no-compile: pip skips byte-compiling every module of torch, transformers and triton (about 25 s
-# of a 2-core install); Python compiles the ones a program imports on first import (about 3.5 s).
 # The last step runs two independent compiles side by side (the extension, DeepSpeed's all-reduce
 # op), so their serial parts (linking, pip's own work) overlap; prebuild exits 0 even when it fails.
 $(STAMP): $(SOURCES)
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VENV_PATH) $(VPY) -m pip install -q --upgrade pip
-	$(VENV_PATH) $(VPY) -c "import torch" 2>/dev/null || $(VENV_PATH) $(VPY) -m pip install -q --no-compile torch==2.13.0
-	$(VENV_PATH) $(VPY) -m pip install -q --no-compile -r requirements.txt
+	$(VENV_PATH) $(VPY) -c "import torch" 2>/dev/null || $(VENV_PATH) $(VPY) -m pip install -q torch==2.13.0
+	$(VENV_PATH) $(VPY) -m pip install -q -r requirements.txt
 	$(VENV_PATH) $(VPY) -m mage_fast.train.prebuild --ops ShareMemCommBuilder & pre=$$!; \
 	  $(VENV_PATH) $(VPY) -m pip install -q --no-build-isolation -e . || { wait $$pre; exit 1; }; wait $$pre
 	touch $(STAMP)
