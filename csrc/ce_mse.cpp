@@ -10,7 +10,8 @@
 // the autograd backward to apply in fp32. Sums: per-row partials summed by ATen in a fixed order.
 // The GEMMs are ATen's (cuBLAS on CUDA with fp32 output; CPU widens the operands to fp32).
 
-#include <ATen/TensorOperators.h>
+// Tensor methods (sub, mul, div) rather than operators: ATen/TensorOperators.h declares every
+// operator of ATen, most of a translation unit's compile time.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
@@ -93,10 +94,10 @@ void addmm_f32_(at::Tensor& acc, const at::Tensor& a, const at::Tensor& b) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_mse(const at::Tensor& img, const at::Tensor& img_target,
                                                          const at::Tensor& img_mask, bool need_i) {
   const at::Tensor diff =
-      at::where(img_mask.unsqueeze(1), img.to(at::kFloat) - img_target.to(at::kFloat), at::Scalar(0.0));
-  const at::Tensor cnt = (img_mask.sum().to(at::kFloat) * static_cast<double>(img.size(1))).clamp_min(1.0);
+      at::where(img_mask.unsqueeze(1), img.to(at::kFloat).sub(img_target.to(at::kFloat)), at::Scalar(0.0));
+  const at::Tensor cnt = img_mask.sum().to(at::kFloat).mul(static_cast<double>(img.size(1))).clamp_min(1.0);
   at::Tensor gi = need_i ? diff.to(img.scalar_type()) : at::empty({0}, img.options());
-  return {(diff * diff).sum() / cnt, gi, cnt.reciprocal() * 2.0};
+  return {diff.mul(diff).sum().div(cnt), gi, cnt.reciprocal().mul(2.0)};
 }
 
 }  // namespace
@@ -134,7 +135,7 @@ Out6 forward(RowKernel rows, const at::Tensor& hidden_, const at::Tensor& weight
     if (need_w) addmm_f32_(gw32, p.t(), h.masked_fill(ignored.narrow(0, s, r).unsqueeze(1), 0.0));
   }
   if (need_h && V == 0) gh.zero_();
-  const at::Tensor ce = row_loss.sum() * inv;
+  const at::Tensor ce = row_loss.sum().mul(inv);
   auto [mse, gi, s_mse] = masked_mse(img.contiguous(), img_target.contiguous(), img_mask.contiguous(), need_i);
   const auto dt = hidden.scalar_type();
   at::Tensor gw = need_w ? (dt == at::kHalf ? gw32 : gw32.to(dt)) : at::empty({0}, weight.options());
