@@ -19,6 +19,10 @@ Each image (S×S px, default 48) holds 1–4 coloured shapes, each in its own ce
                     asking the colour and the shape of every object and the count (random order):
                     ~6 answers per sample where the single-question rows carry 1; the position
                     question stays a row of its own
+                    With --contrast N, N more training images (images/cNNNNN.png) of 2-3 objects
+                    that share one colour (every other image) or one shape, with their caption and
+                    questions: no caption or question about them can name a cell by that attribute
+                    alone. The world's own images and rows stay the same
   DIR/eval.json     the same questions on held-out images (never in stage1/stage2)
   DIR/tokenizer/    a word-level tokenizer (tokenizers WordLevel) trained on all the text
   DIR/world.json    the vocabulary of the world and the split sizes
@@ -44,6 +48,7 @@ from mage_fast.shapes.world import (
     places,
     questions,
     quiz,
+    sample_contrast_scene,
     sample_scene,
     train_word_tokenizer,
 )
@@ -66,6 +71,35 @@ def _quiz_row(rid: str, image: str, qas: list[tuple[str, str, str]], cap: str) -
     return {"id": rid, "image": image, "conversations": turns, "caption": cap, "qtype": "quiz"}
 
 
+def _train_rows(rid: str, rel: str, cap: str, desc: str | None, qas: list, quiz_qas: list | None) -> tuple[list, list]:
+    """(stage-1 rows, stage-2 question rows) of one training image."""
+    s1 = [_row(f"{rid}-caption", rel, "describe the image .", cap, cap, "caption")]
+    if desc:  # the caption stays the MSE target: the same image, the same content
+        s1.append(_row(f"{rid}-places", rel, PLACES_PROMPT, desc, cap, "places"))
+    if quiz_qas is not None:  # the quiz, and the position question in a row of its own
+        s2 = [_quiz_row(f"{rid}-quiz", rel, quiz_qas, cap)]
+        return s1, s2 + [_row(f"{rid}-{t}", rel, q, a, cap, t) for t, q, a in qas if t == "position"]
+    return s1, [_row(f"{rid}-{t}", rel, q, a, cap, t) for t, q, a in qas]
+
+
+def _contrast_rows(out: str, n: int, seed: int, size: int, with_places: bool, with_quiz: bool) -> tuple[list, list]:
+    """(stage-1 rows, stage-2 rows) of n contrast images (world.sample_contrast_scene), drawn from
+    their own random stream after the world's, so the world's own images and rows stay the same."""
+    rng = random.Random(f"contrast-{seed}")
+    s1, s2 = [], []
+    for k in range(n):
+        objs = sample_contrast_scene(rng, k)
+        rel = f"images/c{k:05d}.png"
+        draw_scene(objs, size, rng).save(os.path.join(out, rel))
+        desc = places(objs, rng) if with_places else None
+        rows = _train_rows(
+            f"c{k:05d}", rel, caption(objs, rng), desc, questions(objs, rng), quiz(objs, rng) if with_quiz else None
+        )
+        s1 += rows[0]
+        s2 += rows[1]
+    return s1, s2
+
+
 def generate(
     out: str,
     n: int,
@@ -74,10 +108,13 @@ def generate(
     eval_fraction: float = 0.05,
     with_places: bool = False,
     with_quiz: bool = False,
+    contrast: int = 0,
 ) -> dict:
     """Write the world to `out`; returns the summary also saved as world.json. `with_places` adds a
     position-first description row per training image to stage 1 (and so to stage 2); `with_quiz`
-    puts stage 2's questions as one multi-turn row per training image (world.quiz). The images, captions and eval rows are the same either way."""
+    puts stage 2's questions as one multi-turn row per training image (world.quiz); `contrast`
+    adds that many training images whose objects share one colour or one shape. The world's
+    images, captions and eval rows are the same either way."""
     if n < 20:
         raise ValueError(f"--n must be at least 20 (got {n}): the eval split needs images too")
     rng = random.Random(seed)
@@ -96,16 +133,13 @@ def generate(
         texts.extend([cap] + ([desc] if desc else []))
         texts.extend(f"{q} {a}" for _, q, a in qs)
         if i < n - n_eval:
-            stage1.append(_row(f"{i:05d}-caption", rel, "describe the image .", cap, cap, "caption"))
-            if desc:  # the caption stays the MSE target: the same image, the same content
-                stage1.append(_row(f"{i:05d}-places", rel, PLACES_PROMPT, desc, cap, "places"))
-            if with_quiz:  # the quiz, and the position question in a row of its own
-                stage2.append(_quiz_row(f"{i:05d}-quiz", rel, quiz(objs, quiz_rng), cap))
-                stage2.extend(_row(f"{i:05d}-{t}", rel, q, a, cap, t) for t, q, a in qs if t == "position")
-            else:
-                stage2.extend(_row(f"{i:05d}-{t}", rel, q, a, cap, t) for t, q, a in qs)
+            rows = _train_rows(f"{i:05d}", rel, cap, desc, qs, quiz(objs, quiz_rng) if with_quiz else None)
+            stage1 += rows[0]
+            stage2 += rows[1]
         else:
             evals.extend(_row(f"{i:05d}-{t}", rel, q, a, cap, t) for t, q, a in qs)
+    more1, more2 = _contrast_rows(out, contrast, seed, size, with_places, with_quiz)  # no new words
+    stage1, stage2 = stage1 + more1, stage2 + more2
     texts += ["describe the image ."] + ([PLACES_PROMPT] if with_places else [])
     texts.extend(tool_corpus())  # the tool rows' words and JSON punctuation (stage 3)
     for name, rows in (("stage1", stage1), ("stage2", stage2 + stage1), ("eval", evals)):
@@ -115,7 +149,8 @@ def generate(
     world = {
         "seed": seed, "n_images": n, "n_eval_images": n_eval, "image_size": size,
         "colours": list(COLOURS), "shapes": list(SHAPES), "positions": list(POSITIONS),
-        "places": with_places, "quiz": with_quiz, "splits": {"stage1": len(stage1), "stage2": len(stage2), "eval": len(evals)},
+        "places": with_places, "quiz": with_quiz, "contrast": contrast,
+        "splits": {"stage1": len(stage1), "stage2": len(stage2), "eval": len(evals)},
     }  # fmt: skip
     with open(os.path.join(out, "world.json"), "w") as f:
         json.dump(world, f, indent=1)
@@ -130,8 +165,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size", type=int, default=48, help="image side in pixels (a multiple of 3)")
     p.add_argument("--places", action="store_true", help="also a position-first description per training image")
     p.add_argument("--quiz", action="store_true", help="stage 2: one row of questions per image")
+    p.add_argument(
+        "--contrast",
+        type=int,
+        default=0,
+        help="this many more training images whose 2-3 objects share one colour or one shape",
+    )
     a = p.parse_args(argv)
-    world = generate(a.out, a.n, a.seed, a.size, with_places=a.places, with_quiz=a.quiz)
+    world = generate(a.out, a.n, a.seed, a.size, with_places=a.places, with_quiz=a.quiz, contrast=a.contrast)
     print(json.dumps(world["splits"]), "->", a.out)
 
 

@@ -79,6 +79,20 @@ def sample_scene(rng: random.Random) -> list[Obj]:
     return sorted((Obj(c, s, cell) for (c, s), cell in zip(pairs, cells)), key=lambda o: o.cell)
 
 
+def sample_contrast_scene(rng: random.Random, k: int) -> list[Obj]:
+    """2–3 objects that share one colour (even k) or one shape (odd k): a caption or a question
+    about such a scene cannot tell its objects apart by the shared attribute alone."""
+    n = rng.randint(2, 3)
+    cells = rng.sample(range(9), n)
+    if k % 2 == 0:
+        colour = rng.choice(list(COLOURS))
+        pairs = [(colour, s) for s in rng.sample(SHAPES, n)]
+    else:
+        shape = rng.choice(SHAPES)
+        pairs = [(c, shape) for c in rng.sample(list(COLOURS), n)]
+    return sorted((Obj(c, s, cell) for (c, s), cell in zip(pairs, cells)), key=lambda o: o.cell)
+
+
 def caption(objs: list[Obj], rng: random.Random) -> str:
     """Objects in random order: naming an object then its cell trains the content → position
     lookup that "where is the red circle ?" needs (in grid order a model can just walk the grid)."""

@@ -105,3 +105,39 @@ def test_quiz_asks_colour_and_shape_of_every_object_in_one_row(tmp_path) -> None
             colour, shape = what.split(" ")
             want |= {f"what color is the shape at {pos} ?": colour, f"what shape is at {pos} ?": shape}
         assert qa == want and row["image"] == cap_row["image"] and row["caption"] == cap_row["caption"]
+
+
+def _objects(cap: str) -> list[tuple[str, str, str]]:
+    """(colour, shape, place) of every object a caption names."""
+    out = []
+    for part in cap.rstrip(" .").split(" , "):
+        what, place = part.removeprefix("a ").split(" at ")
+        colour, shape = what.split(" ")
+        out.append((colour, shape, place))
+    return out
+
+
+def test_contrast_images_share_one_colour_or_one_shape(tmp_path) -> None:
+    plain_dir, more_dir = str(tmp_path / "plain"), str(tmp_path / "more")
+    generate(plain_dir, n=40, seed=3)
+    world = generate(more_dir, n=40, seed=3, contrast=6)
+    plain, more = _splits(plain_dir), _splits(more_dir)
+    assert plain["eval"] == more["eval"] and more["stage1"][: len(plain["stage1"])] == plain["stage1"]
+    pd, md = _digest(plain_dir), _digest(more_dir)
+    assert pd["tokenizer/tokenizer.json"] == md["tokenizer/tokenizer.json"]  # no new words
+    assert {k: v for k, v in md.items() if k.startswith("images/0")} == {
+        k: v for k, v in pd.items() if k.startswith("images/")
+    }
+    added = more["stage1"][len(plain["stage1"]) :]
+    assert [r["image"] for r in added] == [f"images/c{k:05d}.png" for k in range(6)] and world["contrast"] == 6
+    for k, row in enumerate(added):
+        objs = _objects(row["caption"])
+        shared = {o[k % 2] for o in objs}  # even: one colour, odd: one shape
+        others = {o[1 - k % 2] for o in objs}
+        assert 2 <= len(objs) <= 3 and len(shared) == 1 and len(others) == len(objs)
+        questions = [r for r in more["stage2"] if r["image"] == row["image"] and r["qtype"] != "caption"]
+        assert sorted(r["qtype"] for r in questions) == ["colour", "count", "position", "shape"]
+        where = next(r for r in questions if r["qtype"] == "position")
+        colour, shape = where["conversations"][0]["value"].split()[-3:-1]
+        assert where["conversations"][1]["value"] == next(p for c, s, p in objs if (c, s) == (colour, shape))
+    assert len(more["stage2"]) == len(plain["stage2"]) + 6 * 5  # four questions and the caption again
