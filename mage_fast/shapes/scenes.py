@@ -117,6 +117,8 @@ def generate(
     images, captions and eval rows are the same either way."""
     if n < 20:
         raise ValueError(f"--n must be at least 20 (got {n}): the eval split needs images too")
+    if contrast < 0:
+        raise ValueError(f"--contrast must be >= 0 (got {contrast})")
     rng = random.Random(seed)
     os.makedirs(os.path.join(out, "images"), exist_ok=True)
     n_eval = max(10, int(n * eval_fraction))

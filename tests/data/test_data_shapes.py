@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from testutil import ROOT
 
 from mage_fast.shapes.scenes import generate
@@ -141,3 +142,8 @@ def test_contrast_images_share_one_colour_or_one_shape(tmp_path) -> None:
         colour, shape = where["conversations"][0]["value"].split()[-3:-1]
         assert where["conversations"][1]["value"] == next(p for c, s, p in objs if (c, s) == (colour, shape))
     assert len(more["stage2"]) == len(plain["stage2"]) + 6 * 5  # four questions and the caption again
+
+
+def test_negative_contrast_is_refused(tmp_path) -> None:
+    with pytest.raises(ValueError, match="--contrast must be >= 0"):
+        generate(str(tmp_path / "w"), n=40, seed=3, contrast=-1)
