@@ -29,6 +29,14 @@ def test_seed_reaches_the_world_and_both_stages():
     assert all(" seed=0" in x for x in dry_run("demo") if "mage_fast.train" in x)  # the default
 
 
+def test_demo_world_has_the_contrast_images_unless_asked_not_to():
+    def world(*args: str) -> str:
+        return next(x for x in dry_run("demo", *args) if "mage_fast.shapes.scenes" in x)
+
+    assert world().endswith(" --contrast 1500")  # the recipe's default (docs/demo.md)
+    assert world("CONTRAST=0").endswith(" --contrast 0")
+
+
 def test_demo_seeds_runs_each_seed_then_the_table():
     lines = dry_run("demo-seeds", "SEEDS=4 5", "DEMO_SEEDS=/tmp/ds", "DEMO_BAR=0.9")
     for s in (4, 5):
