@@ -15,7 +15,6 @@ PORT    ?= 29500
 TEST_WORKERS ?= 2
 DEMO    ?= runs/demo
 SEED    ?= 0
-# Training images whose objects share one colour or one shape (docs/demo.md, "Contrast images").
 CONTRAST ?= 1500
 DEMO_ARGS ?=
 
@@ -37,7 +36,8 @@ $(STAMP): $(SOURCES)
 # The built-in task: generate the shapes world, stage 1 (align on captions, CE + MSE), stage 2
 # (questions), then held-out exact-match accuracy per question type. Two ranks on CPU via gloo.
 # SEED seeds the world (images, questions, held-out rows) and both stages' init and data order.
-# CONTRAST: the world's extra training images whose objects share one colour or one shape (0: none).
+# CONTRAST: the world's extra training images whose objects share one colour or one shape (0: none;
+# docs/demo.md, "Contrast images in the demo").
 # DEMO_ARGS: config overrides for both stages, e.g. DEMO_ARGS=data.packing=true.
 demo: install
 	$(VENV_PATH) $(VPY) -m mage_fast.shapes.scenes --out $(DEMO)/data --n 6000 --seed $(SEED) --contrast $(CONTRAST)

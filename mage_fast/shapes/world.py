@@ -72,11 +72,16 @@ def draw_scene(objs: list[Obj], size: int, rng: random.Random | None) -> Image.I
     return img
 
 
+def _placed(pairs: list[tuple[str, str]], cells: list[int]) -> list[Obj]:
+    """(colour, shape) pairs put in their cells, in grid order."""
+    return sorted((Obj(c, s, cell) for (c, s), cell in zip(pairs, cells)), key=lambda o: o.cell)
+
+
 def sample_scene(rng: random.Random) -> list[Obj]:
     n = rng.randint(1, MAX_OBJECTS)
     cells = rng.sample(range(9), n)
     pairs = rng.sample([(c, s) for c in COLOURS for s in SHAPES], n)
-    return sorted((Obj(c, s, cell) for (c, s), cell in zip(pairs, cells)), key=lambda o: o.cell)
+    return _placed(pairs, cells)
 
 
 def sample_contrast_scene(rng: random.Random, k: int) -> list[Obj]:
@@ -90,7 +95,7 @@ def sample_contrast_scene(rng: random.Random, k: int) -> list[Obj]:
     else:
         shape = rng.choice(SHAPES)
         pairs = [(c, shape) for c in rng.sample(list(COLOURS), n)]
-    return sorted((Obj(c, s, cell) for (c, s), cell in zip(pairs, cells)), key=lambda o: o.cell)
+    return _placed(pairs, cells)
 
 
 def caption(objs: list[Obj], rng: random.Random) -> str:

@@ -30,6 +30,16 @@ def _splits(out: str) -> dict[str, list[dict]]:
     return {s: json.load(open(os.path.join(out, f"{s}.json"))) for s in ("stage1", "stage2", "eval")}
 
 
+def _objects(cap: str) -> list[tuple[str, str, str]]:
+    """(colour, shape, place) of every object a caption names."""
+    out = []
+    for part in cap.rstrip(" .").split(" , "):
+        what, place = part.removeprefix("a ").split(" at ")
+        colour, shape = what.split(" ")
+        out.append((colour, shape, place))
+    return out
+
+
 def _plain_and_variant(tmp_path, **flag: bool) -> tuple[dict, dict]:
     """Rows of the seed-3 world plain and with `flag`; asserts both draw the same images."""
     plain, variant = str(tmp_path / "plain"), str(tmp_path / "variant")
@@ -72,8 +82,8 @@ def test_places_add_a_position_first_row_per_training_image(tmp_path) -> None:
     assert len(added) == len(plain["stage1"]) and {r["qtype"] for r in more["stage2"]} >= {"places"}
     for cap_row, row in zip(plain["stage1"], added):
         # every object of the caption, named after its cell; the caption stays the MSE target
-        objs = [o.removeprefix("a ").split(" at ") for o in cap_row["caption"].rstrip(" .").split(" , ")]
-        want = {f"at {pos} is a {what}" for what, pos in objs}
+        objs = _objects(cap_row["caption"])
+        want = {f"at {pos} is a {colour} {shape}" for colour, shape, pos in objs}
         assert set(row["conversations"][1]["value"].rstrip(" .").split(" , ")) == want
         assert row["image"] == cap_row["image"] and row["caption"] == cap_row["caption"]
 
@@ -96,26 +106,15 @@ def test_quiz_asks_colour_and_shape_of_every_object_in_one_row(tmp_path) -> None
     )
     assert len(quizzes) == len(plain["stage1"]) == len(where)
     for cap_row, row in zip(plain["stage1"], quizzes):
-        objs = [o.removeprefix("a ").split(" at ") for o in cap_row["caption"].rstrip(" .").split(" , ")]
+        objs = _objects(cap_row["caption"])
         turns = row["conversations"]
         assert [t["from"] for t in turns] == ["human", "gpt"] * (2 * len(objs) + 1)
         assert turns[0]["value"].startswith("<image>\n") and not any("<image>" in t["value"] for t in turns[1:])
         qa = {turns[k]["value"].removeprefix("<image>\n"): turns[k + 1]["value"] for k in range(0, len(turns), 2)}
         want = {"how many shapes are there ?": ("zero", "one", "two", "three", "four")[len(objs)]}
-        for what, pos in objs:
-            colour, shape = what.split(" ")
+        for colour, shape, pos in objs:
             want |= {f"what color is the shape at {pos} ?": colour, f"what shape is at {pos} ?": shape}
         assert qa == want and row["image"] == cap_row["image"] and row["caption"] == cap_row["caption"]
-
-
-def _objects(cap: str) -> list[tuple[str, str, str]]:
-    """(colour, shape, place) of every object a caption names."""
-    out = []
-    for part in cap.rstrip(" .").split(" , "):
-        what, place = part.removeprefix("a ").split(" at ")
-        colour, shape = what.split(" ")
-        out.append((colour, shape, place))
-    return out
 
 
 def test_contrast_images_share_one_colour_or_one_shape(tmp_path) -> None:
