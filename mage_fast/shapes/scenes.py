@@ -23,6 +23,9 @@ Each image (S×S px, default 48) holds 1–4 coloured shapes, each in its own ce
                     that share one colour (every other image) or one shape, with their caption and
                     questions: no caption or question about them can name a cell by that attribute
                     alone. The world's own images and rows stay the same
+                    With --wheres, stage 2 also asks "where is the <colour> <shape> ?" of every
+                    object that shares its colour with another object of its image (the one
+                    question already asked aside): answered only by binding the shape as well
   DIR/eval.json     the same questions on held-out images (never in stage1/stage2)
   DIR/tokenizer/    a word-level tokenizer (tokenizers WordLevel) trained on all the text
   DIR/world.json    the vocabulary of the world and the split sizes
@@ -50,6 +53,7 @@ from mage_fast.shapes.world import (
     quiz,
     sample_contrast_scene,
     sample_scene,
+    shared_colour_wheres,
     train_word_tokenizer,
 )
 
@@ -71,18 +75,30 @@ def _quiz_row(rid: str, image: str, qas: list[tuple[str, str, str]], cap: str) -
     return {"id": rid, "image": image, "conversations": turns, "caption": cap, "qtype": "quiz"}
 
 
-def _train_rows(rid: str, rel: str, cap: str, desc: str | None, qas: list, quiz_qas: list | None) -> tuple[list, list]:
-    """(stage-1 rows, stage-2 question rows) of one training image."""
+def _train_rows(
+    rid: str, rel: str, cap: str, desc: str | None, qas: list, quiz_qas: list | None, wheres: list
+) -> tuple[list, list]:
+    """(stage-1 rows, stage-2 question rows) of one training image; `wheres`: more position
+    questions (world.shared_colour_wheres), one row each."""
     s1 = [_row(f"{rid}-caption", rel, "describe the image .", cap, cap, "caption")]
     if desc:  # the caption stays the MSE target: the same image, the same content
         s1.append(_row(f"{rid}-places", rel, PLACES_PROMPT, desc, cap, "places"))
+    more = [_row(f"{rid}-where{k}", rel, q, a, cap, t) for k, (t, q, a) in enumerate(wheres)]
     if quiz_qas is not None:  # the quiz, and the position question in a row of its own
         s2 = [_quiz_row(f"{rid}-quiz", rel, quiz_qas, cap)]
-        return s1, s2 + [_row(f"{rid}-{t}", rel, q, a, cap, t) for t, q, a in qas if t == "position"]
-    return s1, [_row(f"{rid}-{t}", rel, q, a, cap, t) for t, q, a in qas]
+        return s1, s2 + [_row(f"{rid}-{t}", rel, q, a, cap, t) for t, q, a in qas if t == "position"] + more
+    return s1, [_row(f"{rid}-{t}", rel, q, a, cap, t) for t, q, a in qas] + more
 
 
-def _contrast_rows(out: str, n: int, seed: int, size: int, with_places: bool, with_quiz: bool) -> tuple[list, list]:
+def _wheres(objs: list, qas: list, on: bool) -> list:
+    """The shared-colour position questions of one image (none unless `on`)."""
+    asked = next(q for t, q, _ in qas if t == "position")
+    return shared_colour_wheres(objs, asked) if on else []
+
+
+def _contrast_rows(
+    out: str, n: int, seed: int, size: int, with_places: bool, with_quiz: bool, with_wheres: bool
+) -> tuple[list, list]:
     """(stage-1 rows, stage-2 rows) of n contrast images (world.sample_contrast_scene), drawn from
     their own random stream after the world's, so the world's own images and rows stay the same."""
     rng = random.Random(f"contrast-{seed}")
@@ -92,8 +108,10 @@ def _contrast_rows(out: str, n: int, seed: int, size: int, with_places: bool, wi
         rel = f"images/c{k:05d}.png"
         draw_scene(objs, size, rng).save(os.path.join(out, rel))
         desc = places(objs, rng) if with_places else None
+        cap = caption(objs, rng)  # the draws in this order: the world is the same with or without wheres
+        qas = questions(objs, rng)
         rows = _train_rows(
-            f"c{k:05d}", rel, caption(objs, rng), desc, questions(objs, rng), quiz(objs, rng) if with_quiz else None
+            f"c{k:05d}", rel, cap, desc, qas, quiz(objs, rng) if with_quiz else None, _wheres(objs, qas, with_wheres)
         )
         s1 += rows[0]
         s2 += rows[1]
@@ -109,12 +127,14 @@ def generate(
     with_places: bool = False,
     with_quiz: bool = False,
     contrast: int = 0,
+    with_wheres: bool = False,
 ) -> dict:
     """Write the world to `out`; returns the summary also saved as world.json. `with_places` adds a
     position-first description row per training image to stage 1 (and so to stage 2); `with_quiz`
     puts stage 2's questions as one multi-turn row per training image (world.quiz); `contrast`
-    adds that many training images whose objects share one colour or one shape. The world's
-    images, captions and eval rows are the same either way."""
+    adds that many training images whose objects share one colour or one shape; `with_wheres` adds
+    to stage 2 a "where is X ?" for every object that shares its colour with another (not the one
+    already asked). The world's images, captions and eval rows are the same either way."""
     if n < 20:
         raise ValueError(f"--n must be at least 20 (got {n}): the eval split needs images too")
     if contrast < 0:
@@ -135,12 +155,13 @@ def generate(
         texts.extend([cap] + ([desc] if desc else []))
         texts.extend(f"{q} {a}" for _, q, a in qs)
         if i < n - n_eval:
-            rows = _train_rows(f"{i:05d}", rel, cap, desc, qs, quiz(objs, quiz_rng) if with_quiz else None)
+            quiz_qas = quiz(objs, quiz_rng) if with_quiz else None
+            rows = _train_rows(f"{i:05d}", rel, cap, desc, qs, quiz_qas, _wheres(objs, qs, with_wheres))
             stage1 += rows[0]
             stage2 += rows[1]
         else:
             evals.extend(_row(f"{i:05d}-{t}", rel, q, a, cap, t) for t, q, a in qs)
-    more1, more2 = _contrast_rows(out, contrast, seed, size, with_places, with_quiz)  # no new words
+    more1, more2 = _contrast_rows(out, contrast, seed, size, with_places, with_quiz, with_wheres)  # no new words
     stage1, stage2 = stage1 + more1, stage2 + more2
     texts += ["describe the image ."] + ([PLACES_PROMPT] if with_places else [])
     texts.extend(tool_corpus())  # the tool rows' words and JSON punctuation (stage 3)
@@ -151,7 +172,7 @@ def generate(
     world = {
         "seed": seed, "n_images": n, "n_eval_images": n_eval, "image_size": size,
         "colours": list(COLOURS), "shapes": list(SHAPES), "positions": list(POSITIONS),
-        "places": with_places, "quiz": with_quiz, "contrast": contrast,
+        "places": with_places, "quiz": with_quiz, "contrast": contrast, "wheres": with_wheres,
         "splits": {"stage1": len(stage1), "stage2": len(stage2), "eval": len(evals)},
     }  # fmt: skip
     with open(os.path.join(out, "world.json"), "w") as f:
@@ -173,8 +194,15 @@ def main(argv: list[str] | None = None) -> None:
         default=0,
         help="this many more training images whose 2-3 objects share one colour or one shape",
     )
+    p.add_argument(
+        "--wheres",
+        action="store_true",
+        help='stage 2: also "where is X ?" of every object that shares its colour with another',
+    )
     a = p.parse_args(argv)
-    world = generate(a.out, a.n, a.seed, a.size, with_places=a.places, with_quiz=a.quiz, contrast=a.contrast)
+    world = generate(
+        a.out, a.n, a.seed, a.size, with_places=a.places, with_quiz=a.quiz, contrast=a.contrast, with_wheres=a.wheres
+    )
     print(json.dumps(world["splits"]), "->", a.out)
 
 

@@ -137,6 +137,18 @@ def questions(objs: list[Obj], rng: random.Random) -> list[tuple[str, str, str]]
     ]
 
 
+def shared_colour_wheres(objs: list[Obj], asked: str) -> list[tuple[str, str, str]]:
+    """A "where is the <colour> <shape> ?" for every object that shares its colour with another
+    object of the image, but the one already asked (``asked``, the question's text): answered only
+    by binding the shape too, the lookup a colour-only match gets wrong one time in two."""
+    qs = []
+    for o in objs:
+        q = f"where is the {o.colour} {o.shape} ?"
+        if q != asked and any(p.colour == o.colour and p != o for p in objs):
+            qs.append(("position", q, o.position))
+    return qs
+
+
 def train_word_tokenizer(texts: list[str], out_dir: str) -> None:
     """A word-level tokenizer over the world's text, saved as a HF tokenizer folder."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers

@@ -146,3 +146,35 @@ def test_contrast_images_share_one_colour_or_one_shape(tmp_path) -> None:
 def test_negative_contrast_is_refused(tmp_path) -> None:
     with pytest.raises(ValueError, match="--contrast must be >= 0"):
         generate(str(tmp_path / "w"), n=40, seed=3, contrast=-1)
+
+
+def test_wheres_ask_every_object_that_shares_its_colour(tmp_path) -> None:
+    plain_dir, wheres_dir = str(tmp_path / "plain"), str(tmp_path / "wheres")
+    generate(plain_dir, n=40, seed=3, contrast=6)
+    world = generate(wheres_dir, n=40, seed=3, contrast=6, with_wheres=True)
+    same = {"world.json": "", "stage2.json": ""}  # every other file, images and tokenizer included, is the same
+    assert _digest(plain_dir) | same == _digest(wheres_dir) | same
+    plain, wheres = _splits(plain_dir), _splits(wheres_dir)
+    assert world["wheres"] and world["splits"]["stage2"] == len(wheres["stage2"]) - len(wheres["stage1"])
+    assert plain["eval"] == wheres["eval"] and plain["stage1"] == wheres["stage1"]
+    added = [r for r in wheres["stage2"] if "-where" in r["id"]]
+    assert sorted(wheres["stage2"], key=lambda r: r["id"]) == sorted(plain["stage2"] + added, key=lambda r: r["id"])
+    expected = 0
+    for cap_row in plain["stage1"]:
+        objs = _objects(cap_row["caption"])
+        asked = next(
+            r["conversations"][0]["value"].removeprefix("<image>\n")
+            for r in plain["stage2"]
+            if r["image"] == cap_row["image"] and r["qtype"] == "position"
+        )
+        want = {
+            f"where is the {c} {s} ?": p
+            for c, s, p in objs
+            if sum(o[0] == c for o in objs) > 1 and f"where is the {c} {s} ?" != asked
+        }
+        rows = [r for r in added if r["image"] == cap_row["image"]]
+        got = {r["conversations"][0]["value"].removeprefix("<image>\n"): r["conversations"][1]["value"] for r in rows}
+        assert got == want and len(rows) == len(want)
+        assert all(r["qtype"] == "position" and r["caption"] == cap_row["caption"] for r in rows)
+        expected += len(want)
+    assert expected == len(added) > 0
