@@ -16,6 +16,7 @@ TEST_WORKERS ?= 2
 DEMO    ?= runs/demo
 SEED    ?= 0
 CONTRAST ?= 1500
+WHERES  ?= 1
 DEMO_ARGS ?=
 
 .PHONY: install demo demo-seeds demo-lora demo-tools demo-multi ablate test test-cap lint clean cuda-check bench bench-smoke sm90-report gpu-check
@@ -37,10 +38,13 @@ $(STAMP): $(SOURCES)
 # (questions), then held-out exact-match accuracy per question type. Two ranks on CPU via gloo.
 # SEED seeds the world (images, questions, held-out rows) and both stages' init and data order.
 # CONTRAST: the world's extra training images whose objects share one colour or one shape (0: none;
-# docs/demo.md, "Contrast images in the demo").
+# docs/demo.md, "Contrast images in the demo"). WHERES=1: stage 2 also asks "where is X ?" of every
+# object that shares its colour with another object of its image (0: not; docs/demo.md, "Shared-colour
+# where rows").
 # DEMO_ARGS: config overrides for both stages, e.g. DEMO_ARGS=data.packing=true.
 demo: install
-	$(VENV_PATH) $(VPY) -m mage_fast.shapes.scenes --out $(DEMO)/data --n 6000 --seed $(SEED) --contrast $(CONTRAST)
+	$(VENV_PATH) $(VPY) -m mage_fast.shapes.scenes --out $(DEMO)/data --n 6000 --seed $(SEED) --contrast $(CONTRAST) \
+	  $(if $(filter 1,$(WHERES)),--wheres)
 	$(VENV_PATH) deepspeed --num_gpus $(NPROC) --master_port $(PORT) --module mage_fast.train \
 	  --config configs/train/demo_stage1.yaml run_dir=$(DEMO)/stage1 data.root=$(DEMO)/data seed=$(SEED) $(DEMO_ARGS)
 	$(VENV_PATH) deepspeed --num_gpus $(NPROC) --master_port $(PORT) --module mage_fast.train \
