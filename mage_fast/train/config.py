@@ -120,6 +120,7 @@ class TrainConfig:
     export: bool = True  # write run_dir/export (HF-style parts) at the end
     log_every: int = 10
     eval_every: int = 0  # steps between held-out accuracy evals on data.answers; 0: only at the end
+    eval_delay: int = 0  # no periodic eval before this step (HF's eval_delay); the one at the end always runs
     # Stop (checkpoint, final eval, export) at the first held-out check where every question type
     # is >= this; 0: off. The budget is then not spent past convergence.
     early_stop_accuracy: float = 0.0
@@ -136,8 +137,8 @@ class TrainConfig:
         for name in ("max_steps", "micro_batch_size", "grad_accum", "keep_last", "log_every", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.eval_every < 0:
-            raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+        if self.eval_every < 0 or self.eval_delay < 0:
+            raise ValueError(f"eval_every and eval_delay must be >= 0, got {self.eval_every} and {self.eval_delay}")
         if self.eval_every and not self.data.answers:
             raise ValueError(f"eval_every={self.eval_every} needs data.answers (held-out rows with reference answers)")
         if not 0.0 <= self.early_stop_accuracy <= 1.0:

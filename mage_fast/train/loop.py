@@ -64,8 +64,9 @@ def _save(run: Run, prog: Progress) -> None:
     )
 
 
-def _due(every: int, step: int, last: int) -> bool:
-    return (every > 0 and step % every == 0) or step == last
+def _due(every: int, step: int, last: int, delay: int = 0) -> bool:
+    """Whether a periodic action (every `every` steps from step `delay` on) or the last step is now."""
+    return (every > 0 and step % every == 0 and step >= delay) or step == last
 
 
 def _loader(run: Run, prog: Progress) -> DataLoader:
@@ -102,7 +103,7 @@ def _loop(run: Run, prog: Progress, stop: StopRequest) -> tuple[list[dict], list
             logs.step(history[-1], res, prog, run.engine)
             _check_bad_run(run, prog, history[-1])
             done = False
-            if run.acc_eval is not None and _due(cfg.eval_every, prog.step, cfg.max_steps):
+            if run.acc_eval is not None and _due(cfg.eval_every, prog.step, cfg.max_steps, cfg.eval_delay):
                 accuracy.append(_accuracy(run, prog.step, logs))
                 done = accuracy[-1]["converged"]
             if _due(cfg.save_every, prog.step, cfg.max_steps) or res.stop or done:

@@ -36,6 +36,7 @@ def test_overrides_are_typed():
         (["freeze_llm=true", "optim.lr_llm=1e-4"], "freeze_llm=true contradicts optim.lr_llm"),
         (["max_steps"], "not of the form key=value"),
         (["eval_every=100"], "eval_every=100 needs data.answers"),
+        (["eval_delay=-5"], "eval_every and eval_delay must be >= 0"),
         (["early_stop_accuracy=1.5"], r"early_stop_accuracy must be in \[0, 1\]"),
         (["early_stop_accuracy=0.99", "data.answers=eval.json"], "early_stop_accuracy=0.99 needs eval_every > 0"),
         (["early_stop_accuracy=0.99", "eval_every=100"], "eval_every=100 needs data.answers"),
@@ -141,3 +142,11 @@ def test_zero3_strict_is_zero3_with_every_parameter_partitioned():
     assert strict["zero_optimization"].pop("stage3_param_persistence_threshold") == 0
     assert base["zero_optimization"].pop("stage3_param_persistence_threshold") > 0
     assert strict == base
+
+
+def test_eval_delay_skips_the_early_checks_not_the_last():
+    from mage_fast.train.loop import _due
+
+    assert [s for s in range(1, 1001) if _due(200, s, 1000, 500)] == [600, 800, 1000]
+    assert [s for s in range(1, 11) if _due(2, s, 10)] == [2, 4, 6, 8, 10]
+    assert [s for s in range(1, 4) if _due(5, s, 3, 8)] == [3]  # the end runs however late the delay
