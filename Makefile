@@ -43,8 +43,7 @@ $(STAMP): $(SOURCES)
 # where rows").
 # DEMO_ARGS: config overrides for both stages, e.g. DEMO_ARGS=data.packing=true.
 demo: install
-	$(VENV_PATH) $(VPY) -m mage_fast.shapes.scenes --out $(DEMO)/data --n 6000 --seed $(SEED) --contrast $(CONTRAST) \
-	  $(if $(filter 1,$(WHERES)),--wheres)
+	$(VENV_PATH) $(VPY) -m mage_fast.shapes.scenes --out $(DEMO)/data --n 6000 --seed $(SEED) --contrast $(CONTRAST)$(if $(filter 1,$(WHERES)), --wheres)
 	$(VENV_PATH) deepspeed --num_gpus $(NPROC) --master_port $(PORT) --module mage_fast.train \
 	  --config configs/train/demo_stage1.yaml run_dir=$(DEMO)/stage1 data.root=$(DEMO)/data seed=$(SEED) $(DEMO_ARGS)
 	$(VENV_PATH) deepspeed --num_gpus $(NPROC) --master_port $(PORT) --module mage_fast.train \

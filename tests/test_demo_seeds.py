@@ -29,12 +29,13 @@ def test_seed_reaches_the_world_and_both_stages():
     assert all(" seed=0" in x for x in dry_run("demo") if "mage_fast.train" in x)  # the default
 
 
-def test_demo_world_has_the_contrast_images_unless_asked_not_to():
+def test_demo_world_has_the_contrast_images_and_where_rows_unless_asked_not_to():
     def world(*args: str) -> str:
         return next(x for x in dry_run("demo", *args) if "mage_fast.shapes.scenes" in x)
 
-    assert world().endswith(" --contrast 1500")  # the recipe's default (docs/demo.md)
-    assert world("CONTRAST=0").endswith(" --contrast 0")
+    assert world().endswith(" --contrast 1500 --wheres")  # the recipe's default (docs/demo.md)
+    assert world("CONTRAST=0").endswith(" --contrast 0 --wheres")
+    assert world("WHERES=0").endswith(" --contrast 1500")
 
 
 def test_demo_seeds_runs_each_seed_then_the_table():
