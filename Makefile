@@ -39,8 +39,8 @@ $(STAMP): $(SOURCES)
 # SEED seeds the world (images, questions, held-out rows) and both stages' init and data order.
 # CONTRAST: the world's extra training images whose objects share one colour or one shape (0: none;
 # docs/demo.md, "Contrast images in the demo"). WHERES=1: stage 2 also asks "where is X ?" of every
-# object that shares its colour with another object of its image (0: not; docs/demo.md, "Shared-colour
-# where rows").
+# object that shares its colour with another object of its image (0: not; docs/demo.md, "Four LLM
+# layers, micro-batch 32 and the shared-colour where rows").
 # DEMO_ARGS: config overrides for both stages, e.g. DEMO_ARGS=data.packing=true.
 demo: install
 	$(VENV_PATH) $(VPY) -m mage_fast.shapes.scenes --out $(DEMO)/data --n 6000 --seed $(SEED) --contrast $(CONTRAST)$(if $(filter 1,$(WHERES)), --wheres)
